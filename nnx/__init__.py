@@ -1,0 +1,25 @@
+"""nnx: the from-scratch neural-network math, on NumPy, Numba-fused CPU kernels or CuPy GPUs.
+
+Pick the backend with ``NNX_BACKEND`` (numpy, numba, cupy, auto), ``set_backend``
+or, for a block, ``with use_backend(name):``.
+"""
+from . import datasets
+from .backends import available_backends, explain_backend, get_backend, set_backend, use_backend
+from .errors import BackendUnavailableError, NonFiniteLossError
+from .model import MLP
+from .persistence import load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "BackendUnavailableError",
+    "NonFiniteLossError",
+    "available_backends",
+    "datasets",
+    "explain_backend",
+    "get_backend",
+    "load",
+    "set_backend",
+    "use_backend",
+]

@@ -1,0 +1,255 @@
+"""The reference math of every op, written once against an array namespace ``xp``.
+
+NumPy and CuPy share this code unchanged; faster backends override single ops
+or the whole training loop (``train``) and defer to these versions for the
+cases they do not cover. The op order follows the from-scratch tutorials
+(forward, all gradients, then the updates), so the NumPy backend reproduces
+them to rounding.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..network import GradientDescent, Network, Objective, TrainState
+
+
+@dataclass
+class Data:
+    """Training data already on the backend: inputs and float targets of shape (N, C)."""
+
+    X: object
+    T: object
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+
+class Workspace:
+    """Buffers for one network and batch size, reused by every pass.
+
+    Fresh batch-sized temporaries each pass cost NumPy page faults on large
+    layers; keeping them here is what lets the base loop beat naive code.
+    """
+
+    def __init__(self, xp, net: Network, n_samples: int, *, forward_only: bool = False):
+        dtype = net.np_dtype
+        widths = net.layer_sizes[1:]
+        self.acts = [xp.empty((n_samples, w), dtype=dtype) for w in widths]
+        if forward_only:
+            return
+        self.deltas = [xp.empty((n_samples, w), dtype=dtype) for w in widths]
+        self.scratch = [xp.empty((n_samples, w), dtype=dtype) for w in widths]
+        self.grads = [
+            (xp.empty((fan_in, fan_out), dtype=dtype), xp.empty(fan_out, dtype=dtype))
+            for fan_in, fan_out in net.layer_shapes()
+        ]
+        self.weight_scratch = [xp.empty((fan_in, fan_out), dtype=dtype) for fan_in, fan_out in net.layer_shapes()]
+
+
+class Backend:
+    """Base backend: reference ops against ``self.xp`` plus the default Python loop."""
+
+    name = "base"
+    xp = np
+
+    # ------------------------------------------------------------------ data
+    def asarray(self, a, dtype) -> object:
+        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def prepare_data(self, net: Network, X: np.ndarray, T: np.ndarray) -> Data:
+        """Move validated NumPy data to the backend once per ``fit``."""
+        return Data(self.asarray(X, net.np_dtype), self.asarray(T, net.np_dtype))
+
+    def prepare_params(self, net: Network, params) -> list[tuple[object, object]]:
+        return [(self.asarray(W, net.np_dtype), self.asarray(b, net.np_dtype)) for W, b in params]
+
+    def params_to_numpy(self, params) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(self.to_numpy(W).copy(), self.to_numpy(b).copy()) for W, b in params]
+
+    def copy_params(self, params) -> list[tuple[object, object]]:
+        return [(W.copy(), b.copy()) for W, b in params]
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    def quiet_floating_point(self):
+        """Context in which overflow to inf/NaN is silent: nnx checks the loss itself."""
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------- activations
+    def activation_forward(self, kind: str, z, out):
+        """out = f(z); ``out`` may be ``z``."""
+        xp = self.xp
+        if kind == "tanh":
+            return xp.tanh(z, out=out)
+        if kind == "sigmoid":
+            xp.negative(z, out=out)
+            xp.exp(out, out=out)
+            out += 1
+            return xp.reciprocal(out, out=out)
+        if kind == "relu":
+            return xp.maximum(z, 0, out=out)
+        if kind == "identity":
+            if out is not z:
+                out[...] = z
+            return out
+        raise ValueError(f"unknown activation {kind!r}")
+
+    def activation_backward(self, kind: str, grad, a, scratch):
+        """grad *= f'(z), with f' written from the layer output ``a`` as the tutorials do."""
+        xp = self.xp
+        if kind == "tanh":  # (1 - a**2)
+            xp.multiply(a, a, out=scratch)
+            xp.subtract(1, scratch, out=scratch)
+        elif kind == "sigmoid":  # a * (1 - a)
+            xp.subtract(1, a, out=scratch)
+            xp.multiply(a, scratch, out=scratch)
+        elif kind == "relu":
+            xp.greater(a, 0, out=scratch)
+        elif kind == "identity":
+            return grad
+        else:
+            raise ValueError(f"unknown activation {kind!r}")
+        grad *= scratch
+        return grad
+
+    # ----------------------------------------------------------------- heads
+    def head_output(self, head: str, z, out):
+        """Head outputs from logits: softmax probabilities, sigmoid or identity."""
+        if head == "softmax":
+            xp = self.xp
+            if out is not z:
+                out[...] = z
+            out -= out.max(axis=1, keepdims=True)
+            xp.exp(out, out=out)
+            out /= out.sum(axis=1, keepdims=True)
+            return out
+        return self.activation_forward(head, z, out)
+
+    def head_delta(self, head: str, y, T, scale: float, out, scratch):
+        """dLoss/dz from the head output ``y``: (y - T), times y(1-y) for sigmoid."""
+        self.xp.subtract(y, T, out=out)
+        if head == "sigmoid":
+            self.activation_backward("sigmoid", out, y, scratch)
+        if scale != 1.0:
+            out *= scale
+        return out
+
+    def head_loss_sum(self, head: str, z, T) -> float:
+        """Data loss summed over samples, from logits (log-sum-exp for softmax)."""
+        xp = self.xp
+        if head == "softmax":
+            m = z.max(axis=1, keepdims=True)
+            lse = xp.log(xp.exp(z - m).sum(axis=1)) + m[:, 0]
+            return float((lse - (T * z).sum(axis=1)).sum())
+        y = self.activation_forward(head, z, xp.empty_like(z))
+        diff = y - T
+        return float(0.5 * (diff * diff).sum())
+
+    # ---------------------------------------------------------------- layers
+    def dense_forward(self, x, W, b, kind: str, out):
+        """out = f(x @ W + b)."""
+        self.xp.dot(x, W, out=out)
+        out += b
+        return self.activation_forward(kind, out, out)
+
+    def gd_update(self, W, dW, lr: float, l2: float, scratch) -> None:
+        """W += -lr * (dW + l2 * W); dW is overwritten (tutorial 003's order)."""
+        xp = self.xp
+        if l2 and scratch is not None:
+            xp.multiply(W, l2, out=scratch)
+            dW += scratch
+        dW *= -lr
+        W += dW
+
+    # ----------------------------------------------------------- model level
+    def forward(self, net: Network, params, X, ws: Workspace | None = None, *, logits: bool = False):
+        """Layer outputs for X; the last is the head output (or the logits)."""
+        if ws is None:
+            ws = Workspace(self.xp, net, int(X.shape[0]), forward_only=True)
+        a = X
+        for layer, (W, b) in enumerate(params):
+            last = layer == net.n_layers - 1
+            kind = "identity" if last else net.hidden
+            a = self.dense_forward(a, W, b, kind, ws.acts[layer])
+        if not logits:
+            self.head_output(net.output, a, a)
+        return ws.acts
+
+    def backward(self, net: Network, params, data: Data, objective: Objective, ws: Workspace):
+        """Fill ``ws.grads`` from the activations in ``ws.acts`` (data loss + L2 in ``gd_update``)."""
+        xp = self.xp
+        scale = 1.0 if objective.reduction == "sum" else 1.0 / data.n_samples
+        last = net.n_layers - 1
+        delta = self.head_delta(net.output, ws.acts[last], data.T, scale, ws.deltas[last], ws.scratch[last])
+        for layer in range(last, -1, -1):
+            W, _ = params[layer]
+            dW, db = ws.grads[layer]
+            a_prev = data.X if layer == 0 else ws.acts[layer - 1]
+            xp.dot(a_prev.T, delta, out=dW)
+            xp.sum(delta, axis=0, out=db)
+            if layer > 0:
+                prev = ws.deltas[layer - 1]
+                xp.dot(delta, W.T, out=prev)
+                delta = self.activation_backward(net.hidden, prev, ws.acts[layer - 1], ws.scratch[layer - 1])
+        return ws.grads
+
+    def gradients(self, net: Network, params, data: Data, objective: Objective):
+        """Gradients of the objective, L2 included, as fresh (dW, db) arrays."""
+        ws = Workspace(self.xp, net, data.n_samples)
+        self.forward(net, params, data.X, ws)
+        grads = self.backward(net, params, data, objective, ws)
+        out = []
+        for (W, _), (dW, db) in zip(params, grads):
+            out.append((dW + objective.l2 * W if objective.l2 else dW.copy(), db.copy()))
+        return out
+
+    def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
+              optimizer: GradientDescent, passes: int) -> None:
+        """Run ``passes`` full-batch updates of ``state.params`` in place.
+
+        This is the loop-level seam: backends override it to run the whole loop
+        without Python per pass; this default loops over the ops above.
+        """
+        if not isinstance(optimizer, GradientDescent):
+            raise NotImplementedError(f"{type(optimizer).__name__} is not supported by backend {self.name!r}")
+        ws = Workspace(self.xp, net, data.n_samples)
+        params = state.params
+        with self.quiet_floating_point():
+            for _ in range(passes):
+                self.forward(net, params, data.X, ws)
+                self.backward(net, params, data, objective, ws)
+                for (W, b), (dW, db), scratch in zip(params, ws.grads, ws.weight_scratch):
+                    self.gd_update(W, dW, optimizer.lr, objective.l2, scratch)
+                    self.gd_update(b, db, optimizer.lr, 0.0, None)
+                state.updates += 1
+
+    def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
+        """Tutorial 003's logged figure: (summed data loss + l2/2 * sum(W**2)) / N."""
+        with self.quiet_floating_point():
+            logits = self.forward(net, params, data.X, logits=True)[-1]
+            total = self.head_loss_sum(net.output, logits, data.T)
+            if objective.l2:
+                total += objective.l2 / 2 * sum(float((W * W).sum()) for W, _ in params)
+        return total / data.n_samples
+
+    def data_loss(self, net: Network, params, data: Data) -> float:
+        """Mean data loss without L2."""
+        with self.quiet_floating_point():
+            logits = self.forward(net, params, data.X, logits=True)[-1]
+            return self.head_loss_sum(net.output, logits, data.T) / data.n_samples
+
+    def predict_output(self, net: Network, params, X):
+        """Head outputs (probabilities or values) for X, as a backend array."""
+        with self.quiet_floating_point():
+            return self.forward(net, params, X)[-1]
+
+    def __repr__(self) -> str:
+        return f"<nnx backend {self.name!r}>"

@@ -1,0 +1,127 @@
+"""The ``nnx`` command: ``nnx train`` reruns the tutorials, ``nnx backends`` says what runs here,
+``nnx bench`` compares backends."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from . import backends
+from .errors import BackendUnavailableError, NonFiniteLossError
+from .metrics import clipped_cross_entropy
+from .model import MLP
+from .presets import PRESETS
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a tutorial network (default: tutorial 003's two moons)",
+                       description="Train one of the tutorials' networks and report loss, accuracy and speed.")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="moons",
+                   help="which tutorial to rerun (default: moons)")
+    p.add_argument("--backend", help="numpy, numba, cupy or auto (default: NNX_BACKEND, else auto)")
+    p.add_argument("--hidden", type=int, help="hidden units (default: the tutorial's)")
+    p.add_argument("--passes", type=int, help="full-batch passes (default: the tutorial's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the tutorial's)")
+    p.add_argument("--l2", type=float, help="L2 strength (default: the tutorial's)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--seed", type=int, help="initialisation seed (default: 0, as the tutorials)")
+    p.add_argument("--log-every", type=int, help="passes between loss lines (default: the tutorial's)")
+    p.add_argument("--save", metavar="PATH", help="save the trained model to PATH (.npz)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset]
+    if args.backend:
+        backends.set_backend(args.backend)
+    backend = backends.get_backend()
+    X, y = preset.data()
+    model = MLP(preset.layer_sizes(X, y, args.hidden), hidden=preset.hidden, output=preset.output,
+                init=preset.init, seed=preset.seed if args.seed is None else args.seed, dtype=args.dtype)
+    passes = preset.passes if args.passes is None else args.passes
+    log_every = args.log_every or preset.log_every
+    settings = dict(lr=preset.lr if args.lr is None else args.lr, l2=preset.l2 if args.l2 is None else args.l2,
+                    reduction=preset.reduction)
+    sizes = "-".join(map(str, model.layer_sizes))
+    print(f"nnx train --preset {preset.name}: {preset.title}")
+    print(f"network {sizes} ({model.hidden}/{model.output}, {model.dtype}), {X.shape[0]} samples, "
+          f"lr {settings['lr']:g}, L2 {settings['l2']:g}, {settings['reduction']} reduction, {passes} passes")
+    print(f"backend: {backends.explain_backend()}")
+
+    warm_up = getattr(backend, "warm_up", None)
+    if warm_up is not None:
+        seconds = warm_up(model.net, X.shape[0])
+        print(f"compile: {seconds:.3f} s (first use of these kernels; cached on disk afterwards)")
+    else:
+        print("compile: none needed")
+
+    start = time.perf_counter()
+    if preset.tutorial_loss:
+        # Tutorial 000 prints its clipped cross-entropy, a figure fit() does not log.
+        done = 0
+        while done < passes:
+            step = min(log_every, passes - done)
+            model.fit(X, y, passes=step, log_every=step, **settings)
+            done += step
+            print(f"Epoch {done}, Loss: {clipped_cross_entropy(model.predict_proba(X), y):.4f}")
+    else:
+        model.fit(X, y, passes=passes, log_every=log_every, verbose=True, **settings)
+    elapsed = time.perf_counter() - start
+
+    done = model.updates
+    print(f"final training accuracy: {100 * model.accuracy(X, y):.2f}%")
+    if preset.output == "sigmoid":
+        for row, out in zip(X, model.predict_proba(X)[:, 0]):
+            print(f"({int(row[0])} ^ {int(row[1])}) = {out}")
+    rate = done / elapsed if elapsed > 0 else float("inf")
+    print(f"training: {done} passes in {elapsed:.3f} s = {rate:,.0f} passes/s on {backend.name}")
+    if model.interrupted:
+        print("(interrupted by Ctrl-C: the figures above cover the passes done)")
+    if args.save:
+        model.save(args.save)
+        print(f"saved to {args.save}")
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    for name, reason in backends.available_backends().items():
+        print(f"{name:6} {'available' if reason is None else 'unavailable: ' + reason}")
+    print(f"active: {backends.explain_backend()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .bench import command as bench_command
+
+    parser = argparse.ArgumentParser(prog="nnx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="{train,backends,bench}")
+    _train_parser(sub)
+    sub.add_parser("backends", help="list the backends usable here and what auto picks")
+    bench_command.add_arguments(sub.add_parser(
+        "bench", help="time workloads per backend and compare them",
+        description="Time nnx's benchmark workloads on each backend against the tutorial's NumPy code."))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # plain `nnx` runs the main job
+        args = parser.parse_args(["train"])
+    command = args.command
+    handlers = {"train": _train, "backends": _backends}
+    try:
+        if command == "bench":
+            from .bench import command as bench_command
+            return bench_command.run(args)
+        return handlers[command](args)
+    except (ValueError, BackendUnavailableError, NonFiniteLossError) as exc:
+        print(f"nnx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nnx: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The plain description of a network and of its training objective.
+
+A backend receives these values, never the ``MLP`` object, so a loop-level
+override (a compiled loop, a CUDA graph) can take a whole network at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
+OUTPUT_HEADS = ("softmax", "sigmoid", "identity")
+REDUCTIONS = ("mean", "sum")
+DTYPES = ("float32", "float64")
+
+# Small integer codes let compiled kernels take the activation and head as
+# runtime arguments instead of compiling one specialisation per combination.
+ACTIVATION_CODES = {name: code for code, name in enumerate(HIDDEN_ACTIVATIONS)}
+HEAD_CODES = {name: code for code, name in enumerate(OUTPUT_HEADS)}
+
+
+@dataclass(frozen=True)
+class Network:
+    """Layer widths (input and output included), activations and dtype."""
+
+    layer_sizes: tuple[int, ...]
+    hidden: str = "tanh"
+    output: str = "softmax"
+    dtype: str = "float64"
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_sizes) - 1
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layer_sizes[0]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layer_sizes[-1]
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def activation_of(self, layer: int) -> str:
+        """Activation applied after ``layer`` (the last layer's is the head's)."""
+        return self.output if layer == self.n_layers - 1 else self.hidden
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        return list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What gradient descent minimises: reduced data loss + l2/2 * sum(W**2)."""
+
+    reduction: str = "mean"
+    l2: float = 0.0
+
+
+@dataclass(frozen=True)
+class GradientDescent:
+    """Plain full-batch gradient descent: W -= lr * dW.
+
+    Optimisers with state (momentum, Adam) will be further dataclasses with
+    their state kept in ``TrainState.optimizer_state``; a backend's loop-level
+    override handles the optimisers it knows and defers the rest to the base
+    loop.
+    """
+
+    lr: float
+
+
+@dataclass
+class TrainState:
+    """Everything a training loop carries from one pass to the next.
+
+    ``params`` are backend-native arrays, updated in place. ``updates`` counts
+    the passes done so far, so schedules and resumed runs stay aligned.
+    """
+
+    params: list[tuple[object, object]]
+    updates: int = 0
+    optimizer_state: dict | None = None

@@ -1,0 +1,141 @@
+"""Input checks that run before any work, so bad input never half-trains a model.
+
+Every message names the problem and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+from .initializers import INITIALIZERS
+from .network import DTYPES, HIDDEN_ACTIVATIONS, OUTPUT_HEADS, REDUCTIONS, Network
+
+
+def check_choice(value, valid, what: str) -> str:
+    if isinstance(value, str) and value in valid:
+        return value
+    close = difflib.get_close_matches(str(value), valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown {what} {value!r}. Expected one of {', '.join(map(repr, valid))}.{hint}")
+
+
+def check_dtype(dtype) -> str:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+    return name
+
+
+def check_network(layer_sizes, hidden, output, init, dtype) -> Network:
+    sizes = list(layer_sizes) if not isinstance(layer_sizes, (str, bytes)) else None
+    if (sizes is None or len(sizes) < 2
+            or not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in sizes)):
+        raise ValueError(
+            "layer_sizes must list at least two positive integers, input and output widths included "
+            f"(e.g. [2, 3, 2]); got {layer_sizes!r}")
+    check_choice(hidden, HIDDEN_ACTIVATIONS, "hidden activation")
+    check_choice(output, OUTPUT_HEADS, "output head")
+    check_choice(init, INITIALIZERS, "initialiser")
+    if output == "softmax" and sizes[-1] < 2:
+        raise ValueError("a softmax head needs at least 2 outputs (one per class); "
+                         "use output='sigmoid' for a single probability")
+    return Network(tuple(int(s) for s in sizes), hidden, output, check_dtype(dtype))
+
+
+def _finite_array(a, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} could not be read as an array: {exc}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real-valued; got dtype {arr.dtype}")
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        kind = "NaN" if np.isnan(arr).any() else "infinity"
+        raise ValueError(f"{name} contains {bad} non-finite value(s) ({kind}); remove or impute them first")
+    return arr
+
+
+def check_inputs(X, net: Network) -> np.ndarray:
+    arr = _finite_array(X, "X")
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-D (samples, features); got {arr.ndim}-D shape {arr.shape}. "
+                         "Reshape a single sample with X.reshape(1, -1).")
+    if arr.shape[0] == 0:
+        raise ValueError("X is empty: it has 0 samples")
+    if arr.shape[1] != net.n_inputs:
+        raise ValueError(f"X has {arr.shape[1]} features but the network's input layer has "
+                         f"{net.n_inputs} (layer_sizes[0]); build the model with layer_sizes[0]={arr.shape[1]}")
+    return arr
+
+
+def check_targets(y, net: Network, n_samples: int) -> np.ndarray:
+    """Float targets of shape (N, C): one-hot for softmax, values for the other heads."""
+    arr = _finite_array(y, "y")
+    C = net.n_outputs
+    if arr.ndim == 0 or arr.ndim > 2:
+        raise ValueError(f"y must have shape (N,) or (N, {C}); got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"X and y have different lengths: {n_samples} samples in X, {arr.shape[0]} in y")
+    if net.output == "softmax":
+        return _class_targets(arr, C)
+    if arr.ndim == 1:
+        if C != 1:
+            raise ValueError(f"y of shape {arr.shape} gives one target per sample, but the network has "
+                             f"{C} outputs; pass y with shape (N, {C})")
+        arr = arr.reshape(-1, 1)
+    if arr.shape[1] != C:
+        raise ValueError(f"y has {arr.shape[1]} target columns but the network has {C} outputs")
+    if net.output == "sigmoid" and ((arr < 0).any() or (arr > 1).any()):
+        raise ValueError("targets for the sigmoid head must lie in [0, 1]; "
+                         f"got values from {arr.min()} to {arr.max()}")
+    return arr.astype(np.float64)
+
+
+def _class_targets(arr: np.ndarray, C: int) -> np.ndarray:
+    if arr.ndim == 2:
+        if arr.shape[1] != C:
+            raise ValueError(f"one-hot y has {arr.shape[1]} columns but the network has {C} classes")
+        if not (np.isin(arr, (0, 1)).all() and (arr.sum(axis=1) == 1).all()):
+            raise ValueError("2-D y for the softmax head must be one-hot: each row a single 1, zeros elsewhere")
+        return arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == bool or not np.equal(np.mod(arr, 1), 0).all():
+            raise ValueError(f"labels must be integer class ids in [0, {C}); got dtype {arr.dtype} "
+                             "with non-integer values")
+    if arr.size and (arr.min() < 0 or arr.max() >= C):
+        raise ValueError(f"labels must be integer class ids in [0, {C}) for a network with {C} outputs; "
+                         f"got labels from {arr.min()} to {arr.max()}")
+    onehot = np.zeros((arr.shape[0], C))
+    onehot[np.arange(arr.shape[0]), arr.astype(np.intp)] = 1.0
+    return onehot
+
+
+def check_positive_finite(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return float(value)
+
+
+def check_non_negative_finite(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def check_count(value, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_reduction(reduction) -> str:
+    return check_choice(reduction, REDUCTIONS, "reduction")
