@@ -8,6 +8,8 @@ compute in float64 whatever the input type, so float32 results are rounded once.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -30,13 +32,13 @@ _TQ2 = 2.23548839060100448583e3
 _TQ3 = 4.84406305325125486048e3
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
 def _pow2(n: np.int64) -> np.float64:
     """2**n for -1022 <= n <= 1023, built from the exponent bits."""
     return np.int64((n + 1023) << 52).view(np.float64)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
 def vexp(x):
     """exp(x) in float64, within ~2 ulp of libm; +inf above 709.8, 0 below -745.2."""
     x = np.float64(x)
@@ -65,7 +67,7 @@ def vexp(x):
     return x if x != x else y
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
 def vtanh(x):
     """tanh(x) in float64, within a few ulp of NumPy; odd, saturating to +-1."""
     x = np.float64(x)
@@ -73,13 +75,13 @@ def vtanh(x):
     z = x * x
     num = (_TP0 * z + _TP1) * z + _TP2
     den = ((z + _TQ1) * z + _TQ2) * z + _TQ3
-    small = x + x * z * (num / den)
+    small = math.copysign(x + x * z * (num / den), x)  # keeps tanh(-0.0) == -0.0
     big = 1.0 - 2.0 / (vexp(2.0 * ax) + 1.0)
-    big = -big if x < 0.0 else big
+    big = math.copysign(big, x)
     return small if ax < 0.625 else big
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
 def vsigmoid(x):
     """1 / (1 + exp(-x)), the NumPy backend's formula."""
     return 1.0 / (vexp(-np.float64(x)) + 1.0)

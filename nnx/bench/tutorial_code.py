@@ -69,17 +69,22 @@ def _moons_loss(X, y, W1, b1, W2, b2, l2):
 
 
 def moons_tutorial(X, y, hidden, passes, lr=0.01, l2=0.01, seed=0, dtype=np.float64,
-                   log_every=None, n_classes=2):
+                   log_every=None, n_classes=2, params=None):
     """Tutorial 003's ``build_model``: ``passes`` full-batch gradient-descent updates.
 
     Returns a dict with ``W1, b1, W2, b2`` (biases (1, fan_out)) and ``losses``,
     ``{updates_done: loss}`` with the tutorial's ``calculate_loss`` figure recorded
     after updates ``log_every, 2*log_every, ...`` (empty when ``log_every`` is None).
+    ``params`` (a dict like the one returned, copied) starts the run from there instead
+    of the seed's draw, so a run can be continued; update counts then restart at 0.
     """
     X = np.asarray(X, dtype=dtype)
     y = np.asarray(y)
     num_examples, n_inputs = X.shape
-    params = moons_initial_params(n_inputs, hidden, n_classes, seed=seed, dtype=dtype)
+    if params is None:
+        params = moons_initial_params(n_inputs, hidden, n_classes, seed=seed, dtype=dtype)
+    else:
+        params = {k: np.array(params[k], dtype=dtype) for k in ("W1", "b1", "W2", "b2")}
     W1, b1, W2, b2 = params["W1"], params["b1"], params["W2"], params["b2"]
     epsilon, reg_lambda = lr, l2
     rows = range(num_examples)
