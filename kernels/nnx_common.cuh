@@ -5,7 +5,8 @@
 // stride = total threads), so the same device function serves a many-block
 // launch and the single-block kernel that runs whole passes, and every sum is
 // taken in a fixed order (no atomics): the same launch gives the same bits.
-#pragma once
+#ifndef NNX_COMMON_CUH
+#define NNX_COMMON_CUH
 
 // Codes match nnx.network.ACTIVATION_CODES and HEAD_CODES (checked by tests).
 #define NNX_ACT_SIGMOID 0
@@ -138,3 +139,5 @@ __device__ void nnx_dense_update_items(T* W, const T* dW_parts, long long n_w, T
         }
     }
 }
+
+#endif  // NNX_COMMON_CUH

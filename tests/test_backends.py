@@ -137,7 +137,7 @@ def test_missing_numba_is_unavailable_with_reason_and_auto_falls_back():
     reason, auto, err = json.loads(done.stdout)
     assert reason == "numba is not installed: pip install numba"
     assert auto == "numpy"
-    assert err == ["Backend 'numba' is unavailable: numba is not installed: pip install numba", "ImportError"]
+    assert err == ["Backend 'numba' is unavailable: numba is not installed: pip install numba", "ModuleNotFoundError"]
 
 
 def test_explicit_name_never_falls_back_via_env():

@@ -147,9 +147,9 @@ def _blas_bound() -> Workload:
 
 
 def _xor() -> Workload:
-    case = Case("xor", 4, (2, 2, 1), lr=0.5, hidden="sigmoid", output="sigmoid", init="uniform", l2=0.0,
+    case = Case("xor", 4, (2, 2, 1), lr=1.0, hidden="sigmoid", output="sigmoid", init="uniform", l2=0.0,
                 reduction="sum", data="xor")
-    return Workload("xor", "the 2-2-1 sigmoid XOR network, squared error, summed",
+    return Workload("xor", "tutorial 001: the 2-2-1 sigmoid XOR network, uniform init, lr 1, summed squared error",
                     {"tiny": (case,), "quick": (case,), "full": (case,)})
 
 

@@ -1,0 +1,55 @@
+"""Squared-error head (sigmoid or identity output): output, gradient and loss in one pass.
+
+The gradient follows the NumPy reference order: (y - T) * (y * (1 - y)) for
+sigmoid, then times ``scale``; the loss is 0.5 * sum((y - T)**2) when asked for.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+from .cpu_math import FASTMATH, vsigmoid
+
+HEAD_SIGMOID = 1  # nnx.network.HEAD_CODES["sigmoid"]; identity is anything else here
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
+    """delta[:, :nb] from feature-major logits; returns the summed loss if ``want_loss``."""
+    loss = 0.0
+    for c in range(z.shape[0]):
+        if head == HEAD_SIGMOID:
+            for n in range(nb):
+                y = vsigmoid(z[c, n])
+                d = y - TT[c, n0 + n]
+                if want_loss:
+                    loss += 0.5 * d * d
+                delta[c, n] = d * (y * (1.0 - y)) * scale
+        else:
+            for n in range(nb):
+                d = z[c, n] - TT[c, n0 + n]
+                if want_loss:
+                    loss += 0.5 * d * d
+                delta[c, n] = d * scale
+    return loss
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def squared_error_rows(head, Z, T, r0, r1, scale, D, want_loss):
+    """D[r] from sample-major logits for rows r0..r1; returns the summed loss if ``want_loss``."""
+    loss = 0.0
+    n_out = Z.shape[1]
+    for r in range(r0, r1):
+        if head == HEAD_SIGMOID:
+            for c in range(n_out):
+                y = vsigmoid(Z[r, c])
+                d = y - T[r, c]
+                if want_loss:
+                    loss += 0.5 * d * d
+                D[r, c] = d * (y * (1.0 - y)) * scale
+        else:
+            for c in range(n_out):
+                d = Z[r, c] - T[r, c]
+                if want_loss:
+                    loss += 0.5 * d * d
+                D[r, c] = d * scale
+    return loss

@@ -1,0 +1,302 @@
+"""The whole training loop, ``passes`` full-batch updates, in one compiled call.
+
+The network is described by flat arrays so one specialisation per dtype serves
+every depth, width, activation and head:
+
+* ``theta``/``grads``: all parameters laid out W0, b0, W1, b1, ... (``w_off``);
+* units: a BLAS layer (``UNIT_BLAS``) or a run of fused layers (``UNIT_FUSED``,
+  layers ``t0..t1``) that streams blocks of samples through explicit loops;
+* ``acts``/``deltas``: flat sample-major buffers, only for the layer outputs a
+  BLAS layer needs or a fused run hands on (``act_off``, -1 where not stored).
+
+Fused runs split the samples into a fixed number of chunks (from the sizes
+alone, never the thread count); each chunk sums its own partial gradients and
+the chunks are added in order, so results are bit-identical for any
+``NUMBA_NUM_THREADS``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .cpu_activation import IDENTITY
+from .cpu_dense import backward_block, bias_activation_rows, forward_block
+from .cpu_activation import grad_times_derivative
+from .cpu_math import FASTMATH
+from .cpu_softmax import softmax_xent_block, softmax_xent_rows
+from .cpu_squared import squared_error_block, squared_error_rows
+from .cpu_update import gd_update
+
+UNIT_BLAS, UNIT_FUSED = 0, 1
+MODE_FORWARD, MODE_BACKWARD, MODE_HEAD = 0, 1, 2
+HEAD_SOFTMAX = 0
+
+_OPTS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
+
+
+@njit(**_OPTS)
+def _weights(theta, w_off, sizes, layer):
+    fan_in = sizes[layer]
+    fan_out = sizes[layer + 1]
+    w0 = w_off[layer]
+    return theta[w0:w0 + fan_in * fan_out].reshape((fan_in, fan_out))
+
+
+@njit(**_OPTS)
+def _bias(theta, w_off, sizes, layer):
+    b0 = w_off[layer] + sizes[layer] * sizes[layer + 1]
+    return theta[b0:b0 + sizes[layer + 1]]
+
+
+@njit(**_OPTS)
+def _stored(buf, act_off, sizes, layer, n):
+    o = act_off[layer]
+    w = sizes[layer + 1]
+    return buf[o:o + n * w].reshape((n, w))
+
+
+@njit(**_OPTS)
+def _block(buf, off, rows, bs):
+    return buf[off:off + rows * bs].reshape((rows, bs))
+
+
+@njit(**_OPTS)
+def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                act_off, r0, r1, bs, buf, pgrad, pg_off, scale):
+    """Stream samples r0..r1 through fused layers t0..t1 in blocks of ``bs``.
+
+    MODE_FORWARD stores the run's output; MODE_BACKWARD recomputes the run's
+    activations and back-propagates the stored delta at its output;
+    MODE_HEAD goes forward, through the loss head and back in one sweep. The
+    partial gradients of this chunk accumulate in ``pgrad``; when the run does
+    not start at the input, the delta at its input is stored for the layer before.
+    """
+    n_layers = sizes.size - 1
+    n_samples = X.shape[0]
+    n_in = sizes[t0]
+    maxw = n_in
+    for layer in range(t0, t1 + 1):
+        maxw = max(maxw, sizes[layer + 1])
+    act_base = n_in * bs
+    top = act_base
+    for layer in range(t0, t1 + 1):
+        top += sizes[layer + 1] * bs
+    ga = top
+    gb = top + maxw * bs
+    m = buf[top + 2 * maxw * bs:top + 2 * maxw * bs + bs]
+    s = buf[top + 2 * maxw * bs + bs:top + 2 * maxw * bs + 2 * bs]
+    xin = _block(buf, 0, n_in, bs)
+    if mode != MODE_FORWARD:
+        for layer in range(t0, t1 + 1):
+            o = pg_off[layer]
+            for i in range(o, o + (sizes[layer] + 1) * sizes[layer + 1]):
+                pgrad[i] = 0.0
+    for n0 in range(r0, r1, bs):
+        nb = min(bs, r1 - n0)
+        if t0 == 0:
+            for k in range(n_in):
+                for n in range(nb):
+                    xin[k, n] = XT[k, n0 + n]
+        else:
+            a_in = _stored(acts, act_off, sizes, t0 - 1, n_samples)
+            for n in range(nb):
+                for k in range(n_in):
+                    xin[k, n] = a_in[n0 + n, k]
+        # forward through the run, block activations only
+        off = act_base
+        prev = 0
+        for layer in range(t0, t1 + 1):
+            fan_out = sizes[layer + 1]
+            out = _block(buf, off, fan_out, bs)
+            x = _block(buf, prev, sizes[layer], bs)
+            code = IDENTITY if layer == n_layers - 1 else codes[layer]
+            forward_block(_weights(theta, w_off, sizes, layer), _bias(theta, w_off, sizes, layer),
+                          code, x, out, nb)
+            prev = off
+            off += fan_out * bs
+        width = sizes[t1 + 1]
+        last = _block(buf, prev, width, bs)
+        if mode == MODE_FORWARD:
+            a_out = _stored(acts, act_off, sizes, t1, n_samples)
+            for n in range(nb):
+                for j in range(width):
+                    a_out[n0 + n, j] = last[j, n]
+            continue
+        g = _block(buf, ga, width, bs)
+        if mode == MODE_HEAD:
+            if head == HEAD_SOFTMAX:
+                softmax_xent_block(last, TT, n0, nb, scale, g, m, s, False)
+            else:
+                squared_error_block(head, last, TT, n0, nb, scale, g, False)
+        else:
+            d_out = _stored(deltas, act_off, sizes, t1, n_samples)
+            for n in range(nb):
+                for j in range(width):
+                    g[j, n] = d_out[n0 + n, j]
+        # backward: off walks back over the block activations
+        g_off = ga
+        gin_off = gb
+        for layer in range(t1, t0 - 1, -1):
+            fan_in = sizes[layer]
+            fan_out = sizes[layer + 1]
+            off -= fan_out * bs
+            x_off = off - fan_in * bs if layer > t0 else 0
+            o = pg_off[layer]
+            dW = pgrad[o:o + fan_in * fan_out].reshape((fan_in, fan_out))
+            db = pgrad[o + fan_in * fan_out:o + (fan_in + 1) * fan_out]
+            want_gin = layer > 0
+            prev_code = codes[layer - 1] if layer > 0 else IDENTITY
+            backward_block(_weights(theta, w_off, sizes, layer), _block(buf, g_off, fan_out, bs),
+                           _block(buf, x_off, fan_in, bs), dW, db, _block(buf, gin_off, fan_in, bs),
+                           nb, want_gin, prev_code)
+            g_off, gin_off = gin_off, g_off
+        if t0 > 0:
+            d_in = _stored(deltas, act_off, sizes, t0 - 1, n_samples)
+            gin = _block(buf, g_off, n_in, bs)
+            for n in range(nb):
+                for k in range(n_in):
+                    d_in[n0 + n, k] = gin[k, n]
+
+
+@njit(parallel=True, **_OPTS)
+def fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+               act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
+    """Run the chunks of a fused run (in parallel when there are several), then add
+    their partial gradients into ``grads`` in chunk order."""
+    n_samples = X.shape[0]
+    if n_chunks == 1:
+        fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                    act_off, 0, n_samples, bs, scratch[0], pg[0], pg_off, scale)
+    else:
+        for c in prange(n_chunks):
+            r0 = c * chunk_len
+            r1 = min(n_samples, r0 + chunk_len)
+            fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                        act_off, r0, r1, bs, scratch[c], pg[c], pg_off, scale)
+    if mode == MODE_FORWARD:
+        return
+    for layer in range(t0, t1 + 1):
+        o = pg_off[layer]
+        size = (sizes[layer] + 1) * sizes[layer + 1]
+        g0 = w_off[layer]
+        for i in range(size):
+            grads[g0 + i] = pg[0, o + i]
+        for c in range(1, n_chunks):
+            for i in range(size):
+                grads[g0 + i] += pg[c, o + i]
+
+
+@njit(parallel=True, **_OPTS)
+def rows_bias_activation(Z, b, code, row_block):
+    """Z = f(Z + b) after a BLAS product, row blocks in parallel when there are several."""
+    n = Z.shape[0]
+    n_blocks = (n + row_block - 1) // row_block
+    if n_blocks == 1:
+        bias_activation_rows(Z, b, code, 0, n)
+    else:
+        for i in prange(n_blocks):
+            bias_activation_rows(Z, b, code, i * row_block, min(n, (i + 1) * row_block))
+
+
+@njit(**_OPTS)
+def _grad_rows(D, A, code, r0, r1):
+    w = D.shape[1]
+    for r in range(r0, r1):
+        grad_times_derivative(code, D, A, r, w)
+
+
+@njit(parallel=True, **_OPTS)
+def rows_grad_derivative(D, A, code, row_block):
+    """D *= f'(A) after the BLAS product D = D_next @ W.T."""
+    n = D.shape[0]
+    n_blocks = (n + row_block - 1) // row_block
+    if n_blocks == 1:
+        _grad_rows(D, A, code, 0, n)
+    else:
+        for i in prange(n_blocks):
+            _grad_rows(D, A, code, i * row_block, min(n, (i + 1) * row_block))
+
+
+@njit(parallel=True, **_OPTS)
+def rows_head(head, Z, T, D, scale, row_block):
+    """The loss head's gradient on sample-major logits left by a BLAS output layer."""
+    n = Z.shape[0]
+    n_blocks = (n + row_block - 1) // row_block
+    if n_blocks == 1:
+        if head == HEAD_SOFTMAX:
+            softmax_xent_rows(Z, T, 0, n, scale, D, False)
+        else:
+            squared_error_rows(head, Z, T, 0, n, scale, D, False)
+    else:
+        for i in prange(n_blocks):
+            r0 = i * row_block
+            r1 = min(n, r0 + row_block)
+            if head == HEAD_SOFTMAX:
+                softmax_xent_rows(Z, T, r0, r1, scale, D, False)
+            else:
+                squared_error_rows(head, Z, T, r0, r1, scale, D, False)
+
+
+@njit(**_OPTS)
+def column_sums(D, out):
+    """out = D.sum(axis=0), rows added in order (deterministic)."""
+    w = D.shape[1]
+    for j in range(w):
+        out[j] = 0.0
+    for r in range(D.shape[0]):
+        for j in range(w):
+            out[j] += D[r, j]
+
+
+@njit(**_OPTS)
+def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                 unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len,
+                 theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper, row_blocks):
+    """``passes`` updates of ``theta`` in place: forward, gradients, then W -= lr (dW + l2 W)."""
+    n_layers = sizes.size - 1
+    n = X.shape[0]
+    n_units = unit_kind.size
+    lr = hyper[0]
+    l2 = hyper[1]
+    scale = hyper[2]
+    n_bias = sizes[1:]
+    last = n_layers - 1
+    for _ in range(passes):
+        for u in range(n_units):
+            t0 = unit_t0[u]
+            t1 = unit_t1[u]
+            if unit_kind[u] == UNIT_BLAS:
+                a_in = X if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
+                Z = _stored(acts, act_off, sizes, t0, n)
+                np.dot(a_in, _weights(theta, w_off, sizes, t0), Z)
+                code = IDENTITY if t0 == last else codes[t0]
+                rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code, row_blocks[t0])
+            elif t1 < last:
+                fused_unit(MODE_FORWARD, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
+                           acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
+                           scratch, pg, pg_off, scale)
+        if unit_kind[n_units - 1] == UNIT_BLAS:
+            rows_head(head, _stored(acts, act_off, sizes, last, n), T,
+                      _stored(deltas, act_off, sizes, last, n), scale, row_blocks[last])
+        for u in range(n_units - 1, -1, -1):
+            t0 = unit_t0[u]
+            t1 = unit_t1[u]
+            if unit_kind[u] == UNIT_BLAS:
+                D = _stored(deltas, act_off, sizes, t0, n)
+                a_in = X if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
+                fan_in = sizes[t0]
+                fan_out = sizes[t0 + 1]
+                w0 = w_off[t0]
+                np.dot(a_in.T, D, grads[w0:w0 + fan_in * fan_out].reshape((fan_in, fan_out)))
+                column_sums(D, grads[b_off[t0]:b_off[t0] + fan_out])
+                if t0 > 0:
+                    d_prev = _stored(deltas, act_off, sizes, t0 - 1, n)
+                    np.dot(D, _weights(theta, w_off, sizes, t0).T, d_prev)
+                    rows_grad_derivative(d_prev, _stored(acts, act_off, sizes, t0 - 1, n),
+                                         codes[t0 - 1], row_blocks[t0 - 1])
+            else:
+                mode = MODE_HEAD if t1 == last else MODE_BACKWARD
+                fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
+                           acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
+                           scratch, pg, pg_off, scale)
+        gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)

@@ -1,0 +1,313 @@
+"""The CuPy backend: the whole training loop on an NVIDIA GPU.
+
+Data moves to the device once per ``fit`` and parameters stay there. Matrix
+products go to cuBLAS; the elementwise work around them runs in the fused
+kernels of ``nnx/kernels/*.cu`` (compiled once by NVRTC through
+``cupy.RawModule``, cached by CuPy); networks with one hidden layer and narrow
+ends use fused kernels that never store the N x H activations. Launch
+overhead is kept to a small constant per pass: tiny networks run whole passes
+inside one thread block, everything else replays captured CUDA graphs of
+``cuda_plan.GRAPH_PASSES`` passes. Reductions are fixed-order (no atomics), so
+a seed gives the same bits run to run. Op-level methods not overridden here
+run the base reference math unchanged on ``cupy``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import time
+import weakref
+from collections.abc import Iterator
+
+import cupy
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from ..kernels import cuda_sources as src
+from ..network import ACTIVATION_CODES, GradientDescent, Network, Objective, TrainState
+from . import cuda_plan as plan
+from .base import Backend, Data
+from .cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
+
+_CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice; no driver at all reads as cudaErrorInsufficientDriver (35)
+_CUDA_LIBS_HINT = ("install the CUDA 12/13 runtime libraries, e.g. pip install 'cupy-cuda12x[ctk]' or "
+                   "'cupy-cuda13x[ctk]', or a CUDA toolkit")
+
+
+def check() -> None:
+    """Raise BackendUnavailableError (CUDA error chained) unless a device, cuBLAS and NVRTC work."""
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        if getattr(exc, "status", None) == _CUDA_ERROR_NO_DEVICE:
+            raise BackendUnavailableError(f"no CUDA device found ({exc})") from exc
+        raise BackendUnavailableError(f"no usable CUDA device ({exc})") from exc
+    if count == 0:
+        raise BackendUnavailableError("no CUDA device found")
+    try:
+        cupy.cuda.runtime.memGetInfo()  # creates the context: fails on a busy or prohibited device
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        raise BackendUnavailableError(f"CUDA device 0 is not usable ({exc})") from exc
+    try:
+        importlib.import_module("cupy.cublas")  # loads libcublas
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - the library loaders raise several types
+        raise BackendUnavailableError(f"CUDA libraries missing ({exc}); {_CUDA_LIBS_HINT}") from exc
+
+
+def create() -> Backend:
+    return CupyBackend()
+
+
+_MODULES: dict[str, cupy.RawModule] = {}
+
+
+def _module(source: src.CudaSource) -> cupy.RawModule:
+    """One RawModule per source with every named instance; NVRTC runs on first use only."""
+    module = _MODULES.get(source.filename)
+    if module is None:
+        module = cupy.RawModule(code=source.code(), options=("--std=c++17",),
+                                name_expressions=source.name_expressions())
+        _MODULES[source.filename] = module
+    return module
+
+
+class CupyDevice:
+    """The ``cuda_program`` device interface on CuPy: RawModule kernels and cuBLAS."""
+
+    xp = cupy
+
+    def __init__(self) -> None:
+        self._functions: dict[tuple[str, str], object] = {}
+
+    def empty(self, shape, dtype):
+        return cupy.empty(shape, dtype=dtype)
+
+    def ptr(self, a) -> int:
+        return int(a.data.ptr)
+
+    def gemm(self, transa: str, transb: str, a, b, out, beta: float) -> None:
+        # All operands are C-contiguous (row slices, reshapes): cuBLAS writes straight into `out`.
+        importlib.import_module("cupy.cublas").gemm(transa, transb, a, b, out=out, alpha=1.0, beta=beta)
+
+    def function(self, name: str, dtype: np.dtype):
+        ctype = src.ELEMENT_TYPES[np.dtype(dtype).name]
+        fn = self._functions.get((name, ctype))
+        if fn is None:
+            source, spec = src.kernel(name)
+            fn = _module(source).get_function(spec.instance(ctype))
+            self._functions[(name, ctype)] = fn
+        return fn
+
+    def launch(self, name: str, dtype, n_items: int, args: tuple, *, one_block: bool = False) -> None:
+        args = kernel_args(name, np.dtype(dtype), args)
+        for a in args:
+            if isinstance(a, cupy.ndarray) and not a.flags.c_contiguous:
+                raise ValueError(f"{name}: kernels read arrays as flat C-contiguous buffers")
+        grid = 1 if one_block else plan.grid_for(n_items)
+        self.function(name, dtype)((grid,), (plan.THREADS,), args)
+
+    def free_bytes(self) -> int:
+        """Free device memory plus what CuPy's pool holds unused."""
+        return int(cupy.cuda.runtime.memGetInfo()[0]) + int(cupy.get_default_memory_pool().free_bytes())
+
+
+class CupyBackend(Backend):
+    """Fused GPU training; ``fused=False`` runs the base reference math op by op on CuPy.
+
+    ``graphs=False`` launches every kernel of every pass (no CUDA graphs); both
+    switches exist for benchmarks and diagnosis and do not change results
+    beyond rounding (``fused``) or at all (``graphs``).
+    """
+
+    name = "cupy"
+    xp = cupy
+
+    def __init__(self, *, fused: bool = True, graphs: bool = True, per_graph: int = plan.GRAPH_PASSES):
+        self.fused, self.graphs = fused, graphs
+        self.device = CupyDevice()
+        self._per_graph = per_graph
+        self._stream: cupy.cuda.Stream | None = None
+        self._replayer: PassReplayer | None = None
+        self._programs: dict[int, tuple[tuple, int, object]] = {}
+        self._serial = itertools.count()
+
+    # ------------------------------------------------------- bench hooks
+    def warm_up(self, net: Network, n_samples: int) -> float:
+        """Compile and load every kernel for the network's dtype; seconds taken (NVRTC, or CuPy's cache)."""
+        start = time.perf_counter()
+        for source in src.SOURCES:
+            for kernel in source.kernels:
+                self.device.function(kernel.name, net.np_dtype)
+        cupy.cuda.get_current_stream().synchronize()
+        return time.perf_counter() - start
+
+    def launches_per_pass(self, net: Network, n_samples: int) -> float:
+        """Host-side launches per pass in a long run (graphs and single-block passes count fractions)."""
+        if not self.fused:
+            raise NotImplementedError("the reference math issues one launch per array operation")
+        return plan.launches_per_pass(net, n_samples, graphs=self.graphs, per_graph=self._per_graph)
+
+    # ------------------------------------------------------------------ data
+    def to_numpy(self, a) -> np.ndarray:
+        return cupy.asnumpy(a)
+
+    def synchronize(self) -> None:
+        cupy.cuda.get_current_stream().synchronize()
+        if self._stream is not None:
+            self._stream.synchronize()
+
+    def prepare_data(self, net: Network, X: np.ndarray, T: np.ndarray) -> Data:
+        with self._out_of_memory("the training data", plan.data_bytes(net, X.shape[0])):
+            return super().prepare_data(net, X, T)
+
+    def prepare_params(self, net: Network, params) -> list[tuple[object, object]]:
+        n_params = sum(i * o + o for i, o in net.layer_shapes())
+        with self._out_of_memory("the parameters", n_params * net.np_dtype.itemsize):
+            return super().prepare_params(net, params)
+
+    @contextlib.contextmanager
+    def _out_of_memory(self, what: str, needed: int) -> Iterator[None]:
+        try:
+            yield
+        except cupy.cuda.memory.OutOfMemoryError as exc:
+            raise plan.GpuMemoryError(what, needed, self.device.free_bytes(),
+                                      "Use dtype='float32', fewer samples or fewer hidden units, or free GPU "
+                                      f"memory held by other arrays or processes ({exc}).") from exc
+
+    @contextlib.contextmanager
+    def _side_stream(self) -> Iterator[cupy.cuda.Stream]:
+        """Run on the backend's own non-blocking stream (graphs need one), ordered after and
+        before the caller's current stream."""
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+            self._replayer = PassReplayer(self._stream, self._per_graph)
+        current = cupy.cuda.get_current_stream()
+        self._stream.wait_event(current.record())
+        try:
+            with self._stream:
+                yield self._stream
+        finally:
+            current.wait_event(self._stream.record())
+
+    # -------------------------------------------------------------- programs
+    def _build(self, net: Network, params, X, T, what: str):
+        n = int(X.shape[0])
+        itemsize = net.np_dtype.itemsize
+        free = self.device.free_bytes()
+        if plan.is_tiny(net):
+            tiny = plan.plan_tiny(n, net.n_inputs, net.layer_sizes[1], net.n_outputs)
+            needed = (tiny.workspace_elements() + n * (net.n_outputs + 1)) * itemsize
+            if needed + plan.HEADROOM_BYTES > free:
+                raise plan.GpuMemoryError(what, needed + plan.HEADROOM_BYTES, free,
+                                          "Use fewer samples or free GPU memory held by other arrays or processes.")
+            with self._out_of_memory(what, needed):
+                return TinyProgram(self.device, net, params, X, T, tiny)
+        chunks = plan.plan_chunks(net, n, free, what=what)
+        needed = plan.fixed_bytes(net, n) + chunks.chunk * plan.row_bytes(net)
+        with self._out_of_memory(what, needed):
+            return DenseProgram(self.device, net, params, X, T, chunks)
+
+    def _program(self, net: Network, params, data: Data, what: str):
+        """The program bound to these data and parameter arrays, built once and reused.
+
+        Cached per Data object (dropped when it is collected); a different set of
+        parameter arrays (a restored snapshot, say) builds a new program.
+        """
+        key = (net, self.device.ptr(data.X), self.device.ptr(data.T),
+               tuple(self.device.ptr(a) for pair in params for a in pair))
+        entry = self._programs.get(id(data))
+        if entry is not None and entry[0] == key:
+            return entry[1], entry[2]
+        if entry is None:
+            weakref.finalize(data, self._programs.pop, id(data), None)
+        self._programs.pop(id(data), None)  # free the old workspace before building the new one
+        program = self._build(net, params, data.X, data.T, what)
+        self._programs[id(data)] = (key, next(self._serial), program)
+        return self._programs[id(data)][1:]
+
+    # ------------------------------------------------------------ overrides
+    def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
+              optimizer: GradientDescent, passes: int) -> None:
+        if not self.fused or not isinstance(optimizer, GradientDescent):
+            return super().train(net, state, data, objective, optimizer, passes)
+        if passes <= 0:
+            return None
+        serial, program = self._program(net, state.params, data, f"training on {data.n_samples} samples")
+        scale = 1.0 if objective.reduction == "sum" else 1.0 / data.n_samples
+        lr, l2 = optimizer.lr, objective.l2
+        with self._side_stream():
+            if getattr(program, "fused_passes", False):
+                program.run_passes(passes, scale, lr, l2)
+            elif self.graphs:
+                self._replayer.run((serial, scale, lr, l2), lambda: program.run_pass(scale, lr, l2), passes)
+            else:
+                for _ in range(passes):
+                    program.run_pass(scale, lr, l2)
+        state.updates += passes
+        return None
+
+    def _row_losses(self, net: Network, params, data: Data) -> float:
+        if not self.fused:
+            logits = self.forward(net, params, data.X, logits=True)[-1]
+            return self.head_loss_sum(net.output, logits, data.T)
+        _, program = self._program(net, params, data, f"the loss on {data.n_samples} samples")
+        n = data.n_samples
+        with self._out_of_memory("the loss", n * (net.n_outputs + 1) * net.np_dtype.itemsize):
+            out, loss = cupy.empty((n, net.n_outputs), net.np_dtype), cupy.empty(n, net.np_dtype)
+        with self._side_stream():
+            program.head_rows(src.MODE_LOSS, out, loss)
+            total = loss.sum()
+        return float(total)
+
+    def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
+        total = self._row_losses(net, params, data)
+        if objective.l2:
+            total += objective.l2 / 2 * sum(float((W * W).sum()) for W, _ in params)
+        return total / data.n_samples
+
+    def data_loss(self, net: Network, params, data: Data) -> float:
+        return self._row_losses(net, params, data) / data.n_samples
+
+    def predict_output(self, net: Network, params, X):
+        if not self.fused:
+            return super().predict_output(net, params, X)
+        n = int(X.shape[0])
+        program = self._build(net, params, X, None, f"prediction on {n} samples")
+        with self._out_of_memory("the predictions", n * (net.n_outputs + 1) * net.np_dtype.itemsize):
+            out, scratch = cupy.empty((n, net.n_outputs), net.np_dtype), cupy.empty(n, net.np_dtype)
+        with self._side_stream():
+            program.head_rows(src.MODE_OUTPUT, out, scratch)
+        return out
+
+    def gradients(self, net: Network, params, data: Data, objective: Objective):
+        if not self.fused:
+            return super().gradients(net, params, data, objective)
+        _, program = self._program(net, params, data, f"gradients on {data.n_samples} samples")
+        scale = 1.0 if objective.reduction == "sum" else 1.0 / data.n_samples
+        with self._side_stream():
+            return program.gradients(scale, objective.l2)
+
+    # Op level: the fused kernels where the arrays suit them, else the reference math.
+    def dense_forward(self, x, W, b, kind: str, out):
+        if not (self.fused and _flat(x, W, b, out) and out.shape == (x.shape[0], W.shape[1])):
+            return super().dense_forward(x, W, b, kind, out)
+        self.device.gemm("N", "N", x, W, out, 0.0)
+        self.device.launch("nnx_bias_activation", out.dtype, out.size,
+                           (out, b, out.shape[0], out.shape[1], ACTIVATION_CODES[kind]))
+        return out
+
+    def activation_backward(self, kind: str, grad, a, scratch):
+        if not (self.fused and kind in ACTIVATION_CODES and _flat(grad, a) and grad.shape == a.shape):
+            return super().activation_backward(kind, grad, a, scratch)
+        self.device.launch("nnx_activation_backward", grad.dtype, grad.size,
+                           (grad, a, grad.size, ACTIVATION_CODES[kind]))
+        return grad
+
+
+def _flat(*arrays) -> bool:
+    """Same float dtype, C-contiguous CuPy arrays: what the kernels can take."""
+    dtype = arrays[0].dtype
+    return (dtype.name in src.ELEMENT_TYPES
+            and all(isinstance(a, cupy.ndarray) and a.dtype == dtype and a.flags.c_contiguous for a in arrays))

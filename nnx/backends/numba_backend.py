@@ -1,0 +1,274 @@
+"""The Numba backend: the whole training loop compiled, one call per log interval.
+
+``train`` hands a flat description of the network to
+``nnx.kernels.cpu_train.train_passes``, which runs every pass of the interval
+without returning to Python. Each layer takes one of two paths, chosen by its
+smallest dimension:
+
+* fused: ``min(fan_in, fan_out) <= fused_max_dim`` (2 inputs, 2 classes...):
+  consecutive such layers form a run that streams blocks of samples through
+  explicit loops and never stores its N x H activations;
+* BLAS: layers large in every dimension call ``np.dot`` with the bias,
+  activation and derivative fused around the products.
+
+Kernels compile on first use (``cache=True`` keeps them on disk), never at
+``import nnx``; ``warm_up`` compiles them up front and reports the seconds, so
+the CLI and benchmarks can show compile time apart from run time.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from ..network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
+from .base import Backend, Data
+
+# Layers whose smaller side is at most this many units take the fused path.
+FUSED_MAX_DIM = 16
+# Target elements of one fused block (feature x sample buffers), about L2-sized.
+BLOCK_ELEMS = 1 << 17
+MAX_BLOCK = 512
+# Fused runs smaller than this many multiply-adds per pass stay on one thread.
+PARALLEL_MIN_WORK = 1 << 20
+MAX_CHUNKS = 16
+# Row blocks for the elementwise work around BLAS products.
+ROW_BLOCK_ELEMS = 1 << 15
+
+
+@dataclass
+class _Plan:
+    """Flat layout, unit split and buffers for one network and sample count."""
+
+    sizes: np.ndarray
+    codes: np.ndarray
+    head: int
+    w_off: np.ndarray
+    b_off: np.ndarray
+    act_off: np.ndarray
+    pg_off: np.ndarray
+    unit_kind: np.ndarray
+    unit_t0: np.ndarray
+    unit_t1: np.ndarray
+    unit_bs: np.ndarray
+    unit_chunks: np.ndarray
+    unit_chunk_len: np.ndarray
+    row_blocks: np.ndarray
+    theta: np.ndarray
+    grads: np.ndarray
+    acts: np.ndarray
+    deltas: np.ndarray
+    scratch: np.ndarray
+    pg: np.ndarray
+
+    @property
+    def first_fused(self) -> bool:
+        return bool(self.unit_kind[0] == 1)
+
+    @property
+    def head_fused(self) -> bool:
+        return bool(self.unit_kind[-1] == 1)
+
+    def load(self, params) -> None:
+        for layer, (W, b) in enumerate(params):
+            w0, b0 = self.w_off[layer], self.b_off[layer]
+            self.theta[w0:b0] = np.asarray(W).reshape(-1)
+            self.theta[b0:b0 + b.size] = b
+
+    def store(self, params) -> None:
+        for layer, (W, b) in enumerate(params):
+            w0, b0 = self.w_off[layer], self.b_off[layer]
+            W[...] = self.theta[w0:b0].reshape(W.shape)
+            b[...] = self.theta[b0:b0 + b.size]
+
+
+def layer_paths(net: Network, fused_max_dim: int = FUSED_MAX_DIM) -> list[str]:
+    """'fused' or 'blas' for each layer, by its smallest dimension."""
+    return ["fused" if min(fi, fo) <= fused_max_dim else "blas" for fi, fo in net.layer_shapes()]
+
+
+def _units(paths: list[str]) -> list[tuple[int, int, int]]:
+    """(kind, t0, t1): each BLAS layer alone, consecutive fused layers together."""
+    units: list[tuple[int, int, int]] = []
+    for layer, path in enumerate(paths):
+        if path == "fused" and units and units[-1][0] == 1 and units[-1][2] == layer - 1:
+            units[-1] = (1, units[-1][1], layer)
+        else:
+            units.append((1 if path == "fused" else 0, layer, layer))
+    return units
+
+
+def _block_size(widths: list[int], n_samples: int) -> int:
+    per_sample = sum(widths) + 2 * max(widths) + 2
+    bs = max(8, min(MAX_BLOCK, BLOCK_ELEMS // per_sample) // 8 * 8)
+    return max(1, min(bs, n_samples))
+
+
+def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM) -> _Plan:
+    """Lay out parameters, choose paths and blocks, and allocate every buffer once."""
+    dtype = net.np_dtype
+    sizes = np.asarray(net.layer_sizes, dtype=np.int64)
+    n_layers = net.n_layers
+    shapes = net.layer_shapes()
+    w_off, b_off, offset = [], [], 0
+    for fi, fo in shapes:
+        w_off.append(offset)
+        b_off.append(offset + fi * fo)
+        offset += (fi + 1) * fo
+    n_params = offset
+    units = _units(layer_paths(net, fused_max_dim))
+    stored = set()
+    for kind, t0, t1 in units:
+        if kind == 0:
+            stored.add(t0)
+        elif t1 < n_layers - 1:
+            stored.add(t1)
+    act_off = [-1] * n_layers
+    offset = 0
+    for layer in sorted(stored):
+        act_off[layer] = offset
+        offset += n_samples * shapes[layer][1]
+    n_stored = max(offset, 1)
+    pg_off = [-1] * n_layers
+    pg_size, max_chunks, max_scratch = 0, 1, 1
+    unit_bs, unit_chunks, unit_chunk_len = [], [], []
+    for kind, t0, t1 in units:
+        if kind == 0:
+            unit_bs.append(0)
+            unit_chunks.append(1)
+            unit_chunk_len.append(n_samples)
+            continue
+        for layer in range(t0, t1 + 1):
+            pg_off[layer] = pg_size
+            pg_size += (shapes[layer][0] + 1) * shapes[layer][1]
+        widths = list(net.layer_sizes[t0:t1 + 2])
+        bs = _block_size(widths, n_samples)
+        work = n_samples * sum(fi * fo for fi, fo in shapes[t0:t1 + 1])
+        n_blocks = -(-n_samples // bs)
+        if work < PARALLEL_MIN_WORK or n_blocks == 1:
+            chunks, chunk_len = 1, n_samples
+        else:
+            chunks = min(MAX_CHUNKS, n_blocks)
+            chunk_len = -(-n_blocks // chunks) * bs
+            chunks = -(-n_samples // chunk_len)
+        unit_bs.append(bs)
+        unit_chunks.append(chunks)
+        unit_chunk_len.append(chunk_len)
+        max_chunks = max(max_chunks, chunks)
+        max_scratch = max(max_scratch, bs * (sum(widths) + 2 * max(widths) + 2))
+    codes = [ACTIVATION_CODES[net.hidden]] * n_layers
+    row_blocks = [max(1, ROW_BLOCK_ELEMS // w) for w in net.layer_sizes[1:]]
+    i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    return _Plan(
+        sizes=sizes, codes=i64(codes), head=HEAD_CODES[net.output],
+        w_off=i64(w_off), b_off=i64(b_off), act_off=i64(act_off), pg_off=i64(pg_off),
+        unit_kind=i64([u[0] for u in units]), unit_t0=i64([u[1] for u in units]),
+        unit_t1=i64([u[2] for u in units]), unit_bs=i64(unit_bs), unit_chunks=i64(unit_chunks),
+        unit_chunk_len=i64(unit_chunk_len), row_blocks=i64(row_blocks),
+        theta=np.zeros(n_params, dtype), grads=np.zeros(n_params, dtype),
+        acts=np.zeros(n_stored, dtype), deltas=np.zeros(n_stored, dtype),
+        scratch=np.zeros((max_chunks, max_scratch), dtype), pg=np.zeros((max_chunks, max(pg_size, 1)), dtype),
+    )
+
+
+class NumbaBackend(Backend):
+    """Compiled whole-loop training on the CPU; other ops use the NumPy reference math.
+
+    ``fused_max_dim`` sets the per-layer path split (0: every layer on BLAS; a
+    huge value: every layer fused), so both paths can be run on any network.
+    """
+
+    name = "numba"
+    xp = np
+
+    def __init__(self, fused_max_dim: int = FUSED_MAX_DIM):
+        self.fused_max_dim = fused_max_dim
+        self._plan_key = None
+        self._plan: _Plan | None = None
+
+    def quiet_floating_point(self):
+        return np.errstate(all="ignore")
+
+    def plan(self, net: Network, n_samples: int) -> _Plan:
+        """The cached plan for this network and batch size (rebuilt when either changes)."""
+        key = (net, n_samples, self.fused_max_dim)
+        if self._plan_key != key:
+            self._plan = make_plan(net, n_samples, self.fused_max_dim)
+            self._plan_key = key
+        return self._plan
+
+    def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
+              optimizer: GradientDescent, passes: int) -> None:
+        """``passes`` updates in one compiled call; optimisers other than plain GD use the base loop."""
+        if type(optimizer) is not GradientDescent:
+            return super().train(net, state, data, objective, optimizer, passes)
+        if passes <= 0:
+            return
+        plan = self.plan(net, data.n_samples)
+        plan.load(state.params)
+        self._run(plan, net, data.X, data.T, objective, optimizer.lr, passes)
+        plan.store(state.params)
+        state.updates += passes
+
+    def _run(self, plan: _Plan, net: Network, X, T, objective: Objective, lr: float, passes: int) -> None:
+        from ..kernels import cpu_train
+
+        dtype = net.np_dtype
+        dummy = np.zeros((1, 1), dtype)
+        XT = np.ascontiguousarray(X.T) if plan.first_fused else dummy
+        TT = np.ascontiguousarray(T.T) if plan.head_fused else dummy
+        scale = 1.0 if objective.reduction == "sum" else 1.0 / X.shape[0]
+        hyper = np.array([lr, objective.l2, scale], dtype=dtype)
+        cpu_train.train_passes(
+            passes, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off, plan.pg_off,
+            plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks, plan.unit_chunk_len,
+            plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas, plan.scratch, plan.pg, hyper,
+            plan.row_blocks,
+        )
+
+    def warm_up(self, net: Network, n_samples: int = 8) -> float:
+        """Compile (or load from cache) the kernels for ``net``'s dtype; returns the seconds spent.
+
+        Compilation depends only on the dtype, not on sizes or activations, so a
+        tiny batch with zero passes is enough. The CLI and benchmarks call this
+        before timing so compile time is reported apart from run time.
+        """
+        start = time.perf_counter()
+        plan = make_plan(net, n_samples, self.fused_max_dim)
+        dtype = net.np_dtype
+        X = np.zeros((n_samples, net.n_inputs), dtype)
+        T = np.zeros((n_samples, net.n_outputs), dtype)
+        self._run(plan, net, X, T, Objective(), 0.0, 0)
+        return time.perf_counter() - start
+
+
+def _configure_threading() -> None:
+    """Numba's default OpenMP pool and OpenBLAS's threads fight over the cores when
+    prange and np.dot alternate; the workqueue layer avoids that. An explicit
+    NUMBA_THREADING_LAYER is respected."""
+    import numba
+
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+def check() -> None:
+    """Raise when numba (or the SciPy BLAS its np.dot needs) cannot run here."""
+    import numba  # an ImportError becomes "numba is not installed" in the registry
+
+    major, minor = (int(p) for p in numba.__version__.split(".")[:2])
+    if (major, minor) < (0, 59):
+        raise BackendUnavailableError(f"numba {numba.__version__} is too old: pip install 'numba>=0.59'")
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 - numba's np.dot calls BLAS through SciPy
+    except ImportError as exc:
+        raise BackendUnavailableError(f"numba's BLAS calls need SciPy ({exc}): pip install scipy") from exc
+
+
+def create() -> Backend:
+    _configure_threading()
+    return NumbaBackend()

@@ -1,0 +1,357 @@
+"""The CuPy backend: selection and errors anywhere, planning anywhere, the rest on a GPU.
+
+Tests marked ``gpu`` need CuPy and a CUDA device and skip with the registry's
+reason elsewhere; everything checkable without one (probe messages, memory
+and launch planning) runs on every machine, with or without CuPy installed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import backends
+from nnx.backends import cuda_plan as plan
+from nnx.errors import BackendUnavailableError
+from nnx.network import GradientDescent, Network, Objective, TrainState
+
+CUPY_REASON = nnx.available_backends()["cupy"]
+_needs_gpu = pytest.mark.skipif(CUPY_REASON is not None, reason=f"cupy backend unavailable here: {CUPY_REASON}")
+
+
+def on_gpu(test):
+    """Marked ``gpu`` and skipped, with the registry's reason, where the backend cannot run."""
+    return pytest.mark.gpu(_needs_gpu(test))
+INSTALL_HINT = "pip install 'nnx[cuda12]' (CUDA 12) or 'nnx[cuda13]' (CUDA 13)"
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"} | env
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+
+
+# ------------------------------------------------------- selection, no GPU
+def test_without_cupy_the_reason_names_the_install_command_and_auto_moves_on():
+    code = ("import sys; sys.modules['cupy'] = None\n"
+            "import nnx\n"
+            "print(nnx.available_backends()['cupy'])\n"
+            "print(nnx.explain_backend())\n"
+            "try:\n    nnx.set_backend('cupy')\nexcept nnx.BackendUnavailableError as e:\n    print('raised', e)\n")
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    reason, explained, raised = run.stdout.splitlines()
+    assert reason == f"cupy is not installed: {INSTALL_HINT}"
+    assert explained.startswith("auto: cupy unavailable (cupy is not installed") and "picked" in explained
+    assert raised.startswith("raised Backend 'cupy' is unavailable: cupy is not installed")
+
+
+def test_import_nnx_neither_imports_cupy_nor_probes():
+    run = _python("import sys, nnx, nnx.backends as b; "
+                  "print('cupy' in sys.modules, b._status.cache_info().currsize)", NNX_BACKEND="cupy")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "0"]
+
+
+class _FakeCudaError(RuntimeError):
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status = status
+
+
+def _fake_cupy(*, count=1, count_error=None, context_error=None, nvrtc_error=None) -> types.ModuleType:
+    """Just the CuPy surface that the probe touches."""
+    def raise_or(value, error):
+        def call():
+            if error is not None:
+                raise error
+            return value
+        return call
+
+    runtime = types.SimpleNamespace(CUDARuntimeError=_FakeCudaError, getDeviceCount=raise_or(count, count_error),
+                                    memGetInfo=raise_or((1 << 30, 1 << 31), context_error))
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=runtime, nvrtc=types.SimpleNamespace(
+        getVersion=raise_or((13, 0), nvrtc_error)))
+    return fake
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """Run the registry's probe against a fake ``cupy``; the real state returns afterwards."""
+    name = "nnx.backends.cupy_backend"
+    saved = sys.modules.pop(name, None)
+
+    def run(fake):
+        monkeypatch.setitem(sys.modules, "cupy", fake)
+        monkeypatch.setitem(sys.modules, "cupy.cublas", types.ModuleType("cupy.cublas"))
+        sys.modules.pop(name, None)
+        backends._status.cache_clear()
+        backends._instance.cache_clear()
+        return backends.available_backends()["cupy"], backends._status("cupy")[2]
+
+    yield run
+    sys.modules.pop(name, None)
+    if saved is not None:
+        sys.modules[name] = saved
+        monkeypatch.setattr(backends, "cupy_backend", saved, raising=False)
+    backends._status.cache_clear()
+    backends._instance.cache_clear()
+
+
+def test_no_driver_is_reported_with_the_cuda_error_chained(probe):
+    error = _FakeCudaError(35, "cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+    reason, exc = probe(_fake_cupy(count_error=error))
+    assert reason == "no usable CUDA device (cudaErrorInsufficientDriver: CUDA driver version is insufficient)"
+    assert isinstance(exc, BackendUnavailableError) and exc.__cause__ is error
+
+
+def test_no_device_is_reported_as_such(probe):
+    assert probe(_fake_cupy(count=0))[0] == "no CUDA device found"
+    reason, exc = probe(_fake_cupy(count_error=_FakeCudaError(100, "cudaErrorNoDevice: no CUDA-capable device")))
+    assert reason.startswith("no CUDA device found (cudaErrorNoDevice")
+    assert exc.__cause__.status == 100
+
+
+def test_unusable_device_and_missing_libraries_are_reported(probe):
+    reason, _ = probe(_fake_cupy(context_error=_FakeCudaError(46, "cudaErrorDevicesUnavailable: busy")))
+    assert reason == "CUDA device 0 is not usable (cudaErrorDevicesUnavailable: busy)"
+    reason, exc = probe(_fake_cupy(nvrtc_error=OSError("libnvrtc.so.13 not found")))
+    assert reason.startswith("CUDA libraries missing (libnvrtc.so.13 not found); install")
+    assert "[ctk]" in reason and isinstance(exc.__cause__, OSError)
+
+
+def test_probe_failure_never_escapes_and_auto_picks_the_next_backend(probe, monkeypatch):
+    monkeypatch.delenv("NNX_BACKEND", raising=False)
+    probe(_fake_cupy(count_error=_FakeCudaError(35, "no driver")))
+    explained = nnx.explain_backend()
+    assert explained.startswith("auto: cupy unavailable (no usable CUDA device (no driver))")
+    assert nnx.get_backend().name in ("numba", "numpy")
+    monkeypatch.setenv("NNX_BACKEND", "cupy")
+    with pytest.raises(BackendUnavailableError, match="no usable CUDA device") as info:
+        nnx.get_backend()
+    assert isinstance(info.value.__cause__, BackendUnavailableError)
+
+
+# ---------------------------------------------------------------- planning
+def _net(sizes, dtype="float32"):
+    return Network(tuple(sizes), "relu", "softmax", dtype)
+
+
+def test_row_blocks_depend_on_the_network_only_and_are_powers_of_two():
+    net = _net((784, 4096, 10))
+    block = plan.block_rows(net)
+    assert block & (block - 1) == 0
+    assert block * plan.row_bytes(net) <= plan.BLOCK_BYTES < 2 * block * plan.row_bytes(net)
+    assert plan.block_rows(_net((784, 4096, 10), "float64")) == block // 2
+    small = plan.plan_chunks(net, 65536, 2 << 30)
+    large = plan.plan_chunks(net, 65536, 80 << 30)
+    assert small.block == large.block == block
+    assert large.chunk >= 65536 and large.n_chunks == 1
+    assert small.chunk % block == 0 and small.n_chunks > 1
+
+
+def test_chunks_cover_the_batch_in_block_order():
+    chunks = plan.ChunkPlan(n_samples=1000, block=128, chunk=384)
+    flat = [b for chunk in chunks.chunks() for b in chunk]
+    assert flat == chunks.blocks()
+    assert flat[0] == (0, 128) and flat[-1] == (896, 1000) and chunks.n_blocks == 8
+    assert [len(c) for c in chunks.chunks()] == [3, 3, 2] == [3, 3, chunks.n_blocks - 6]
+
+
+def test_workspace_of_the_chosen_chunk_fits_the_free_memory():
+    net = _net((784, 4096, 10))
+    for free in (1 << 30, 3 << 30, 10 << 30):
+        chunks = plan.plan_chunks(net, 65536, free)
+        used = plan.HEADROOM_BYTES + plan.fixed_bytes(net, 65536) + chunks.chunk * plan.row_bytes(net)
+        assert used <= free or chunks.chunk == chunks.block * chunks.n_blocks
+
+
+def test_too_little_memory_is_a_clear_error_with_the_numbers():
+    net = _net((784, 65536, 10), "float64")
+    with pytest.raises(plan.GpuMemoryError) as info:
+        plan.plan_chunks(net, 10_000, 300 << 20)
+    message = str(info.value)
+    assert isinstance(info.value, MemoryError)
+    assert "needs" in message and "300.00 MiB free" in message and "float32" in message
+    assert "784-65536-10 float64 network on 10000 samples" in message and "left as it was" in message
+    assert info.value.needed > info.value.available
+
+
+def test_tiny_plans_depend_on_shapes_only_and_fill_the_gpu():
+    assert plan.is_tiny(_net((2, 16384, 2))) and plan.is_tiny(_net((8, 3, 8)))
+    assert not plan.is_tiny(_net((2, 3, 4, 2))) and not plan.is_tiny(_net((784, 100, 2)))
+    tutorial = plan.plan_tiny(200, 2, 3, 3)
+    assert tutorial.one_block and tutorial.slices_h == 1 and tutorial.slices_n * 3 <= plan.THREADS
+    moons = plan.plan_tiny(4096, 2, 16384, 2)
+    assert not moons.one_block
+    assert moons.slices_h * 4096 >= plan.TINY_TARGET_ITEMS and moons.slices_n * 16384 >= plan.TINY_TARGET_ITEMS
+    assert plan.plan_tiny(4096, 2, 16384, 2) == moons
+    assert moons.grad_size == 2 * 16384 + 16384 + 16384 * 2 + 2
+
+
+@pytest.mark.parametrize("passes", [0, 1, 63, 64, 129, 20000])
+def test_graph_blocks_cover_the_passes(passes):
+    blocks = plan.graph_blocks(passes, 64)
+    assert sum(n * k for n, k in blocks) == passes
+    assert sum(k for _, k in blocks) <= passes // 64 + 1
+
+
+def test_grid_is_bounded():
+    assert plan.grid_for(0) == 1 and plan.grid_for(257) == 2
+    assert plan.grid_for(10**12) == plan.MAX_BLOCKS
+
+
+# --------------------------------------------------------------- on a GPU
+def _problem(sizes, hidden="tanh", output="softmax", dtype="float64", n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, sizes[0]))
+    y = rng.integers(0, sizes[-1], n)
+    return nnx.MLP(sizes, hidden=hidden, output=output, dtype=dtype, seed=seed), X, y
+
+
+def _fit(backend_name, sizes, passes, **kw):
+    model, X, y = _problem(sizes, **kw)
+    with nnx.use_backend(backend_name):
+        model.fit(X, y, passes=passes, lr=0.5, l2=1e-3, log_every=max(passes, 1))
+    return model.params
+
+
+def _rel_err(a_params, b_params) -> float:
+    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+               for pa, pb in zip(a_params, b_params) for a, b in zip(pa, pb))
+
+
+SHAPES = [(2, 3, 3), (2, 600, 2), (6, 40, 30, 4)]  # one block, sliced fused kernels, cuBLAS path
+
+
+@on_gpu
+@pytest.mark.parametrize("sizes", SHAPES, ids=str)
+@pytest.mark.parametrize("passes,tol", [(1, 1e-12), (1000, 1e-10)])
+def test_float64_parity_with_numpy(sizes, passes, tol):
+    assert _rel_err(_fit("numpy", sizes, passes), _fit("cupy", sizes, passes)) <= tol
+
+
+@on_gpu
+@pytest.mark.parametrize("sizes", SHAPES, ids=str)
+def test_float32_parity_with_numpy(sizes):
+    ref, got = _fit("numpy", sizes, 200, dtype="float32"), _fit("cupy", sizes, 200, dtype="float32")
+    assert _rel_err(ref, got) <= 1e-4
+
+
+@on_gpu
+@pytest.mark.parametrize("sizes", SHAPES, ids=str)
+def test_same_seed_gives_bit_identical_parameters(sizes):
+    first, second = _fit("cupy", sizes, 300), _fit("cupy", sizes, 300)
+    assert all(np.array_equal(a, b) for pa, pb in zip(first, second) for a, b in zip(pa, pb))
+
+
+def _train_with(backend, sizes, passes, n=300, dtype="float64"):
+    model, X, y = _problem(sizes, n=n, dtype=dtype)
+    net = model.net
+    T = np.eye(sizes[-1])[y]
+    data = backend.prepare_data(net, X, T)
+    state = TrainState(backend.prepare_params(net, model.params))
+    backend.train(net, state, data, Objective("mean", 1e-3), GradientDescent(0.5), passes)
+    return state, backend.params_to_numpy(state.params)
+
+
+def _cupy_backend(**kw):
+    from nnx.backends.cupy_backend import CupyBackend
+
+    return CupyBackend(**kw)
+
+
+@on_gpu
+@pytest.mark.parametrize("sizes", SHAPES, ids=str)
+def test_graphs_change_launches_not_bits_and_reference_math_agrees(sizes):
+    _, graphs = _train_with(_cupy_backend(), sizes, 200)
+    _, eager = _train_with(_cupy_backend(graphs=False), sizes, 200)
+    _, reference = _train_with(_cupy_backend(fused=False), sizes, 200)
+    assert all(np.array_equal(a, b) for pa, pb in zip(graphs, eager) for a, b in zip(pa, pb))
+    assert _rel_err(reference, graphs) <= 1e-10
+
+
+@on_gpu
+def test_chunked_batches_give_bit_identical_parameters(monkeypatch):
+    sizes = (6, 64, 48, 4)
+    monkeypatch.setattr(plan, "BLOCK_BYTES", 64 * plan.row_bytes(Network(sizes)))  # 64-row blocks
+    _, whole = _train_with(_cupy_backend(), sizes, 50, n=1000)
+    backend = _cupy_backend()
+    one_block = plan.HEADROOM_BYTES + plan.fixed_bytes(Network(sizes), 1000) + 128 * plan.row_bytes(Network(sizes))
+    monkeypatch.setattr(backend.device, "free_bytes", lambda: one_block)
+    _, chunked = _train_with(backend, sizes, 50, n=1000)
+    assert all(np.array_equal(a, b) for pa, pb in zip(whole, chunked) for a, b in zip(pa, pb))
+
+
+@on_gpu
+def test_out_of_memory_is_clear_and_leaves_the_model_as_it_was(monkeypatch):
+    import cupy
+
+    model, X, y = _problem((20, 4096, 4096, 10), n=2000)
+    before = model.params
+    with nnx.use_backend("cupy") as backend:
+        monkeypatch.setattr(backend.device, "free_bytes", lambda: 200 << 20)
+        with pytest.raises(plan.GpuMemoryError, match="not enough GPU memory for"):
+            model.fit(X, y, passes=5)
+        monkeypatch.undo()
+        pool = cupy.get_default_memory_pool()
+        limit = pool.get_limit()
+        pool.set_limit(size=pool.used_bytes() + (1 << 20))
+        try:
+            with pytest.raises(plan.GpuMemoryError, match="the training data"):
+                model.fit(np.zeros((100_000, 20)), np.zeros(100_000, dtype=int), passes=1)
+        finally:
+            pool.set_limit(size=limit)
+    assert model.updates == 0
+    assert all(np.array_equal(a, b) for pa, pb in zip(before, model.params) for a, b in zip(pa, pb))
+
+
+@on_gpu
+def test_predictions_come_back_as_numpy_unless_kept_on_the_device():
+    import cupy
+
+    model, X, _ = _problem((2, 3, 3))
+    with nnx.use_backend("cupy"):
+        proba = model.predict_proba(X)
+        kept = model.predict_proba(X, keep_on_device=True)
+    assert isinstance(proba, np.ndarray) and isinstance(kept, cupy.ndarray)
+    np.testing.assert_array_equal(proba, cupy.asnumpy(kept))
+    with nnx.use_backend("numpy"):
+        np.testing.assert_allclose(model.predict_proba(X), proba, rtol=1e-12, atol=1e-15)
+
+
+@on_gpu
+def test_graph_replay_keeps_python_launches_per_pass_small():
+    backend = _cupy_backend()
+    calls = []
+    for name in ("launch", "gemm"):
+        original = getattr(backend.device, name)
+        setattr(backend.device, name, lambda *a, _f=original, **k: (calls.append(1), _f(*a, **k)))
+    _train_with(backend, (6, 40, 30, 4), 1000)
+    eager = []
+    probe = _cupy_backend(graphs=False)
+    original = probe.device.launch, probe.device.gemm
+    probe.device.launch = lambda *a, **k: (eager.append(1), original[0](*a, **k))
+    probe.device.gemm = lambda *a, **k: (eager.append(1), original[1](*a, **k))
+    _train_with(probe, (6, 40, 30, 4), 1)
+    per_pass = len(eager)
+    assert per_pass == 19  # 3 layers: 6 + 3 products, 2 bias+activation, 2 back-activation, head, 3 updates
+    assert len(calls) == per_pass * (1 + 64 + 999 % 64)  # the warm-up pass, then two graphs captured once
+    assert backend._replayer.captures == 2
+
+
+@on_gpu
+def test_every_kernel_instance_compiles_with_nvrtc():
+    from nnx.backends.cupy_backend import CupyDevice
+    from nnx.kernels import cuda_sources as src
+
+    device = CupyDevice()
+    for source in src.SOURCES:
+        for kernel in source.kernels:
+            for dtype in ("float32", "float64"):
+                assert device.function(kernel.name, np.dtype(dtype)).kernel.num_regs > 0

@@ -1,0 +1,281 @@
+"""The Numba backend's own contract: both per-layer paths, determinism across
+thread counts, the vectorisable transcendentals, NaN/inf flow and the fallback
+when numba is missing or broken."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backends.numpy_backend import NumpyBackend
+from nnx.network import GradientDescent, Network, Objective, TrainState
+
+numba = pytest.importorskip("numba", reason="numba is not installed")
+
+from nnx.backends.numba_backend import FUSED_MAX_DIM, NumbaBackend, layer_paths, make_plan  # noqa: E402
+
+ALL_BLAS, ALL_FUSED = 0, 10**9
+
+
+def problem(net: Network, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, net.n_inputs))
+    if net.output == "softmax":
+        T = np.eye(net.n_outputs)[rng.integers(0, net.n_outputs, n)]
+    else:
+        T = rng.uniform(0.05, 0.95, size=(n, net.n_outputs))
+    params = [(rng.normal(size=s) / np.sqrt(s[0]), rng.normal(size=s[1]) * 0.1) for s in net.layer_shapes()]
+    return X, T, params
+
+
+def train(backend, net, X, T, params, passes, objective=Objective("sum", 0.01), lr=0.01):
+    data = backend.prepare_data(net, X, T)
+    state = TrainState(backend.prepare_params(net, [(W.copy(), b.copy()) for W, b in params]))
+    backend.train(net, state, data, objective, GradientDescent(lr), passes)
+    assert state.updates == passes
+    return backend.params_to_numpy(state.params)
+
+
+def worst_error(got, want) -> float:
+    return max(float(np.abs(a - r).max() / np.abs(r).max())
+               for pa, pr in zip(got, want) for a, r in zip(pa, pr))
+
+
+# ------------------------------------------------------------ path choice
+def test_paths_follow_the_smallest_dimension_not_the_width():
+    assert layer_paths(Network((2, 4096, 2))) == ["fused", "fused"]
+    assert layer_paths(Network((2, 500, 500, 3))) == ["fused", "blas", "fused"]
+    assert layer_paths(Network((784, 2048, 10))) == ["blas", "fused" if 10 <= FUSED_MAX_DIM else "blas"]
+    assert layer_paths(Network((2, 500, 3)), fused_max_dim=ALL_BLAS) == ["blas", "blas"]
+
+
+def test_fused_run_never_stores_the_hidden_activations():
+    plan = make_plan(Network((2, 4096, 2)), 4096)
+    assert plan.acts.size == 1 and plan.deltas.size == 1  # nothing N x H
+    assert plan.scratch.size < 4096 * 4096 // 8
+    assert list(plan.unit_kind) == [1]
+
+
+NETS = {
+    "tutorial": Network((2, 3, 2)),
+    "xor": Network((2, 2, 1), "sigmoid", "sigmoid"),
+    "relu3": Network((2, 50, 50, 50, 2), "relu"),
+    # a fused run, a BLAS layer, then a fused run with the head: stored deltas both ways
+    "mixed": Network((3, 40, 40, 3), "tanh", "softmax"),
+    # a fused run starting after a BLAS layer, through a 2-wide bottleneck
+    "bottleneck": Network((20, 40, 2, 40, 3), "sigmoid", "identity"),
+    "blas_head": Network((30, 40, 20, 25), "identity", "softmax"),
+}
+
+
+@pytest.mark.parametrize("fused_max_dim", [ALL_BLAS, FUSED_MAX_DIM, ALL_FUSED], ids=["blas", "default", "fused"])
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_both_paths_match_numpy(name, fused_max_dim):
+    net = NETS[name]
+    X, T, params = problem(net, 120)
+    backend = NumbaBackend(fused_max_dim)
+    for passes, objective, tol in [(1, Objective("sum", 0.01), 1e-12), (50, Objective("mean", 0.001), 1e-11)]:
+        want = train(NumpyBackend(), net, X, T, params, passes, objective)
+        got = train(backend, net, X, T, params, passes, objective)
+        assert worst_error(got, want) <= tol, (name, passes)
+
+
+@pytest.mark.parametrize("fused_max_dim", [ALL_BLAS, ALL_FUSED], ids=["blas", "fused"])
+def test_float32_paths_stay_float32_and_close(fused_max_dim):
+    net = Network((4, 24, 3), "tanh", "softmax", "float32")
+    X, T, params = problem(net, 64)
+    want = train(NumpyBackend(), Network((4, 24, 3)), X, T, params, 20)
+    got = train(NumbaBackend(fused_max_dim), net, X, T, params, 20)
+    assert all(W.dtype == np.float32 and b.dtype == np.float32 for W, b in got)
+    assert worst_error(got, want) <= 1e-5
+
+
+def test_parallel_chunks_match_numpy():
+    net = Network((2, 300, 2))
+    X, T, params = problem(net, 3000)
+    plan = make_plan(net, 3000)
+    assert plan.unit_chunks[0] > 1, "this case must exercise the chunked parallel path"
+    want = train(NumpyBackend(), net, X, T, params, 3)
+    assert worst_error(train(NumbaBackend(), net, X, T, params, 3), want) <= 1e-12
+
+
+def test_consecutive_intervals_equal_one_long_interval():
+    net = Network((2, 8, 2))
+    X, T, params = problem(net, 50)
+    backend = NumbaBackend()
+    data = backend.prepare_data(net, X, T)
+    state = TrainState(backend.prepare_params(net, [(W.copy(), b.copy()) for W, b in params]))
+    for _ in range(4):
+        backend.train(net, state, data, Objective("sum", 0.01), GradientDescent(0.01), 5)
+    assert state.updates == 20
+    once = train(backend, net, X, T, params, 20)
+    assert all(np.array_equal(a, b) for pa, pb in zip(backend.params_to_numpy(state.params), once)
+               for a, b in zip(pa, pb))
+
+
+# ----------------------------------------------------------- determinism
+DETERMINISM_SCRIPT = textwrap.dedent("""
+    import hashlib, json, numpy as np
+    from nnx.network import Network, Objective, GradientDescent, TrainState
+    from nnx.backends import get_backend
+    backend = get_backend()
+    out = []
+    for sizes in [(2, 300, 2), (3, 64, 64, 3)]:
+        net = Network(sizes)
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(3000, sizes[0])); T = np.eye(sizes[-1])[rng.integers(0, sizes[-1], 3000)]
+        params = [(rng.normal(size=s) / np.sqrt(s[0]), np.zeros(s[1])) for s in net.layer_shapes()]
+        state = TrainState(backend.prepare_params(net, params))
+        backend.train(net, state, backend.prepare_data(net, X, T), Objective("mean", 0.01), GradientDescent(0.5), 4)
+        digest = hashlib.sha256(b"".join(a.tobytes() for pair in state.params for a in pair)).hexdigest()
+        out.append([digest, int(backend.plan(net, 3000).unit_chunks.max())])
+    import numba
+    print(json.dumps([numba.get_num_threads(), out]))
+""")
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def test_bit_identical_whatever_the_thread_count():
+    results = []
+    for threads in ("1", "2"):
+        done = run_python(DETERMINISM_SCRIPT, NNX_BACKEND="numba", NUMBA_NUM_THREADS=threads)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout))
+    assert [r[0] for r in results] == [1, 2]
+    assert results[0][1][0][1] > 1  # several chunks, so threads really split the work
+    assert results[0][1] == results[1][1]
+
+
+# ------------------------------------------------- vectorisable transcendentals
+@numba.njit(error_model="numpy")
+def _apply(kind, x, out):
+    from nnx.kernels.cpu_math import vexp, vsigmoid, vtanh
+    for i in range(x.size):
+        if kind == 0:
+            out[i] = vexp(x[i])
+        elif kind == 1:
+            out[i] = vtanh(x[i])
+        else:
+            out[i] = vsigmoid(x[i])
+
+
+def apply(kind: int, x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    _apply(kind, x, out)
+    return out
+
+
+def ulps(got, want):
+    return np.abs(got - want) / np.spacing(np.abs(want))
+
+
+def test_exp_within_few_ulp_of_numpy_including_extremes():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-708, 709, 100_000), rng.normal(0, 2, 100_000), [0.0, -0.0, 1e-300, 709.7]])
+    assert ulps(apply(0, x), np.exp(x)).max() <= 4
+    special = np.array([np.inf, -np.inf, np.nan, 709.9, 800.0, -745.3, -1e4])
+    got = apply(0, special)
+    assert got[0] == np.inf and got[1] == 0.0 and np.isnan(got[2])
+    assert got[3] == np.inf and got[4] == np.inf and got[5] == 0.0 and got[6] == 0.0
+    sub = np.array([-710.0, -720.0, -740.0])  # subnormal results
+    assert np.allclose(apply(0, sub), np.exp(sub), rtol=1e-6, atol=0)
+
+
+def test_tanh_and_sigmoid_within_few_ulp_of_numpy_including_extremes():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 3, 100_000), rng.uniform(-1, 1, 100_000), [0.624, 0.625, 0.626, 1e-300]])
+    assert ulps(apply(1, x), np.tanh(x)).max() <= 4
+    assert ulps(apply(2, x), 1 / (1 + np.exp(-x))).max() <= 4
+    special = np.array([np.inf, -np.inf, np.nan, 400.0, -400.0, -0.0])
+    got = apply(1, special)
+    assert got[0] == 1.0 and got[1] == -1.0 and np.isnan(got[2]) and got[3] == 1.0 and got[4] == -1.0
+    assert got[5] == 0.0 and np.signbit(got[5])
+    sig = apply(2, special)
+    assert sig[0] == 1.0 and sig[1] == 0.0 and np.isnan(sig[2])
+
+
+# ------------------------------------------------------------- NaN and inf
+@pytest.mark.parametrize("fused_max_dim", [ALL_BLAS, ALL_FUSED], ids=["blas", "fused"])
+@pytest.mark.parametrize("hidden", ["relu", "tanh"])
+def test_nan_and_inf_propagate_like_numpy(fused_max_dim, hidden):
+    net = Network((3, 6, 3), hidden, "softmax")
+    X, T, params = problem(net, 20)
+    params[0][0][1, 2] = np.nan
+    params[1][0][0, 1] = 1e308  # overflows to inf in the logits of some samples
+    want = train(NumpyBackend(), net, X, T, params, 1)
+    got = train(NumbaBackend(fused_max_dim), net, X, T, params, 1)
+    for pa, pr in zip(got, want):
+        for a, r in zip(pa, pr):
+            assert np.array_equal(np.isnan(a), np.isnan(r)) and np.array_equal(np.isinf(a), np.isinf(r))
+
+
+def test_divergence_is_reported_at_the_same_pass_as_numpy():
+    X, y = nnx.datasets.moons(200, 0.2, 0)
+    passes = []
+    for name in ("numpy", "numba"):
+        with nnx.use_backend(name):
+            model = nnx.MLP([2, 3, 2])
+            with pytest.raises(nnx.NonFiniteLossError) as info:
+                model.fit(X, y, passes=200, lr=50.0, reduction="sum", log_every=50)
+            passes.append(info.value.pass_number)
+            assert all(np.isfinite(W).all() for W, _ in model.params)
+    assert passes[0] == passes[1]
+
+
+# -------------------------------------------------- compile, import, fallback
+def test_warm_up_reports_compile_time_and_is_cheap_once_compiled():
+    backend = NumbaBackend()
+    first = backend.warm_up(Network((2, 3, 2)), 16)
+    again = backend.warm_up(Network((2, 3, 2)), 16)
+    assert first >= 0.0 and 0.0 <= again < 1.0
+
+
+def test_missing_numba_raises_with_reason_and_auto_falls_back():
+    code = textwrap.dedent("""
+        import sys, json
+        sys.modules['numba'] = None
+        sys.modules['cupy'] = None
+        import nnx
+        auto = nnx.get_backend().name
+        import os
+        os.environ['NNX_BACKEND'] = 'numba'
+        try:
+            nnx.get_backend()
+            err = None
+        except nnx.BackendUnavailableError as exc:
+            err = str(exc)
+        print(json.dumps([auto, err]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    auto, err = json.loads(done.stdout)
+    assert auto == "numpy"
+    assert err is not None and "numba is not installed" in err
+
+
+def test_broken_numba_is_unavailable_with_the_reason():
+    code = textwrap.dedent("""
+        import sys, json, types
+        fake = types.ModuleType('numba')
+        fake.__version__ = '0.50.0'
+        sys.modules['numba'] = fake
+        sys.modules['cupy'] = None
+        import nnx
+        print(json.dumps([nnx.available_backends()['numba'], nnx.get_backend().name]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reason, auto = json.loads(done.stdout)
+    assert "0.50.0 is too old" in reason and auto == "numpy"
