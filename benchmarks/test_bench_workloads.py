@@ -7,6 +7,8 @@ passes per round), like ``nnx bench``'s, whose saved runs compare with these.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from nnx.bench.runner import Measurement, calibrate
@@ -55,20 +57,21 @@ def _per_pass(benchmark, passes: int) -> list[float]:
 
 def _bench(benchmark, bench_config, target_name: str, dtype: str, case: Case) -> None:
     target = make_target(target_name, case, dtype, bench_config.threads["requested"])
+    start = time.perf_counter()
     warm = target.warm_up()  # compile and first touch, never timed
     passes = 1
     if not benchmark.disabled:
-        one_pass = warm["warmup_s"] - (warm["compile_s"] or 0.0)
-        passes = calibrate(target.run, target.reset, bench_config.min_time, one_pass)
+        passes = calibrate(target.run, target.reset, bench_config.min_time, warm["first_pass_s"])
+    warmup_s = time.perf_counter() - start
     benchmark.extra_info.update({"workload": case.workload, "case": case.id, "backend": target_name,
                                  "dtype": dtype, "sizes": case.sizes(), "size_set": bench_config.size_set,
-                                 "threads": bench_config.threads, "warmup_s": warm["warmup_s"],
+                                 "threads": bench_config.threads, "warmup_s": warmup_s,
                                  "compile_s": warm["compile_s"]})
     benchmark.pedantic(target.run, args=(passes,), setup=target.reset, rounds=bench_config.rounds, iterations=1)
     assert target.finite(), f"{target_name} produced non-finite parameters on {case.id} {dtype}"
     if benchmark.disabled:
         return
-    m = Measurement(case, target_name, dtype, passes, _per_pass(benchmark, passes), warm["warmup_s"],
+    m = Measurement(case, target_name, dtype, passes, _per_pass(benchmark, passes), warmup_s,
                     warm["compile_s"], True, target.info())
     benchmark.extra_info.update(m.extra_info())
 

@@ -38,9 +38,11 @@ def softmax_xent_block(z, TT, n0, nb, scale, delta, m, s, want_loss):
         for c in range(n_classes):
             for n in range(nb):
                 loss -= TT[c, n0 + n] * z[c, n]
+    for n in range(nb):
+        s[n] = 1.0 / s[n]  # one division per sample, not per class
     for c in range(n_classes):
         for n in range(nb):
-            delta[c, n] = (delta[c, n] / s[n] - TT[c, n0 + n]) * scale
+            delta[c, n] = (delta[c, n] * s[n] - TT[c, n0 + n]) * scale
     return loss
 
 
@@ -63,6 +65,7 @@ def softmax_xent_rows(Z, T, r0, r1, scale, D, want_loss):
             loss += math.log(s) + m
             for c in range(n_classes):
                 loss -= T[r, c] * Z[r, c]
+        inv = 1.0 / s
         for c in range(n_classes):
-            D[r, c] = (D[r, c] / s - T[r, c]) * scale
+            D[r, c] = (D[r, c] * inv - T[r, c]) * scale
     return loss

@@ -17,11 +17,10 @@ the chunks are added in order, so results are bit-identical for any
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
-from .cpu_activation import IDENTITY
+from .cpu_activation import IDENTITY, grad_times_derivative
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
-from .cpu_activation import grad_times_derivative
 from .cpu_math import FASTMATH
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
@@ -162,7 +161,11 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
 def fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
                act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
     """Run the chunks of a fused run (in parallel when there are several), then add
-    their partial gradients into ``grads`` in chunk order."""
+    their partial gradients into ``grads`` in chunk order.
+
+    Block buffers are per thread (``scratch`` has a row per possible thread),
+    partial gradients per chunk, so the sums never depend on the scheduling.
+    """
     n_samples = X.shape[0]
     if n_chunks == 1:
         fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
@@ -171,8 +174,9 @@ def fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
         for c in prange(n_chunks):
             r0 = c * chunk_len
             r1 = min(n_samples, r0 + chunk_len)
+            buf = scratch[get_thread_id()]  # one row per NUMBA_NUM_THREADS thread
             fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
-                        act_off, r0, r1, bs, scratch[c], pg[c], pg_off, scale)
+                        act_off, r0, r1, bs, buf, pg[c], pg_off, scale)
     if mode == MODE_FORWARD:
         return
     for layer in range(t0, t1 + 1):

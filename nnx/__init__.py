@@ -5,6 +5,7 @@ or, for a block, ``with use_backend(name):``.
 """
 from . import datasets
 from .backends import available_backends, explain_backend, get_backend, set_backend, use_backend
+from .backends.cuda_plan import GpuMemoryError
 from .errors import BackendUnavailableError, NonFiniteLossError
 from .model import MLP
 from .persistence import load
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "BackendUnavailableError",
+    "GpuMemoryError",
     "NonFiniteLossError",
     "available_backends",
     "datasets",

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from . import backends
+from .backends.cuda_plan import GpuMemoryError
 from .errors import BackendUnavailableError, NonFiniteLossError
 from .metrics import clipped_cross_entropy
 from .model import MLP
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import command as bench_command
             return bench_command.run(args)
         return handlers[command](args)
-    except (ValueError, BackendUnavailableError, NonFiniteLossError) as exc:
+    except (ValueError, BackendUnavailableError, NonFiniteLossError, GpuMemoryError) as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

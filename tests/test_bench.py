@@ -14,9 +14,10 @@ import pytest
 
 from nnx.backends.numpy_backend import NumpyBackend
 from nnx.bench import command, peers, report, results
-from nnx.bench.runner import Measurement, calibrate, measure, plan
+from nnx.bench.runner import FIRST_GUESS_MAX, Measurement, calibrate, measure, plan
 from nnx.bench.targets import (ALL_TARGETS, BASELINE, BackendTarget, ProductsOnlyTarget, TutorialCodeTarget,
-                               applies, available, make_data)
+                               applies, available, make_data, make_target)
+from nnx.errors import BackendUnavailableError
 from nnx.bench.workloads import SIZE_SETS, WORKLOADS, Case, get_workload, scaled_lr
 from nnx.initializers import initial_params
 from nnx.network import GradientDescent, Network, Objective, TrainState
@@ -38,8 +39,9 @@ def test_tutorial_case_is_tutorial_003():
 
 
 def test_issue_sizes():
-    hidden = [c.n_hidden for c in WORKLOADS["sweep"].cases("full")]
-    assert hidden == [1, 2, 3, 4, 5, 20, 50, 100, 500]
+    sweep = WORKLOADS["sweep"].cases("full")
+    assert [c.n_hidden for c in sweep] == [1, 2, 3, 4, 5, 20, 50, 100, 500]
+    assert all(c.lr == 0.01 for c in sweep if c.n_hidden <= 50)  # the tutorial's own settings
     large = WORKLOADS["large-hidden"].cases("full")
     assert [(c.n_samples, c.n_hidden, c.gpu_only) for c in large] == [
         (4096, 1024, False), (4096, 4096, False), (4096, 16384, False), (4096, 65536, True)]
@@ -159,8 +161,19 @@ def test_variants_apply_only_to_their_workloads():
     assert not applies("numpy/products-only", WORKLOADS["tutorial"])
     assert all(applies(p, WORKLOADS[w]) for p in peers.PEERS for w in ("tutorial", "large-hidden", "blas-bound"))
     assert not any(applies(p, WORKLOADS[w]) for p in peers.PEERS for w in ("sweep", "xor", "crossover"))
+    assert applies("cupy/no-graphs", WORKLOADS["tutorial"]) and applies("cupy/op-by-op", WORKLOADS["xor"])
+    assert not applies("cupy/no-graphs", WORKLOADS["blas-bound"])
     status = available()
     assert set(status) == set(ALL_TARGETS) and status[BASELINE] is None and status["numpy"] is None
+
+
+def test_gpu_variants_refuse_cleanly_without_a_gpu():
+    reason = available()["cupy/no-graphs"]
+    if reason is None:
+        pytest.skip("CuPy runs here")
+    assert reason == available()["cupy"]
+    with pytest.raises(BackendUnavailableError):
+        make_target("cupy/no-graphs", WORKLOADS["tutorial"].cases("tiny")[0], "float32")
 
 
 def test_gpu_only_sizes_are_planned_for_gpu_targets_only():
@@ -201,6 +214,24 @@ def test_calibrate_makes_rounds_last_min_time():
     passes = calibrate(run, lambda: None, 0.02, first_pass_s=0.001)
     assert 20 <= passes <= 60
     assert calibrate(run, lambda: None, 0.0, first_pass_s=0.001) == 1
+
+
+def test_calibrate_survives_a_misleading_first_pass():
+    import time
+    asked = []
+
+    def run(passes):
+        asked.append(passes)
+        end = time.perf_counter() + passes * 1e-6
+        while time.perf_counter() < end:
+            pass
+    # A first pass that looked free must not commit a round to a million passes...
+    assert calibrate(run, lambda: None, 0.005, first_pass_s=1e-12) <= FIRST_GUESS_MAX
+    assert asked[0] == FIRST_GUESS_MAX
+    # ...and one that looked slow (a compile inside it) still ends at rounds of min_time.
+    asked.clear()
+    passes = calibrate(run, lambda: None, 0.005, first_pass_s=10.0)
+    assert asked[0] == 1 and passes * 1e-6 >= 0.005
 
 
 def test_measure_records_everything_a_result_is_quoted_with():
@@ -306,6 +337,13 @@ def test_cli_run_prints_table_saves_json_and_compare_reads_it(tmp_path, capsys):
     for bench in doc["benchmarks"]:
         assert bench["stats"]["iterations"] == bench["extra_info"]["passes_per_round"]
         assert bench["extra_info"]["threads"]["requested"] >= 1
+    # --report re-renders a saved run without measuring: same rates, Markdown on request.
+    loaded = results.load(paths[0])
+    assert [m.passes_per_s for m in loaded] == pytest.approx([b["extra_info"]["passes_per_s"]
+                                                              for b in doc["benchmarks"]])
+    assert command.run(_parser().parse_args(["--report", str(paths[0]), "--markdown"])) == 0
+    assert "| workload | case | dtype | backend |" in capsys.readouterr().out
+    assert command.run(_parser().parse_args(["--report", str(tmp_path / "missing.json")])) == 2
     pytest.importorskip("pytest_benchmark")
     from pytest_benchmark.storage.file import FileStorage
     from pytest_benchmark.logger import Logger

@@ -53,10 +53,6 @@ class Device(Protocol):
     def ptr(self, a) -> int: ...
 
 
-def _scale(reduction: str, n_samples: int) -> float:
-    return 1.0 if reduction == "sum" else 1.0 / n_samples
-
-
 class DenseProgram:
     """Any dense network: per row block, cuBLAS products and fused bias/activation/head kernels."""
 

@@ -20,7 +20,7 @@ from .runner import TIMING, Job, Measurement, measure, plan
 from .targets import ALL_TARGETS, BASELINE, REFERENCE, applies, available
 from .workloads import SIZE_SETS, WORKLOADS
 
-# Backends whose absence is worth a line; the products-only variants are internal references.
+# Backends whose absence is worth a line; the variants (products-only, launch) are references.
 _ANNOUNCED = ("numba", "cupy", "torch", "jax")
 
 
@@ -54,7 +54,11 @@ def _positive(kind: type):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``nnx bench`` options."""
-    parser.description = __doc__
+    parser.description = parser.description or __doc__
+    parser.epilog = ("examples:\n  nnx bench --quick\n  nnx bench -w tutorial,large-hidden -b numba -d float64\n"
+                     "  nnx bench --plot bench.png\n"
+                     "  pytest-benchmark compare --group-by=group OLD.json NEW.json")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--workload", "-w", action="append", type=_choices("workload", tuple(WORKLOADS)),
                         help=f"workloads to run, comma-separated or repeated (default: all): {', '.join(WORKLOADS)}")
     parser.add_argument("--backend", "-b", action="append", type=_choices("backend", ALL_TARGETS),
@@ -79,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                         help="draw throughput against size per backend (needs matplotlib: nnx[plot])")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--report", type=Path, default=None, metavar="RUN.json",
+                        help="print the table (and --plot) of a run saved by nnx bench, measuring nothing")
     parser.add_argument("--list", action="store_true", help="list the workloads and their sizes, then exit")
 
 
@@ -130,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_list_workloads(size_set))
         return 0
+    if args.report is not None:
+        try:
+            measurements = results.load(args.report)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"nnx bench: cannot read {args.report} as an nnx bench run: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 2
+        return _show(measurements, args)
     min_time, rounds = TIMING[size_set]
     min_time = args.min_time if args.min_time is not None else min_time
     rounds = args.rounds if args.rounds is not None else rounds
@@ -165,11 +180,6 @@ def run(args: argparse.Namespace) -> int:
         print("nnx bench: nothing was measured", file=sys.stderr)
         return 1
     print()
-    print(report.table(measurements))
-    print()
-    print(report.summary(measurements))
-    for line in report.crossovers(measurements):
-        print(line)
     if not args.no_save:
         options = {"timer": "perf_counter", "min_time": min_time, "min_rounds": rounds, "warmup": True,
                    "disable_gc": False, "size_set": size_set}
@@ -177,14 +187,25 @@ def run(args: argparse.Namespace) -> int:
             else shlex.join(sys.argv)
         document = results.to_json(measurements, threads=threads, options=options, command=command)
         path = results.save(document, args.json or results.default_path())
-        print(f"\nsaved {path}\ncompare with another run: pytest-benchmark compare <other run>.json {path}")
+        print(f"saved {path}\ncompare with another run: pytest-benchmark compare <other run>.json {path}\n")
+    status = _show(measurements, args)
+    return status or (1 if failures else 0)
+
+
+def _show(measurements: list[Measurement], args: argparse.Namespace) -> int:
+    """Print the table, summary and crossovers; draw the plot when asked."""
+    print(report.table(measurements, markdown=args.markdown))
+    print()
+    print(report.summary(measurements))
+    for line in report.crossovers(measurements):
+        print(line)
     if args.plot is not None:
         try:
             print(f"plot: {report.plot(measurements, args.plot)}")
         except RuntimeError as exc:
             print(f"nnx bench: {exc}", file=sys.stderr)
             return 2
-    return 1 if failures else 0
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

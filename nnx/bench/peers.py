@@ -93,10 +93,10 @@ class TorchTarget:
             self.torch.cuda.synchronize()
 
     def warm_up(self) -> dict:
-        start = time.perf_counter()
         self.reset()
+        start = time.perf_counter()
         self.run(1)
-        return {"warmup_s": time.perf_counter() - start, "compile_s": None}
+        return {"first_pass_s": time.perf_counter() - start, "compile_s": None}
 
     def run(self, passes: int) -> None:
         F = self.torch.nn.functional
@@ -169,7 +169,7 @@ class JaxTarget:
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
         self.run(1)
-        return {"warmup_s": compile_s + time.perf_counter() - start, "compile_s": compile_s}
+        return {"first_pass_s": time.perf_counter() - start, "compile_s": compile_s}
 
     def reset(self) -> None:
         """Nothing to undo: every run starts from the immutable initial parameters."""

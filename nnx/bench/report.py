@@ -33,7 +33,10 @@ def speedup(measurements: list[Measurement], m: Measurement, over: str) -> float
     return None if ref is None else m.passes_per_s / ref.passes_per_s
 
 
-def _format(rows: list[list[str]], header: list[str], right: set[int]) -> str:
+def _format(rows: list[list[str]], header: list[str], right: set[int], markdown: bool = False) -> str:
+    if markdown:
+        align = ["---:" if i in right else "---" for i in range(len(header))]
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells):
@@ -41,7 +44,7 @@ def _format(rows: list[list[str]], header: list[str], right: set[int]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
-def table(measurements: list[Measurement]) -> str:
+def table(measurements: list[Measurement], *, markdown: bool = False) -> str:
     """One row per case, dtype and backend: rates, and speed-ups over tutorial-code and numpy."""
     index = _index(measurements)
     header = ["workload", "case", "dtype", "backend", "passes/s", "samples/s", "rate", "vs tutorial-code",
@@ -54,7 +57,7 @@ def table(measurements: list[Measurement]) -> str:
                      si(m.passes_per_s), si(m.samples_per_s), rate,
                      _ratio(m, index.get((m.case, m.dtype, BASELINE))),
                      _ratio(m, index.get((m.case, m.dtype, REFERENCE))), warm])
-    return _format(rows, header, right={4, 5, 6, 7, 8, 9})
+    return _format(rows, header, right={4, 5, 6, 7, 8, 9}, markdown=markdown)
 
 
 def summary(measurements: list[Measurement]) -> str:
@@ -91,7 +94,7 @@ def crossovers(measurements: list[Measurement]) -> list[str]:
         if len(ms) > 1:
             groups[(workload, dtype)][target] = {m.case: m.passes_per_s for m in ms}
     for (workload, dtype), by_target in groups.items():
-        names = [t for t in by_target if not t.endswith("/products-only")]
+        names = [t for t in by_target if "/" not in t]  # variants are references, not contenders
         for a in names:
             for b in names:
                 if a == b:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import __version__ as nnx_version
 from .machine import commit_info, machine_id, machine_info
 from .runner import Measurement
+from .workloads import Case
 
 SUITE_FILE = "benchmarks/test_bench_workloads.py"
 # The pytest-benchmark JSON layout these files follow (stable since 3.1, checked against 5.x).
@@ -77,6 +78,23 @@ def to_json(measurements: list[Measurement], *, threads: dict, options: dict, co
         "version": FORMAT_VERSION,
         "nnx": {"version": nnx_version, "command": command},
     }
+
+
+def load(path: Path) -> list[Measurement]:
+    """The measurements of a run saved by ``nnx bench`` (``--report`` re-renders them)."""
+    document = json.loads(Path(path).read_text())
+    out = []
+    for bench in document["benchmarks"]:
+        info = bench["extra_info"]
+        case = Case(info["workload"], info["sizes"]["N"], tuple(info["layer_sizes"]), info["lr"],
+                    hidden=info["hidden"], output=info["output"], init=info.get("init", "normal_fan_in"),
+                    l2=info["l2"], reduction=info["reduction"], data=info["data"])
+        passes = info["passes_per_round"]
+        known = {k: v for k, v in info.items() if k in ("device", "launches_per_pass", "threads")}
+        out.append(Measurement(case, info["backend"], info["dtype"], passes,
+                               [t * passes for t in bench["stats"]["data"]], info["warmup_s"], info["compile_s"],
+                               info["finite"], known))
+    return out
 
 
 def default_path(root: Path = Path(".benchmarks"), label: str = "nnx-bench") -> Path:

@@ -19,6 +19,9 @@ from .workloads import Case
 # Per size set: (seconds per round at least, rounds). tiny only proves the code runs.
 TIMING = {"tiny": (0.0, 1), "quick": (0.05, 3), "full": (0.25, 5)}
 MAX_PASSES = 1_000_000
+# Calibration starts from at most this many passes and grows at most 100x a step,
+# so one misleading first pass cannot commit a round to minutes.
+FIRST_GUESS_MAX = 10_000
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Measurement:
         return {
             "workload": case.workload, "case": case.id, "backend": self.target, "dtype": self.dtype,
             "sizes": case.sizes(), "layer_sizes": list(case.layer_sizes),
-            "hidden": case.hidden, "output": case.output, "lr": case.lr, "l2": case.l2,
+            "hidden": case.hidden, "output": case.output, "init": case.init, "lr": case.lr, "l2": case.l2,
             "reduction": case.reduction, "data": case.data,
             "passes_per_round": self.passes, "rounds": len(self.round_s),
             "passes_per_s": self.passes_per_s, "samples_per_s": self.samples_per_s,
@@ -82,15 +85,16 @@ def calibrate(run: Callable[[int], None], reset: Callable[[], None], min_time: f
     """Passes per round so that a round lasts at least ``min_time`` (untimed for the result)."""
     if min_time <= 0:
         return 1
-    passes = max(1, min(MAX_PASSES, math.ceil(min_time / max(first_pass_s, 1e-9))))
-    for _ in range(6):
+    passes = max(1, min(FIRST_GUESS_MAX, math.ceil(min_time / max(first_pass_s, 1e-9))))
+    for _ in range(8):
         reset()
         start = time.perf_counter()
         run(passes)
         elapsed = time.perf_counter() - start
         if elapsed >= min_time or passes >= MAX_PASSES:
             return passes
-        passes = min(MAX_PASSES, max(passes + 1, math.ceil(passes * 1.2 * min_time / max(elapsed, 1e-9))))
+        grow = min(100.0, 1.2 * min_time / max(elapsed, 1e-9))
+        passes = min(MAX_PASSES, max(passes + 1, math.ceil(passes * grow)))
     return passes
 
 
@@ -111,8 +115,7 @@ def measure(case: Case, target_name: str, dtype: str, *, min_time: float, rounds
     target = make_target(target_name, case, dtype, threads)
     start = time.perf_counter()
     warm = target.warm_up()
-    one_pass = warm["warmup_s"] if warm["compile_s"] is None else max(warm["warmup_s"] - warm["compile_s"], 1e-9)
-    passes = calibrate(target.run, target.reset, min_time, one_pass)
+    passes = calibrate(target.run, target.reset, min_time, warm["first_pass_s"])
     warmup_s = time.perf_counter() - start
     round_s = time_rounds(target.run, target.reset, passes, rounds)
     return Measurement(case, target_name, dtype, passes, round_s, warmup_s, warm["compile_s"], target.finite(),

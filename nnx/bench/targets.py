@@ -28,8 +28,12 @@ BASELINE = "tutorial-code"
 REFERENCE = "numpy"
 BACKENDS = ("numpy", "numba", "cupy")
 PRODUCTS_ONLY = ("numpy/products-only", "cupy/products-only")
-ALL_TARGETS = (BASELINE, *BACKENDS, *PRODUCTS_ONLY, *peers.PEERS)
-GPU_TARGETS = ("cupy", "cupy/products-only")
+# The CuPy backend with its launch-saving switched off, to show what launches per pass cost:
+# no CUDA graphs (every kernel of every pass launched from the host), and the op-by-op
+# reference math (one launch per array operation, no fused kernels).
+LAUNCH_VARIANTS = {"cupy/no-graphs": {"graphs": False}, "cupy/op-by-op": {"fused": False}}
+ALL_TARGETS = (BASELINE, *BACKENDS, *LAUNCH_VARIANTS, *PRODUCTS_ONLY, *peers.PEERS)
+GPU_TARGETS = ("cupy", *LAUNCH_VARIANTS, "cupy/products-only")
 
 
 def make_data(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,11 +67,12 @@ class Target:
     device = "cpu"
 
     def warm_up(self) -> dict:
-        """Untimed first run; returns ``warmup_s`` and, where there is one, ``compile_s``."""
-        start = time.perf_counter()
+        """Untimed first run: ``first_pass_s`` (its time, compilation excluded) and ``compile_s``
+        (None where nothing compiles)."""
         self.reset()
+        start = time.perf_counter()
         self.run(1)
-        return {"warmup_s": time.perf_counter() - start, "compile_s": None}
+        return {"first_pass_s": time.perf_counter() - start, "compile_s": None}
 
     def reset(self) -> None:
         """Back to the initial parameters (outside the timed part)."""
@@ -118,6 +123,11 @@ class TutorialCodeTarget(Target):
 
 
 def _backend(name: str):
+    """The registry's backend object, or a fresh CuPy backend with a launch variant's switches."""
+    if name in LAUNCH_VARIANTS:
+        _backend("cupy")  # raises BackendUnavailableError with the reason when CuPy cannot run
+        from ..backends.cupy_backend import CupyBackend
+        return CupyBackend(**LAUNCH_VARIANTS[name])
     with use_backend(name) as backend:
         return backend
 
@@ -127,7 +137,7 @@ class BackendTarget(Target):
 
     def __init__(self, name: str, case: Case, dtype: str):
         self.label = name
-        self.device = "gpu" if name == "cupy" else "cpu"
+        self.device = "gpu" if name in GPU_TARGETS else "cpu"
         self.backend = _backend(name)
         self.net = Network(case.layer_sizes, case.hidden, case.output, dtype)
         X, _, T = make_data(case)
@@ -163,7 +173,10 @@ class BackendTarget(Target):
         info = super().info()
         launches = getattr(self.backend, "launches_per_pass", None)
         if callable(launches):
-            info["launches_per_pass"] = launches(self.net, self.data.n_samples)
+            try:
+                info["launches_per_pass"] = launches(self.net, self.data.n_samples)
+            except NotImplementedError:  # op-by-op math: one launch per array operation, uncounted
+                pass
         return info
 
 
@@ -214,16 +227,19 @@ def available() -> dict[str, str | None]:
     """Every target name mapped to None when it can run here, else a one-line reason."""
     backends = available_backends()
     out: dict[str, str | None] = {BASELINE: None, **backends}
-    for name in PRODUCTS_ONLY:
+    for name in (*PRODUCTS_ONLY, *LAUNCH_VARIANTS):
         out[name] = backends[name.split("/")[0]]
     out.update(peers.availability())
     return out
 
 
 def applies(name: str, workload: Workload) -> bool:
-    """Products-only variants belong to blas-bound; peers to tutorial, large-hidden, blas-bound."""
+    """Products-only variants belong to blas-bound, launch variants to the launch-bound
+    workloads, peers to tutorial, large-hidden and blas-bound."""
     if name in PRODUCTS_ONLY:
         return workload.products_only
+    if name in LAUNCH_VARIANTS:
+        return workload.launch_bound
     if name in peers.PEERS:
         return workload.peers
     return True
@@ -246,7 +262,7 @@ def runs_case(name: str, case: Case) -> bool:
 def make_target(name: str, case: Case, dtype: str, threads: int | None = None) -> Target:
     if name == BASELINE:
         return TutorialCodeTarget(case, dtype)
-    if name in BACKENDS:
+    if name in BACKENDS or name in LAUNCH_VARIANTS:
         return BackendTarget(name, case, dtype)
     if name in PRODUCTS_ONLY:
         return ProductsOnlyTarget(name, case, dtype)

@@ -95,13 +95,16 @@ class Case:
 
 @dataclass(frozen=True)
 class Workload:
-    """A named family of cases; ``peers`` says whether PyTorch/JAX versions run too."""
+    """A named family of cases; ``peers`` says whether PyTorch/JAX versions run too,
+    ``products_only`` whether the bare-products ceiling is timed, ``launch_bound`` whether
+    the GPU's launch variants (no graphs, op by op) are timed to show launch costs."""
 
     name: str
     summary: str
     sizes: dict[str, tuple[Case, ...]]
     peers: bool = False
     products_only: bool = False
+    launch_bound: bool = False
 
     def cases(self, size_set: str, *, gpu: bool = True) -> tuple[Case, ...]:
         if size_set not in SIZE_SETS:
@@ -116,15 +119,18 @@ def _moons(n: int, hidden: int, lr: float | None = None, **kw) -> Case:
 def _tutorial() -> Workload:
     case = _moons(200, 3, lr=0.01, workload="tutorial")
     return Workload("tutorial", "tutorial 003: moons N=200, 2-3-2 tanh/softmax, lr 0.01, L2 0.01, summed loss",
-                    {"tiny": (case,), "quick": (case,), "full": (case,)}, peers=True)
+                    {"tiny": (case,), "quick": (case,), "full": (case,)}, peers=True, launch_bound=True)
 
 
 def _sweep() -> Workload:
     def cases(hs):
-        return tuple(_moons(200, h, lr=0.01, workload="sweep") for h in hs)
-    return Workload("sweep", "tutorial 003's hidden-size sweep on moons N=200 (1-5, 20, 50, plus 100, 500)",
+        # The tutorial's sizes keep its lr 0.01; the added 100 and 500 would overflow its
+        # unshifted softmax in float32 at that lr, so they take the large-hidden scaling.
+        return tuple(_moons(200, h, lr=0.01 if h <= 50 else scaled_lr(200, h), workload="sweep") for h in hs)
+    return Workload("sweep", "tutorial 003's hidden-size sweep on moons N=200 (1-5, 20, 50 at lr 0.01; "
+                             "plus 100, 500 at lr 0.01 (3/H))",
                     {"tiny": cases((1, 3)), "quick": cases((1, 3, 50, 500)),
-                     "full": cases((1, 2, 3, 4, 5, 20, 50, 100, 500))})
+                     "full": cases((1, 2, 3, 4, 5, 20, 50, 100, 500))}, launch_bound=True)
 
 
 def _large_hidden() -> Workload:
@@ -150,7 +156,7 @@ def _xor() -> Workload:
     case = Case("xor", 4, (2, 2, 1), lr=1.0, hidden="sigmoid", output="sigmoid", init="uniform", l2=0.0,
                 reduction="sum", data="xor")
     return Workload("xor", "tutorial 001: the 2-2-1 sigmoid XOR network, uniform init, lr 1, summed squared error",
-                    {"tiny": (case,), "quick": (case,), "full": (case,)})
+                    {"tiny": (case,), "quick": (case,), "full": (case,)}, launch_bound=True)
 
 
 # (N, H) pairs growing together so N*H (the work per pass) grows ~4x per step.
@@ -162,7 +168,8 @@ def _crossover() -> Workload:
         return tuple(_moons(n, h, workload="crossover", gpu_only=gpu_only) for n, h in pairs)
     full = cases(_CROSSOVER_FULL) + cases(((16384, 8192),), gpu_only=True)
     return Workload("crossover", "one 2-H-2 moons model over growing N x H: where each backend overtakes the others",
-                    {"tiny": cases(((16, 4), (32, 8))), "quick": cases(_CROSSOVER_FULL[:5]), "full": full})
+                    {"tiny": cases(((16, 4), (32, 8))), "quick": cases(_CROSSOVER_FULL[:5]), "full": full},
+                    launch_bound=True)
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in
