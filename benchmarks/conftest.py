@@ -1,8 +1,10 @@
 """Settings for the benchmark suites: which size set, how many threads.
 
 ``NNX_BENCH_SIZES`` picks the sizes: ``tiny`` (the default, so a plain
-``pytest`` run finishes in seconds; CI runs it with ``--benchmark-disable``),
-``quick`` or ``full`` (the figures in the README). ``NNX_BENCH_THREADS`` pins
+``pytest`` run, and CI, finishes in seconds), ``quick`` or ``full`` (the
+figures in the README). Tiny sizes prove that every suite still runs; timing
+them would be noise, so with tiny sizes nothing is timed (as with
+``--benchmark-disable``) unless ``--benchmark-enable`` asks for it. ``NNX_BENCH_THREADS`` pins
 BLAS/Numba/PyTorch threads (default: the usable cores); the count in force is
 recorded in every benchmark's ``extra_info``.
 """
@@ -46,6 +48,13 @@ def bench_config() -> BenchConfig:
     sizes = size_set()
     min_time, rounds = TIMING[sizes]
     return BenchConfig(sizes, min_time, rounds, threads)
+
+
+def pytest_configure(config) -> None:
+    # Runs before pytest-benchmark reads its options (its pytest_configure is trylast).
+    if size_set() == "tiny" and hasattr(config.option, "benchmark_disable") \
+            and not config.getoption("benchmark_enable"):
+        config.option.benchmark_disable = True
 
 
 def pytest_report_header(config) -> str:

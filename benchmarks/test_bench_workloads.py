@@ -63,6 +63,7 @@ def _bench(benchmark, bench_config, target_name: str, dtype: str, case: Case) ->
     if not benchmark.disabled:
         passes = calibrate(target.run, target.reset, bench_config.min_time, warm["first_pass_s"])
     warmup_s = time.perf_counter() - start
+    benchmark.group = f"{case.workload} {case.id} {dtype}"  # the same groups as nnx bench's saved runs
     benchmark.extra_info.update({"workload": case.workload, "case": case.id, "backend": target_name,
                                  "dtype": dtype, "sizes": case.sizes(), "size_set": bench_config.size_set,
                                  "threads": bench_config.threads, "warmup_s": warmup_s,

@@ -23,6 +23,15 @@ _LN2_LO = 1.42860682030941723212e-6
 _EXP_MAX = 709.8  # above: +inf
 _EXP_MIN = -745.2  # below: 0
 
+# Cephes exp on |r| <= ln2 / 2: exp(r) = (Q(r^2) + r P(r^2)) / (Q(r^2) - r P(r^2)).
+_EP0 = 1.26177193074810590878e-4
+_EP1 = 3.02994407707441961300e-2
+_EP2 = 9.99999999999999999910e-1
+_EQ0 = 3.00198505138664455042e-6
+_EQ1 = 2.52448340349684104192e-3
+_EQ2 = 2.27265548208155028766e-1
+_EQ3 = 2.00000000000000000009e0
+
 # Cephes tanh, |x| < 0.625: x + x**3 P(x**2) / Q(x**2).
 _TP0 = -9.64399179425052238628e-1
 _TP1 = -9.92877231001918586564e1
@@ -73,19 +82,28 @@ def vtanh(x):
 
     Both branches are formed as a fraction and share one division (the
     throughput limit of the whole loop): x (Q + z P) / Q for |x| < 0.625, else
-    (e - 1) / (e + 1) with e = exp(2|x|), 2|x| capped at 40 where tanh is 1.
+    (A - B) / (A + B) with A / B = exp(2|x|) written as Cephes' rational
+    exp: A = 2**k (Q' + r P'), B = Q' - r P', 2|x| = k ln2 + r, capped at 40
+    where tanh is 1. No exp polynomial and no second division.
     """
     x = np.float64(x)
     ax = abs(x)
     z = x * x
     p = ((_TP0 * z + _TP1) * z + _TP2) * z
     q = ((z + _TQ1) * z + _TQ2) * z + _TQ3
-    t = 2.0 * ax
-    e = vexp(40.0 if t > 40.0 else t)  # NaN stays NaN
+    t = min(2.0 * ax, 40.0)  # NaN: 40, and NaN is put back at the end
+    k = np.floor(t * _LOG2E + 0.5)
+    r = (t - k * _LN2_HI) - k * _LN2_LO
+    rr = r * r
+    pr = ((_EP0 * rr + _EP1) * rr + _EP2) * r
+    qr = ((_EQ0 * rr + _EQ1) * rr + _EQ2) * rr + _EQ3
+    a = (qr + pr) * _pow2(np.int64(k))  # 0 <= k <= 58
+    b = qr - pr
     small = ax < 0.625
-    num = ax * (q + p) if small else e - 1.0
-    den = q if small else e + 1.0
-    return math.copysign(num / den, x)
+    num = ax * (q + p) if small else a - b
+    den = q if small else a + b
+    y = math.copysign(num / den, x)
+    return x if x != x else y
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")

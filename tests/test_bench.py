@@ -246,6 +246,47 @@ def test_measure_records_everything_a_result_is_quoted_with():
     assert statistics.median(m.round_s) >= 0.005  # calibrated to ~0.01 s rounds, with room for noise
 
 
+class _LoggingTarget:
+    """A stand-in target that logs its timed runs."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def warm_up(self):
+        return {"first_pass_s": 0.001, "compile_s": None}
+
+    def reset(self):
+        pass
+
+    def run(self, passes):
+        self.log.append(self.name)
+
+    def finite(self):
+        return True
+
+    def info(self):
+        return {"device": "cpu"}
+
+
+def test_rounds_of_a_case_are_interleaved_and_failures_kept_apart(monkeypatch):
+    from nnx.bench import runner
+    log = []
+
+    def fake_make_target(name, case, dtype, threads=None):
+        if name == "broken":
+            raise RuntimeError("cannot build")
+        return _LoggingTarget(name, log)
+    monkeypatch.setattr(runner, "make_target", fake_make_target)
+    failed = {}
+    case = WORKLOADS["tutorial"].cases("tiny")[0]
+    ms = runner.measure_together(case, "float64", ["a", "broken", "b"], min_time=0.0, rounds=3, failed=failed)
+    assert [m.target for m in ms] == ["a", "b"] and all(len(m.round_s) == 3 for m in ms)
+    assert log == ["a", "b"] * 3  # min_time 0: no calibration runs, then round by round
+    assert list(failed) == ["broken"] and "cannot build" in str(failed["broken"])
+    with pytest.raises(RuntimeError):
+        runner.measure_together(case, "float64", ["broken"], min_time=0.0, rounds=1)
+
+
 def _fake(case: Case, target: str, pass_s: float, dtype: str = "float64") -> Measurement:
     return Measurement(case, target, dtype, passes=10, round_s=[pass_s * 10] * 3, warmup_s=0.5, compile_s=None,
                        finite=True)
@@ -324,7 +365,8 @@ def test_cli_run_prints_table_saves_json_and_compare_reads_it(tmp_path, capsys):
     paths = []
     for i in range(2):
         path = tmp_path / f"run{i}.json"
-        args = _parser().parse_args(["-w", "xor,tutorial", "-d", "float64", "--sizes", "tiny", "--json", str(path),
+        args = _parser().parse_args(["-w", "xor,tutorial", "-b", "numpy", "-d", "float64", "--sizes", "tiny",
+                                     "--json", str(path),
                                      "--plot", str(tmp_path / "p.png")])
         assert command.run(args) == 0
         paths.append(path)
@@ -367,3 +409,30 @@ def test_nnx_bench_names_match_the_pytest_suite():
     case = WORKLOADS["blas-bound"].cases("tiny")[0]
     name = f"{results.test_name('blas-bound')}[{results.param_id('numpy/products-only', 'float32', case.id)}]"
     assert f"{results.SUITE_FILE}::{name}" in collected.stdout
+
+
+def _run_suite(*args: str, sizes: str = "tiny") -> subprocess.CompletedProcess:
+    # numpy and tutorial-code only: compiling Numba in three fresh processes would dominate.
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "xor and (numpy or tutorial)", *args,
+                           str(REPO / "benchmarks")], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "NNX_BENCH_SIZES": sizes})
+
+
+def test_tiny_suite_runs_untimed_unless_asked(tmp_path):
+    pytest.importorskip("pytest_benchmark")
+    plain = _run_suite()
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "passed" in plain.stdout and "benchmark 'xor" not in plain.stdout  # ran, nothing timed
+    out = tmp_path / "timed.json"
+    timed = _run_suite("--benchmark-enable", f"--benchmark-json={out}")
+    assert timed.returncode == 0, timed.stdout + timed.stderr
+    doc = json.loads(out.read_text())
+    names = {b["name"] for b in doc["benchmarks"]}
+    assert "test_xor[tutorial-code-float64-N4-2x2x1]" in names
+    assert {b["group"] for b in doc["benchmarks"]} == {"xor N4-2x2x1 float32", "xor N4-2x2x1 float64"}
+    for bench in doc["benchmarks"]:  # per-pass statistics, as nnx bench saves them
+        assert bench["stats"]["iterations"] == bench["extra_info"]["passes_per_round"]
+        assert bench["extra_info"]["passes_per_s"] > 0 and bench["extra_info"]["threads"]["requested"] >= 1
+    bad = _run_suite(sizes="huge")
+    assert bad.returncode != 0 and "NNX_BENCH_SIZES='huge'" in bad.stdout + bad.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..network import DTYPES
 from . import report, results
-from .machine import pin_threads, usable_cores
-from .runner import TIMING, Job, Measurement, measure, plan
+from .machine import load_average, pin_threads, usable_cores
+from .runner import TIMING, Job, Measurement, groups, measure_together, plan
 from .targets import ALL_TARGETS, BASELINE, REFERENCE, applies, available
 from .workloads import SIZE_SETS, WORKLOADS
 
@@ -103,10 +103,6 @@ def _list_workloads(size_set: str) -> str:
     return "\n".join(lines)
 
 
-def _progress(i: int, total: int, job: Job) -> str:
-    return f"[{i:>{len(str(total))}}/{total}] {job.case.workload} {job.case.id} {job.dtype} {job.target}"
-
-
 def _select(args: argparse.Namespace) -> tuple[list[Job], dict[str, str]]:
     """The jobs to run, and each wanted backend that cannot run mapped to why."""
     size_set = args.sizes or "full"
@@ -157,24 +153,30 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     threads = pin_threads(args.threads or usable_cores())
-    print(f"nnx bench: {len(jobs)} measurements, size set {size_set!r}, {threads['requested']} threads, "
-          f"rounds of >= {min_time:g} s x {rounds}", file=sys.stderr)
+    todo = groups(jobs)
+    load_start = load_average()
+    print(f"nnx bench: {len(jobs)} measurements in {len(todo)} groups, size set {size_set!r}, "
+          f"{threads['requested']} threads, rounds of >= {min_time:g} s x {rounds}, interleaved per group; "
+          f"load average {load_start}", file=sys.stderr)
     measurements: list[Measurement] = []
     failures = 0
-    for i, job in enumerate(jobs, 1):
-        print(_progress(i, len(jobs), job) + " ...", end="", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        try:
-            m = measure(job.case, job.target, job.dtype, min_time=min_time, rounds=rounds,
-                        threads=threads["requested"])
-        except Exception as exc:  # noqa: BLE001 - one failing backend must not lose the whole run
-            failures += 1
-            print(f" FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            continue
-        m.info["threads"] = threads
-        measurements.append(m)
-        print(f" {report.si(m.passes_per_s)} passes/s ({time.perf_counter() - start:.1f} s)", file=sys.stderr,
+    width = len(str(len(todo)))
+    for i, (case, dtype, names) in enumerate(todo, 1):
+        print(f"[{i:>{width}}/{len(todo)}] {case.workload} {case.id} {dtype}: warming up", end="", file=sys.stderr,
               flush=True)
+        start = time.perf_counter()
+        failed: dict[str, BaseException] = {}
+        done = measure_together(case, dtype, names, min_time=min_time, rounds=rounds, threads=threads["requested"],
+                                failed=failed,
+                                progress=lambda name: print(f" {name}", end="", file=sys.stderr, flush=True))
+        for m in done:
+            m.info["threads"] = threads
+        measurements += done
+        rates = ", ".join(f"{m.target} {report.si(m.passes_per_s)}" for m in done)
+        print(f"; passes/s: {rates} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        for name, exc in failed.items():
+            failures += 1
+            print(f"    {name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
     if not measurements:
         print("nnx bench: nothing was measured", file=sys.stderr)
@@ -185,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
                    "disable_gc": False, "size_set": size_set}
         command = shlex.join(["nnx", *sys.argv[1:]]) if os.path.basename(sys.argv[0]) in ("nnx", "__main__.py") \
             else shlex.join(sys.argv)
-        document = results.to_json(measurements, threads=threads, options=options, command=command)
+        document = results.to_json(measurements, threads=threads, options=options, command=command,
+                                   load_average_start=load_start)
         path = results.save(document, args.json or results.default_path())
         print(f"saved {path}\ncompare with another run: pytest-benchmark compare <other run>.json {path}\n")
     status = _show(measurements, args)

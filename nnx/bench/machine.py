@@ -97,11 +97,12 @@ def machine_info(threads: dict | None = None) -> dict:
         "system": platform.system(),
         "cpu": cpu,
         "nnx": {"cpu_model": cpu_model(), "usable_cores": usable_cores(), "gpu": gpu_model(),
-                "threads": threads or {}, "load_average": _load_average()},
+                "threads": threads or {}, "load_average": load_average()},
     }
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: above the core count, other work shared the CPUs."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:

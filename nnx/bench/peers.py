@@ -183,7 +183,7 @@ class JaxTarget:
                                                for pair in self.result for a in pair)
 
     def info(self) -> dict:
-        return {"device": self.device, "jax": self.jax.__version__}
+        return {"device": self.device, "jax": self.jax.__version__, "jax_threads": "XLA's own pool (not pinned)"}
 
 
 def make_target(name: str, case: Case, dtype: str, threads: int | None = None):

@@ -111,8 +111,9 @@ def crossovers(measurements: list[Measurement]) -> list[str]:
 
 
 def plot(measurements: list[Measurement], path: Path) -> Path:
-    """Throughput (GFLOP/s of the products) against N x H, one line per backend and dtype,
-    one panel per workload with more than one size."""
+    """Throughput (hidden activations computed per second, N x H x passes/s) against N x H,
+    one colour per backend (solid float64, dashed float32), one panel per workload with
+    more than one size."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -124,18 +125,21 @@ def plot(measurements: list[Measurement], path: Path) -> Path:
     for m in measurements:
         series[m.case.workload][(m.target, m.dtype)].append(m)
     panels = [w for w, lines in series.items() if any(len(ms) > 1 for ms in lines.values())] or list(series)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(ALL_TARGETS)}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, workload in zip(axes[0], panels):
         for (target, dtype), ms in sorted(series[workload].items()):
             ms = sorted(ms, key=lambda m: m.case.n_samples * m.case.n_hidden)
-            ax.plot([m.case.n_samples * m.case.n_hidden for m in ms], [m.gflops for m in ms],
-                    marker="o", linestyle="-" if dtype == "float64" else "--", label=f"{target} {dtype}")
+            size = [m.case.n_samples * m.case.n_hidden for m in ms]
+            ax.plot(size, [n * m.passes_per_s for n, m in zip(size, ms)], marker="o",
+                    color=colours.get(target, "k"), linestyle="-" if dtype == "float64" else "--",
+                    label=f"{target} {dtype}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(workload)
-        ax.set_xlabel("N x H (hidden activations per pass)")
-        ax.set_ylabel("GFLOP/s (matrix products)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("N x H")
+        ax.set_ylabel("hidden activations / s (N x H x passes/s)")
+        ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)

@@ -69,14 +69,17 @@ def benchmark_entry(m: Measurement, options: dict) -> dict:
     }
 
 
-def to_json(measurements: list[Measurement], *, threads: dict, options: dict, command: str) -> dict:
+def to_json(measurements: list[Measurement], *, threads: dict, options: dict, command: str,
+            load_average_start: list[float] | None = None) -> dict:
+    """The whole run; ``machine_info.nnx.load_average`` is taken at the end, the start's is kept
+    beside the command, so a reader can tell whether other work shared the machine."""
     return {
         "machine_info": machine_info(threads),
         "commit_info": commit_info(),
         "benchmarks": [benchmark_entry(m, options) for m in measurements],
         "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "version": FORMAT_VERSION,
-        "nnx": {"version": nnx_version, "command": command},
+        "nnx": {"version": nnx_version, "command": command, "load_average_start": load_average_start},
     }
 
 

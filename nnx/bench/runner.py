@@ -1,7 +1,8 @@
 """Timing: warm-up excluded, passes calibrated, rounds repeated, rates derived.
 
 A measurement is ``rounds`` timed calls of ``target.run(passes)``, each from the
-initial parameters (reset outside the timed part). ``passes`` is chosen so one
+initial parameters (reset outside the timed part); the targets of one case take
+their rounds in turn, so passing load on the machine slows all of them alike. ``passes`` is chosen so one
 round lasts at least ``min_time`` seconds, which makes per-pass rates reliable
 even for the 2-3-2 tutorial network, whose pass takes microseconds.
 """
@@ -109,17 +110,48 @@ def time_rounds(run: Callable[[int], None], reset: Callable[[], None], passes: i
     return times
 
 
+def measure_together(case: Case, dtype: str, names: Iterable[str], *, min_time: float, rounds: int,
+                     threads: int | None = None, failed: dict[str, BaseException] | None = None,
+                     progress: Callable[[str], None] | None = None) -> list[Measurement]:
+    """Measure several targets on one case and dtype, their timed rounds interleaved.
+
+    Every target warms up and is calibrated first (untimed); then round r of every
+    target runs before round r+1 of any, so a burst of other load on the machine
+    hits all of them alike and the speed-ups between them stay trustworthy. With
+    ``failed`` given, a target that raises is recorded there and the others go on.
+    """
+    entries = []
+    for name in names:
+        try:
+            target = make_target(name, case, dtype, threads)
+            start = time.perf_counter()
+            warm = target.warm_up()
+            passes = calibrate(target.run, target.reset, min_time, warm["first_pass_s"])
+            entries.append((name, target, warm, passes, time.perf_counter() - start, []))
+        except Exception as exc:  # noqa: BLE001 - reported through ``failed``
+            if failed is None:
+                raise
+            failed[name] = exc
+        if progress is not None:
+            progress(name)
+    for _ in range(rounds):
+        for entry in list(entries):
+            name, target, _, passes, _, times = entry
+            try:
+                times += time_rounds(target.run, target.reset, passes, 1)
+            except Exception as exc:  # noqa: BLE001 - reported through ``failed``
+                if failed is None:
+                    raise
+                failed[name] = exc
+                entries.remove(entry)
+    return [Measurement(case, name, dtype, passes, times, warmup_s, warm["compile_s"], target.finite(), target.info())
+            for name, target, warm, passes, warmup_s, times in entries]
+
+
 def measure(case: Case, target_name: str, dtype: str, *, min_time: float, rounds: int,
             threads: int | None = None) -> Measurement:
-    """Warm up (excluded), calibrate (excluded), then time ``rounds`` rounds."""
-    target = make_target(target_name, case, dtype, threads)
-    start = time.perf_counter()
-    warm = target.warm_up()
-    passes = calibrate(target.run, target.reset, min_time, warm["first_pass_s"])
-    warmup_s = time.perf_counter() - start
-    round_s = time_rounds(target.run, target.reset, passes, rounds)
-    return Measurement(case, target_name, dtype, passes, round_s, warmup_s, warm["compile_s"], target.finite(),
-                       target.info())
+    """One target alone: warm up and calibrate (excluded), then time ``rounds`` rounds."""
+    return measure_together(case, dtype, [target_name], min_time=min_time, rounds=rounds, threads=threads)[0]
 
 
 @dataclass(frozen=True)
@@ -134,3 +166,11 @@ def plan(cases: Iterable[Case], targets: Iterable[str], dtypes: Iterable[str]) -
     targets, dtypes = list(targets), list(dtypes)
     return [Job(case, name, dtype) for case in cases for dtype in dtypes for name in targets
             if runs_case(name, case)]
+
+
+def groups(jobs: list[Job]) -> list[tuple[Case, str, list[str]]]:
+    """Jobs gathered per (case, dtype), in order: what ``measure_together`` takes."""
+    out: dict[tuple[Case, str], list[str]] = {}
+    for job in jobs:
+        out.setdefault((job.case, job.dtype), []).append(job.target)
+    return [(case, dtype, names) for (case, dtype), names in out.items()]

@@ -7,8 +7,9 @@ full-batch updates, with the device synchronised before it returns).
 
 Targets: ``tutorial-code`` (the tutorials' plain NumPy, the baseline), the nnx
 backends (``numpy``, ``numba``, ``cupy``, timed at the loop-level seam
-``backend.train``), ``<backend>/products-only`` (the bare matrix products of a
-pass, the BLAS/cuBLAS ceiling) and the PyTorch/JAX peers (``peers.py``).
+``backend.train``), ``cupy/no-graphs`` and ``cupy/op-by-op`` (the GPU backend
+with its launch savings off), ``<backend>/products-only`` (the bare matrix
+products of a pass, the BLAS/cuBLAS ceiling) and the PyTorch/JAX peers (``peers.py``).
 """
 from __future__ import annotations
 
