@@ -14,12 +14,13 @@ are bit-identical whatever ``NUMBA_NUM_THREADS``.
 from __future__ import annotations
 
 from numba import get_thread_id, njit, prange
+from numba.extending import overload
 
 from .cpu_activation import IDENTITY, RELU, SIGMOID, TANH
 import numpy as np
 
-from .cpu_math import (_EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E,
-                       FASTMATH, _pow2, vsigmoid, vtanh)
+from .cpu_math import (_EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _EXP_MIN32, _LN2_HI, _LN2_HI32, _LN2_LO,
+                       _LN2_LO32, _LOG2E, FASTMATH, _is32, _pow2, _pow2_32, like, vsigmoid, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_update import gd_update
@@ -136,12 +137,12 @@ def _act(code, x):
     if code == SIGMOID:
         return vsigmoid(x)
     if code == RELU:
-        return 0.0 if x < 0.0 else x  # NaN stays NaN, as np.maximum
+        return like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
     return x
 
 
 @njit(inline="always", **_OPTS)
-def _softmax2_grad(za, zb, ta, tb, scale):
+def _softmax2_grad64(za, zb, ta, tb, scale):
     """(softmax(za, zb) - (ta, tb)) * scale with one division and no exp polynomial.
 
     With m the larger logit, e = exp(small - m) = A / B (Cephes' rational exp,
@@ -174,6 +175,49 @@ def _softmax2_grad(za, zb, ta, tb, scale):
     return (pa - ta) * scale, (pb - tb) * scale
 
 
+@njit(inline="always", **_OPTS)
+def _softmax2_grad32(za, zb, ta, tb, scale):
+    """``_softmax2_grad64`` in float32: e = exp(small - m) by Cephes' expf
+    polynomial, probabilities 1 / (1 + e) and e / (1 + e)."""
+    big = za > zb
+    m = za if big else zb
+    d = (zb if big else za) - m  # <= 0, or NaN
+    dc = max(d, np.float32(-104.0))
+    k = np.floor(dc * np.float32(_LOG2E) + np.float32(0.5))
+    r = (dc - k * np.float32(_LN2_HI32)) - k * np.float32(_LN2_LO32)
+    e = np.float32(1.9875691500e-4)
+    e = e * r + np.float32(1.3981999507e-3)
+    e = e * r + np.float32(8.3334519073e-3)
+    e = e * r + np.float32(4.1665795894e-2)
+    e = e * r + np.float32(1.6666665459e-1)
+    e = e * r + np.float32(5.0000001201e-1)
+    e = e * (r * r) + r + np.float32(1.0)
+    n = np.int32(k)
+    half = n >> np.int32(1)
+    a = e * _pow2_32(half) * _pow2_32(n - half)
+    a = np.float32(0.0) if d < np.float32(_EXP_MIN32) else a
+    inv = np.float32(1.0) / (a + np.float32(1.0))
+    p_big = inv
+    p_small = a * inv
+    bad = (d != d) or (m - m != np.float32(0.0))
+    pa = p_big if big else p_small
+    pb = p_small if big else p_big
+    pa = d if bad else pa
+    pb = d if bad else pb
+    return (pa - ta) * scale, (pb - tb) * scale
+
+
+def _softmax2_grad(za, zb, ta, tb, scale):
+    """(softmax(za, zb) - (ta, tb)) * scale in the logits' precision."""
+
+
+@overload(_softmax2_grad, inline="always")
+def _ov_softmax2_grad(za, zb, ta, tb, scale):
+    if _is32(za):
+        return lambda za, zb, ta, tb, scale: _softmax2_grad32(za, zb, ta, tb, scale)
+    return lambda za, zb, ta, tb, scale: _softmax2_grad64(za, zb, ta, tb, scale)
+
+
 @njit(**_OPTS)
 def mlp1_chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, scale, hb, z, dW1, db1, dW2, db2):
     """``mlp1_chunk`` for 2 inputs, 2 softmax classes (the moons model), every loop over
@@ -196,14 +240,16 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
     t1 = TT[1]
     z0 = z[0]
     z1 = z[1]
+    zero = like(W1, 0.0)  # in W1's precision: a float64 literal would make float32 loops float64
+    one = like(W1, 1.0)
     for j in range(n_hidden):
-        db1[j] = 0.0
-        dW1[0, j] = 0.0
-        dW1[1, j] = 0.0
-        dW2[j, 0] = 0.0
-        dW2[j, 1] = 0.0
-    acc_b0 = 0.0
-    acc_b1 = 0.0
+        db1[j] = zero
+        dW1[0, j] = zero
+        dW1[1, j] = zero
+        dW2[j, 0] = zero
+        dW2[j, 1] = zero
+    acc_b0 = zero
+    acc_b1 = zero
     for n0 in range(r0, r1, bs):
         nb = min(bs, r1 - n0)
         c0 = b2[0]
@@ -224,13 +270,13 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
                 z0[n] += h * v0
                 z1[n] += h * v1
         # softmax + cross-entropy gradient, in place of the logits
-        a0 = 0.0
-        a1 = 0.0
+        a0 = zero
+        a1 = zero
         for n in range(nb):
             real = n0 + n < n_samples
             ga, gb = _softmax2_grad(z0[n], z1[n], t0[n0 + n], t1[n0 + n], scale)
-            ga = ga if real else 0.0
-            gb = gb if real else 0.0
+            ga = ga if real else zero
+            gb = gb if real else zero
             z0[n] = ga
             z1[n] = gb
             a0 += ga
@@ -241,11 +287,11 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
         for j in range(n_hidden):
             v0 = W2[j, 0]
             v1 = W2[j, 1]
-            s_h0 = 0.0
-            s_h1 = 0.0
-            s_d = 0.0
-            s_x0 = 0.0
-            s_x1 = 0.0
+            s_h0 = zero
+            s_h1 = zero
+            s_d = zero
+            s_x0 = zero
+            s_x1 = zero
             for n in range(nb):
                 h = hb[j, n]
                 ga = z0[n]
@@ -253,13 +299,13 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
                 s_h0 += h * ga
                 s_h1 += h * gb
                 if code == TANH:
-                    fp = 1.0 - h * h
+                    fp = one - h * h
                 elif code == SIGMOID:
-                    fp = h * (1.0 - h)
+                    fp = h * (one - h)
                 elif code == RELU:
-                    fp = 1.0 if h > 0.0 else 0.0
+                    fp = one if h > zero else zero
                 else:
-                    fp = 1.0
+                    fp = one
                 dd = (ga * v0 + gb * v1) * fp
                 s_d += dd
                 s_x0 += x0[n0 + n] * dd
