@@ -8,19 +8,14 @@ import numpy as np
 import pytest
 
 import nnx
-
-
-def close(a, b, tol):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.max(np.abs(a - b)) <= tol * max(np.max(np.abs(b)), 1e-300)
+from tolerances import params_error
 
 
 def assert_same_params(p, q, tol=0.0):
-    for (W, b), (W2, b2) in zip(p, q):
-        if tol == 0.0:
-            assert np.array_equal(W, W2) and np.array_equal(b, b2)
-        else:
-            assert close(W, W2, tol) and close(b, b2, tol)
+    if tol == 0.0:
+        assert all(np.array_equal(a, b) for pa, pb in zip(p, q) for a, b in zip(pa, pb))
+    else:
+        assert params_error(p, q) <= tol
 
 
 @pytest.fixture

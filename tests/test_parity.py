@@ -15,6 +15,7 @@ import nnx
 from nnx.backends.base import Data
 from nnx.backends.numpy_backend import NumpyBackend
 from nnx.network import Network, Objective
+from tolerances import params_error, scaled_error
 
 ONE_PASS_TOL = 1e-12
 MANY_PASS_TOL = 1e-10
@@ -23,18 +24,6 @@ MANY_PASS_TOL = 1e-10
 # in another order, so they get ten times that.
 FLOAT32_ONE_PASS_TOL = 1e-5
 FLOAT32_MANY_PASS_TOL = 1e-3
-
-
-def scaled_error(actual, reference) -> float:
-    """max |a - r| / max |r| over one array (0 when both are zero)."""
-    actual = np.asarray(actual, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = np.abs(reference).max()
-    return float(np.abs(actual - reference).max() / scale) if scale else float(np.abs(actual).max())
-
-
-def params_error(got, want) -> float:
-    return max(scaled_error(a, r) for pair_a, pair_r in zip(got, want) for a, r in zip(pair_a, pair_r))
 
 
 # (id, layer sizes, hidden, head, data, lr, l2, reduction)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import nnx
 from nnx.network import HIDDEN_ACTIVATIONS, OUTPUT_HEADS
+from tolerances import scaled_error
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -34,10 +35,6 @@ def problems(draw):
     else:
         y = rs.normal(size=(n, n_out))
     return sizes, hidden, head, X, y, seed, draw(st.sampled_from(["sum", "mean"]))
-
-
-def scaled_error(a, b) -> float:
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 @SETTINGS
