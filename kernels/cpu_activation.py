@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .cpu_math import FASTMATH, vsigmoid, vtanh
+from .cpu_math import FASTMATH, like, vsigmoid, vtanh
 
 SIGMOID, TANH, RELU, IDENTITY = 0, 1, 2, 3
 
@@ -25,7 +25,7 @@ def activate(code, v, r, n):
     elif code == RELU:
         for i in range(n):
             x = v[r, i]
-            v[r, i] = 0.0 if x < 0.0 else x  # NaN stays NaN, as np.maximum
+            v[r, i] = like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
     # IDENTITY: nothing to do
 
 
@@ -35,11 +35,11 @@ def grad_times_derivative(code, g, a, r, n):
     if code == TANH:
         for i in range(n):
             x = a[r, i]
-            g[r, i] *= 1.0 - x * x
+            g[r, i] *= like(x, 1.0) - x * x
     elif code == SIGMOID:
         for i in range(n):
             x = a[r, i]
-            g[r, i] *= x * (1.0 - x)
+            g[r, i] *= x * (like(x, 1.0) - x)
     elif code == RELU:
         for i in range(n):
-            g[r, i] *= 1.0 if a[r, i] > 0.0 else 0.0  # a multiply, so NaN in g survives
+            g[r, i] *= like(g, 1.0) if a[r, i] > 0.0 else like(g, 0.0)  # a multiply, so NaN in g survives

@@ -41,7 +41,7 @@ def _activate_row(code, v, j, nb):
     elif code == RELU:
         for n in range(nb):
             x = v[j, n]
-            v[j, n] = 0.0 if x < 0.0 else x
+            v[j, n] = like(x, 0.0) if x < 0.0 else x
 
 
 @njit(inline="always", **_OPTS)
@@ -49,14 +49,14 @@ def _derivative_row(code, d, a, j, nb):
     if code == TANH:
         for n in range(nb):
             x = a[j, n]
-            d[n] *= 1.0 - x * x
+            d[n] *= like(x, 1.0) - x * x
     elif code == SIGMOID:
         for n in range(nb):
             x = a[j, n]
-            d[n] *= x * (1.0 - x)
+            d[n] *= x * (like(x, 1.0) - x)
     elif code == RELU:
         for n in range(nb):
-            d[n] *= 1.0 if a[j, n] > 0.0 else 0.0
+            d[n] *= like(d, 1.0) if a[j, n] > 0.0 else like(d, 0.0)
 
 
 @njit(**_OPTS)
@@ -65,6 +65,7 @@ def mlp1_chunk(XT, TT, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     """Accumulate the gradients of samples r0..r1 into dW1, db1, dW2, db2 (zeroed here)."""
     n_in, n_hidden = W1.shape
     n_out = W2.shape[1]
+    zero = like(W1, 0.0)  # accumulators in W1's precision, as in _sweep_2x2
     for k in range(n_in):
         for j in range(n_hidden):
             dW1[k, j] = 0.0
@@ -99,7 +100,7 @@ def mlp1_chunk(XT, TT, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
         else:
             squared_error_block(head, z, TT, n0, nb, scale, g, False)
         for c in range(n_out):
-            acc = 0.0
+            acc = zero
             for n in range(nb):
                 acc += g[c, n]
             db2[c] += acc
@@ -113,17 +114,17 @@ def mlp1_chunk(XT, TT, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 for n in range(nb):
                     d[n] += g[c, n] * w
             for c in range(n_out):
-                acc = 0.0
+                acc = zero
                 for n in range(nb):
                     acc += hb[j, n] * g[c, n]
                 dW2[j, c] += acc
             _derivative_row(code, d, hb, j, nb)
-            acc = 0.0
+            acc = zero
             for n in range(nb):
                 acc += d[n]
             db1[j] += acc
             for k in range(n_in):
-                acc = 0.0
+                acc = zero
                 for n in range(nb):
                     acc += XT[k, n0 + n] * d[n]
                 dW1[k, j] += acc

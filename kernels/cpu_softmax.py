@@ -12,7 +12,7 @@ import math
 
 from numba import njit
 
-from .cpu_math import FASTMATH, vexp
+from .cpu_math import FASTMATH, like, vexp
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -39,7 +39,7 @@ def softmax_xent_block(z, TT, n0, nb, scale, delta, m, s, want_loss):
             for n in range(nb):
                 loss -= TT[c, n0 + n] * z[c, n]
     for n in range(nb):
-        s[n] = 1.0 / s[n]  # one division per sample, not per class
+        s[n] = like(s, 1.0) / s[n]  # one division per sample, not per class
     for c in range(n_classes):
         for n in range(nb):
             delta[c, n] = (delta[c, n] * s[n] - TT[c, n0 + n]) * scale

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .cpu_math import FASTMATH, vsigmoid
+from .cpu_math import FASTMATH, like, vsigmoid
 
 HEAD_SIGMOID = 1  # nnx.network.HEAD_CODES["sigmoid"]; identity is anything else here
 
@@ -23,7 +23,7 @@ def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
                 d = y - TT[c, n0 + n]
                 if want_loss:
                     loss += 0.5 * d * d
-                delta[c, n] = d * (y * (1.0 - y)) * scale
+                delta[c, n] = d * (y * (like(y, 1.0) - y)) * scale
         else:
             for n in range(nb):
                 d = z[c, n] - TT[c, n0 + n]
@@ -45,7 +45,7 @@ def squared_error_rows(head, Z, T, r0, r1, scale, D, want_loss):
                 d = y - T[r, c]
                 if want_loss:
                     loss += 0.5 * d * d
-                D[r, c] = d * (y * (1.0 - y)) * scale
+                D[r, c] = d * (y * (like(y, 1.0) - y)) * scale
         else:
             for c in range(n_out):
                 d = Z[r, c] - T[r, c]

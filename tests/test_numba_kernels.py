@@ -15,6 +15,7 @@ import pytest
 import nnx
 from nnx.backends.numpy_backend import NumpyBackend
 from nnx.network import GradientDescent, Network, Objective, TrainState
+from tolerances import params_error
 
 numba = pytest.importorskip("numba", reason="numba is not installed")
 
@@ -41,11 +42,6 @@ def train(backend, net, X, T, params, passes, objective=Objective("sum", 0.01), 
     backend.train(net, state, data, objective, GradientDescent(lr), passes)
     assert state.updates == passes
     return backend.params_to_numpy(state.params)
-
-
-def worst_error(got, want) -> float:
-    return max(float(np.abs(a - r).max() / np.abs(r).max())
-               for pa, pr in zip(got, want) for a, r in zip(pa, pr))
 
 
 # ------------------------------------------------------------ path choice
@@ -84,7 +80,7 @@ def test_both_paths_match_numpy(name, fused_max_dim):
     for passes, objective, tol in [(1, Objective("sum", 0.01), 1e-12), (50, Objective("mean", 0.001), 1e-11)]:
         want = train(NumpyBackend(), net, X, T, params, passes, objective)
         got = train(backend, net, X, T, params, passes, objective)
-        assert worst_error(got, want) <= tol, (name, passes)
+        assert params_error(got, want) <= tol, (name, passes)
 
 
 @pytest.mark.parametrize("fused_max_dim", [ALL_BLAS, ALL_FUSED], ids=["blas", "fused"])
@@ -94,7 +90,7 @@ def test_float32_paths_stay_float32_and_close(fused_max_dim):
     want = train(NumpyBackend(), Network((4, 24, 3)), X, T, params, 20)
     got = train(NumbaBackend(fused_max_dim), net, X, T, params, 20)
     assert all(W.dtype == np.float32 and b.dtype == np.float32 for W, b in got)
-    assert worst_error(got, want) <= 1e-5
+    assert params_error(got, want) <= 1e-5
 
 
 def test_parallel_chunks_match_numpy():
@@ -103,7 +99,7 @@ def test_parallel_chunks_match_numpy():
     plan = make_plan(net, 3000)
     assert plan.mlp1 and plan.mlp1_chunks > 1, "this case must exercise the chunked parallel path"
     want = train(NumpyBackend(), net, X, T, params, 3)
-    assert worst_error(train(NumbaBackend(), net, X, T, params, 3), want) <= 1e-12
+    assert params_error(train(NumbaBackend(), net, X, T, params, 3), want) <= 1e-12
 
 
 def test_consecutive_intervals_equal_one_long_interval():
@@ -201,6 +197,30 @@ def test_tanh_and_sigmoid_within_few_ulp_of_numpy_including_extremes():
     got = apply(1, special)
     assert got[0] == 1.0 and got[1] == -1.0 and np.isnan(got[2]) and got[3] == 1.0 and got[4] == -1.0
     assert got[5] == 0.0 and np.signbit(got[5])
+    sig = apply(2, special)
+    assert sig[0] == 1.0 and sig[1] == 0.0 and np.isnan(sig[2])
+
+
+def test_float32_transcendentals_stay_float32_within_few_ulp():
+    """float32 input takes the float32 versions (no float64 inside float32 loops)."""
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0, 3, 100_000), rng.uniform(-1, 1, 100_000), rng.uniform(-87, 87, 100_000),
+                        [0.624, 0.625, 0.626, 1e-30, -1e-30]]).astype(np.float32)
+    xd = x.astype(np.float64)
+
+    def ulps32(got, want):
+        assert got.dtype == np.float32
+        return np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+
+    assert ulps32(apply(0, x), np.exp(xd)).max() <= 4
+    assert ulps32(apply(1, x), np.tanh(xd)).max() <= 4
+    assert ulps32(apply(2, x), 1 / (1 + np.exp(-xd))).max() <= 4
+    special = np.array([np.inf, -np.inf, np.nan, 400.0, -400.0, -0.0, 88.8, -104.0], np.float32)
+    e = apply(0, special)
+    assert e[0] == np.inf and e[1] == 0.0 and np.isnan(e[2]) and e[6] == np.inf and e[7] == 0.0
+    t = apply(1, special)
+    assert t[0] == 1.0 and t[1] == -1.0 and np.isnan(t[2]) and t[3] == 1.0 and t[4] == -1.0
+    assert t[5] == 0.0 and np.signbit(t[5])
     sig = apply(2, special)
     assert sig[0] == 1.0 and sig[1] == 0.0 and np.isnan(sig[2])
 
