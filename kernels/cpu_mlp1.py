@@ -19,8 +19,8 @@ from numba.extending import overload
 from .cpu_activation import IDENTITY, RELU, SIGMOID, TANH
 import numpy as np
 
-from .cpu_math import (_EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _EXP_MIN32, _LN2_HI, _LN2_HI32, _LN2_LO,
-                       _LN2_LO32, _LOG2E, FASTMATH, _is32, _pow2, _pow2_32, like, vsigmoid, vtanh)
+from .cpu_math import (_EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
+                       _is32, _pow2, _vexp32, like, vsigmoid, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_update import gd_update
@@ -183,20 +183,7 @@ def _softmax2_grad32(za, zb, ta, tb, scale):
     big = za > zb
     m = za if big else zb
     d = (zb if big else za) - m  # <= 0, or NaN
-    dc = max(d, np.float32(-104.0))
-    k = np.floor(dc * np.float32(_LOG2E) + np.float32(0.5))
-    r = (dc - k * np.float32(_LN2_HI32)) - k * np.float32(_LN2_LO32)
-    e = np.float32(1.9875691500e-4)
-    e = e * r + np.float32(1.3981999507e-3)
-    e = e * r + np.float32(8.3334519073e-3)
-    e = e * r + np.float32(4.1665795894e-2)
-    e = e * r + np.float32(1.6666665459e-1)
-    e = e * r + np.float32(5.0000001201e-1)
-    e = e * (r * r) + r + np.float32(1.0)
-    n = np.int32(k)
-    half = n >> np.int32(1)
-    a = e * _pow2_32(half) * _pow2_32(n - half)
-    a = np.float32(0.0) if d < np.float32(_EXP_MIN32) else a
+    a = _vexp32(d)  # exp(small - max): 0 for -inf, NaN handled below
     inv = np.float32(1.0) / (a + np.float32(1.0))
     p_big = inv
     p_small = a * inv
