@@ -190,16 +190,15 @@ def fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
                 grads[g0 + i] += pg[c, o + i]
 
 
-@njit(parallel=True, **_OPTS)
-def rows_bias_activation(Z, b, code, row_block):
-    """Z = f(Z + b) after a BLAS product, row blocks in parallel when there are several."""
-    n = Z.shape[0]
-    n_blocks = (n + row_block - 1) // row_block
-    if n_blocks == 1:
-        bias_activation_rows(Z, b, code, 0, n)
-    else:
-        for i in prange(n_blocks):
-            bias_activation_rows(Z, b, code, i * row_block, min(n, (i + 1) * row_block))
+@njit(**_OPTS)
+def rows_bias_activation(Z, b, code):
+    """Z = f(Z + b) after a BLAS product.
+
+    On one thread, as NumPy does it: OpenBLAS's workers keep spinning after a
+    product, and Numba threads competing with them made the blas-bound net
+    0.91-1.04x the NumPy backend on 2 cores (1.00-1.03x on one thread).
+    """
+    bias_activation_rows(Z, b, code, 0, Z.shape[0])
 
 
 @njit(**_OPTS)
@@ -209,36 +208,20 @@ def _grad_rows(D, A, code, r0, r1):
         grad_times_derivative(code, D, A, r, w)
 
 
-@njit(parallel=True, **_OPTS)
-def rows_grad_derivative(D, A, code, row_block):
-    """D *= f'(A) after the BLAS product D = D_next @ W.T."""
-    n = D.shape[0]
-    n_blocks = (n + row_block - 1) // row_block
-    if n_blocks == 1:
-        _grad_rows(D, A, code, 0, n)
-    else:
-        for i in prange(n_blocks):
-            _grad_rows(D, A, code, i * row_block, min(n, (i + 1) * row_block))
+@njit(**_OPTS)
+def rows_grad_derivative(D, A, code):
+    """D *= f'(A) after the BLAS product D = D_next @ W.T (one thread: see rows_bias_activation)."""
+    _grad_rows(D, A, code, 0, D.shape[0])
 
 
-@njit(parallel=True, **_OPTS)
-def rows_head(head, Z, T, D, scale, row_block):
-    """The loss head's gradient on sample-major logits left by a BLAS output layer."""
+@njit(**_OPTS)
+def rows_head(head, Z, T, D, scale):
+    """The loss head's gradient on sample-major logits left by a BLAS output layer (one thread)."""
     n = Z.shape[0]
-    n_blocks = (n + row_block - 1) // row_block
-    if n_blocks == 1:
-        if head == HEAD_SOFTMAX:
-            softmax_xent_rows(Z, T, 0, n, scale, D, False)
-        else:
-            squared_error_rows(head, Z, T, 0, n, scale, D, False)
+    if head == HEAD_SOFTMAX:
+        softmax_xent_rows(Z, T, 0, n, scale, D, False)
     else:
-        for i in prange(n_blocks):
-            r0 = i * row_block
-            r1 = min(n, r0 + row_block)
-            if head == HEAD_SOFTMAX:
-                softmax_xent_rows(Z, T, r0, r1, scale, D, False)
-            else:
-                squared_error_rows(head, Z, T, r0, r1, scale, D, False)
+        squared_error_rows(head, Z, T, 0, n, scale, D, False)
 
 
 @njit(**_OPTS)
@@ -255,7 +238,7 @@ def column_sums(D, out):
 @njit(**_OPTS)
 def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len,
-                 theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper, row_blocks):
+                 theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
     """``passes`` updates of ``theta`` in place: forward, gradients, then W -= lr (dW + l2 W)."""
     n_layers = sizes.size - 1
     n = X.shape[0]
@@ -274,14 +257,14 @@ def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
                 Z = _stored(acts, act_off, sizes, t0, n)
                 np.dot(a_in, _weights(theta, w_off, sizes, t0), Z)
                 code = IDENTITY if t0 == last else codes[t0]
-                rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code, row_blocks[t0])
+                rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code)
             elif t1 < last:
                 fused_unit(MODE_FORWARD, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         if unit_kind[n_units - 1] == UNIT_BLAS:
             rows_head(head, _stored(acts, act_off, sizes, last, n), T,
-                      _stored(deltas, act_off, sizes, last, n), scale, row_blocks[last])
+                      _stored(deltas, act_off, sizes, last, n), scale)
         for u in range(n_units - 1, -1, -1):
             t0 = unit_t0[u]
             t1 = unit_t1[u]
@@ -297,7 +280,7 @@ def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
                     d_prev = _stored(deltas, act_off, sizes, t0 - 1, n)
                     np.dot(D, _weights(theta, w_off, sizes, t0).T, d_prev)
                     rows_grad_derivative(d_prev, _stored(acts, act_off, sizes, t0 - 1, n),
-                                         codes[t0 - 1], row_blocks[t0 - 1])
+                                         codes[t0 - 1])
             else:
                 mode = MODE_HEAD if t1 == last else MODE_BACKWARD
                 fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,

@@ -36,8 +36,6 @@ MAX_BLOCK = 512
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
 PARALLEL_MIN_WORK = 1 << 20
 MAX_CHUNKS = 16
-# Row blocks for the elementwise work around BLAS products.
-ROW_BLOCK_ELEMS = 1 << 15
 
 
 @dataclass
@@ -57,7 +55,6 @@ class _Plan:
     unit_bs: np.ndarray
     unit_chunks: np.ndarray
     unit_chunk_len: np.ndarray
-    row_blocks: np.ndarray
     theta: np.ndarray
     grads: np.ndarray
     acts: np.ndarray
@@ -205,14 +202,13 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM) 
         max_chunks = chunks
         max_scratch = bs * (shapes[0][1] + 2 * shapes[1][1] + 3)
         pg_size = n_params
-    row_blocks = [max(1, ROW_BLOCK_ELEMS // w) for w in net.layer_sizes[1:]]
     i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
     return _Plan(
         sizes=sizes, codes=i64(codes), head=HEAD_CODES[net.output],
         w_off=i64(w_off), b_off=i64(b_off), act_off=i64(act_off), pg_off=i64(pg_off),
         unit_kind=i64([u[0] for u in units]), unit_t0=i64([u[1] for u in units]),
         unit_t1=i64([u[2] for u in units]), unit_bs=i64(unit_bs), unit_chunks=i64(unit_chunks),
-        unit_chunk_len=i64(unit_chunk_len), row_blocks=i64(row_blocks),
+        unit_chunk_len=i64(unit_chunk_len),
         theta=np.zeros(n_params, dtype), grads=np.zeros(n_params, dtype),
         acts=np.zeros(n_stored, dtype), deltas=np.zeros(n_stored, dtype),
         # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
@@ -290,7 +286,6 @@ class NumbaBackend(Backend):
             passes, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off, plan.pg_off,
             plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks, plan.unit_chunk_len,
             plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas, plan.scratch, plan.pg, hyper,
-            plan.row_blocks,
         )
 
     def warm_up(self, net: Network, n_samples: int = 8) -> float:
