@@ -114,15 +114,15 @@ class MLP:
         data = backend.prepare_data(self.net, X, T)
         state = TrainState(backend.prepare_params(self.net, self._params), updates=self.updates)
         try:
-            result = run_fit(backend, self.net, state, data, objective, optimizer, passes, log_every,
+            interrupted = run_fit(backend, self.net, state, data, objective, optimizer, passes, log_every,
                              self.history, on_log=report, record_start=not self.history)
         finally:
             # Whatever happened, keep what the backend reached (finite by construction).
             self._params = backend.params_to_numpy(state.params)
             self.updates = state.updates
             self.backend_name = backend.name
-        self.interrupted = result.interrupted
-        if verbose and result.interrupted:
+        self.interrupted = interrupted
+        if verbose and interrupted:
             print(f"Interrupted: stopped after pass {self.updates}; parameters and history kept.", flush=True)
         return self
 

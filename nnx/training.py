@@ -10,18 +10,10 @@ import math
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .backends.base import Backend, Data
 from .errors import NonFiniteLossError
 from .network import GradientDescent, Network, Objective, TrainState
-
-
-@dataclass
-class FitResult:
-    state: TrainState
-    history: dict[int, float]
-    interrupted: bool = False
 
 
 class _InterruptFlag:
@@ -59,12 +51,13 @@ def _locate_divergence(backend: Backend, net: Network, snapshot, data: Data, obj
 
 def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objective: Objective,
             optimizer: GradientDescent, passes: int, log_every: int, history: dict[int, float],
-            on_log: Callable[[int, float], None] | None = None, record_start: bool = False) -> FitResult:
-    """Train ``state`` for ``passes`` passes, logging into ``history`` every ``log_every``."""
-    result = FitResult(state, history)
+            on_log: Callable[[int, float], None] | None = None, record_start: bool = False) -> bool:
+    """Train ``state`` for ``passes`` passes, logging into ``history`` every ``log_every``.
+
+    Returns whether Ctrl-C ended the fit early (at a logging point)."""
 
     def log(loss: float) -> None:
-        result.history[state.updates] = loss
+        history[state.updates] = loss
         if on_log is not None:
             on_log(state.updates, loss)
 
@@ -88,6 +81,5 @@ def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objec
                     "or use reduction='mean'.", bad_pass)
             log(loss)
             if interrupt.raised:
-                result.interrupted = True
-                break
-    return result
+                return True
+    return False
