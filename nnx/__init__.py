@@ -5,8 +5,7 @@ or, for a block, ``with use_backend(name):``.
 """
 from . import datasets
 from .backends import available_backends, explain_backend, get_backend, set_backend, use_backend
-from .backends.cuda_plan import GpuMemoryError
-from .errors import BackendUnavailableError, NonFiniteLossError
+from .errors import BackendUnavailableError, GpuMemoryError, NonFiniteLossError, OutOfMemoryError
 from .model import MLP
 from .persistence import load
 
@@ -17,6 +16,7 @@ __all__ = [
     "BackendUnavailableError",
     "GpuMemoryError",
     "NonFiniteLossError",
+    "OutOfMemoryError",
     "available_backends",
     "datasets",
     "explain_backend",

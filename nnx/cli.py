@@ -8,8 +8,7 @@ import time
 from collections.abc import Sequence
 
 from . import backends
-from .backends.cuda_plan import GpuMemoryError
-from .errors import BackendUnavailableError, NonFiniteLossError
+from .errors import BackendUnavailableError, NonFiniteLossError, OutOfMemoryError
 from .metrics import clipped_cross_entropy
 from .model import MLP
 from .presets import PRESETS
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import command as bench_command
             return bench_command.run(args)
         return handlers[command](args)
-    except (ValueError, BackendUnavailableError, NonFiniteLossError, GpuMemoryError) as exc:
+    except (ValueError, BackendUnavailableError, NonFiniteLossError, OutOfMemoryError) as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import GpuMemoryError, format_bytes
 from ..network import Network
 
 TINY_MAX_WIDTH = 8            # widest input / output of the fused kernels (NNX_TINY_MAX_WIDTH)
@@ -28,22 +29,6 @@ HEADROOM_BYTES = 128 << 20    # left free for cuBLAS workspaces and the CUDA con
 GRAPH_PASSES = 64             # passes captured in one CUDA graph
 
 
-class GpuMemoryError(MemoryError):
-    """The GPU lacks the memory a fit or prediction needs; nothing was changed."""
-
-    def __init__(self, what: str, needed: int, available: int, advice: str):
-        self.needed, self.available = needed, available
-        super().__init__(
-            f"not enough GPU memory for {what}: needs {format_bytes(needed)}, {format_bytes(available)} free. "
-            f"{advice} The model was left as it was.")
-
-
-def format_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def grid_for(n_items: int) -> int:
