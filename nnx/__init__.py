@@ -8,8 +8,8 @@ from .backends import available_backends, explain_backend, get_backend, set_back
 from .errors import BackendUnavailableError, GpuMemoryError, NonFiniteLossError, OutOfMemoryError
 from .model import MLP
 from .persistence import load
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "MLP",

@@ -42,8 +42,7 @@ def _locate_divergence(backend: Backend, net: Network, snapshot, data: Data, obj
     state = TrainState(backend.copy_params(snapshot), updates=start)
     last_finite = backend.copy_params(snapshot)
     while state.updates < stop:
-        backend.train(net, state, data, objective, optimizer, 1)
-        if not math.isfinite(backend.objective_value(net, state.params, data, objective)):
+        if not math.isfinite(backend.train_and_loss(net, state, data, objective, optimizer, 1)):
             return state.updates, last_finite
         last_finite = backend.copy_params(state.params)
     return stop, last_finite
@@ -68,8 +67,7 @@ def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objec
         while state.updates < end:
             start = state.updates
             snapshot = backend.copy_params(state.params)
-            backend.train(net, state, data, objective, optimizer, min(log_every, end - start))
-            loss = backend.objective_value(net, state.params, data, objective)
+            loss = backend.train_and_loss(net, state, data, objective, optimizer, min(log_every, end - start))
             if not math.isfinite(loss):
                 bad_pass, last_finite = _locate_divergence(
                     backend, net, snapshot, data, objective, optimizer, start, state.updates)
