@@ -80,8 +80,8 @@ def check_fits_dtype(arr: np.ndarray, name: str, dtype: np.dtype) -> None:
     largest = max(abs(arr.max()), abs(arr.min()))
     if largest >= bound:
         raise ValueError(f"{name} has values beyond {dtype.name}'s range (largest magnitude "
-                         f"{np.format_float_scientific(largest, precision=2)}; {dtype.name} holds up to "
-                         f"{np.format_float_scientific(target.max, precision=2)}): scale them down or use "
+                         f"{np.format_float_scientific(largest, precision=2, unique=False)}; {dtype.name} holds up to "
+                         f"{np.format_float_scientific(target.max, precision=2, unique=False)}): scale them down or use "
                          "dtype='float64'")
 
 
