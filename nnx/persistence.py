@@ -10,7 +10,7 @@ checked (dtype, shape, size against the bytes actually present) before its data
 is read, and every value is checked (range, consistency, parameter shapes
 against ``layer_sizes``, finiteness) before a model is built. Any problem is a
 ``ValueError`` naming the file and the field; nothing is allocated beyond what
-the file itself holds.
+the file itself holds (or, for a deflated member, can expand to).
 """
 from __future__ import annotations
 
@@ -277,8 +277,9 @@ def load(path: str | os.PathLike):
             try:
                 return _read_model(_Archive(zf, os.fstat(handle.fileno()).st_size))
             except _NewerFormat as newer:
-                raise ValueError(f"{target} was written by a newer nnx (field 'format_version' is {newer.version}); "
-                                 f"this nnx reads up to version {FORMAT_VERSION}: upgrade nnx") from None
+                raise ValueError(f"{target} was written by a newer nnx (field 'format_version' is "
+                                 f"{newer.version}); this nnx reads up to version {FORMAT_VERSION}: upgrade nnx"
+                                 ) from None
             except _Invalid as bad:
                 kind = "an nnx model file" if bad.field == "format" else "a valid nnx model file"
                 raise ValueError(f"{target} is not {kind}: field '{bad.field}' {bad.problem}") from bad.__cause__

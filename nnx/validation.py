@@ -79,10 +79,10 @@ def check_fits_dtype(arr: np.ndarray, name: str, dtype: np.dtype) -> None:
     bound = arr.dtype.type(target.max) + arr.dtype.type(2.0) ** (target.maxexp - target.nmant - 2)
     largest = max(abs(arr.max()), abs(arr.min()))
     if largest >= bound:
-        raise ValueError(f"{name} has values beyond {dtype.name}'s range (largest magnitude "
-                         f"{np.format_float_scientific(largest, precision=2, unique=False)}; {dtype.name} holds up to "
-                         f"{np.format_float_scientific(target.max, precision=2, unique=False)}): scale them down or use "
-                         "dtype='float64'")
+        def show(v):
+            return np.format_float_scientific(v, precision=2, unique=False)
+        raise ValueError(f"{name} has values beyond {dtype.name}'s range (largest magnitude {show(largest)}; "
+                         f"{dtype.name} holds up to {show(target.max)}): scale them down or use dtype='float64'")
 
 
 def _finite_array(a, name: str, dtype: np.dtype) -> np.ndarray:
