@@ -63,11 +63,11 @@ def _locate_divergence(backend: Backend, net: Network, snapshot, data: Data, obj
     return stop, last_finite
 
 
-def _non_finite_start(optimizer: GradientDescent) -> NonFiniteLossError:
+def _non_finite_start() -> NonFiniteLossError:
     return NonFiniteLossError(
-        f"the loss is non-finite before the first pass (lr={optimizer.lr:g}): the outputs overflow for these "
-        "parameters and inputs. Scale the inputs down (standardise X), use smaller parameters, or use "
-        "dtype='float64'. Nothing was trained.", 0)
+        "the loss is non-finite before the first pass: the outputs overflow for these parameters and inputs. "
+        "Scale the inputs down (standardise X), use smaller parameters, or use dtype='float64'. Nothing was "
+        "trained.", 0)
 
 
 def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objective: Objective,
@@ -90,7 +90,7 @@ def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objec
             if record_start:
                 loss = backend.objective_value(net, state.params, data, objective)
                 if not math.isfinite(loss):
-                    raise _non_finite_start(optimizer)
+                    raise _non_finite_start()
                 log(loss)
         except KeyboardInterrupt:
             return True
