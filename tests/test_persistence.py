@@ -302,8 +302,9 @@ def test_fuzz_bit_flips_either_load_the_same_model_or_are_value_errors(tmp_path,
     path = tmp_path / "flipped.npz"
     rs = np.random.RandomState(12)
     outcomes = {"error": 0, "same": 0}
-    # every byte of the archive once, at a random bit, plus random multi-bit damage
-    flips = [[(i, int(rs.randint(8)))] for i in range(len(original))]
+    # every third byte of the archive (headers, data, central directory), at a random bit, plus
+    # random multi-bit damage
+    flips = [[(i, int(rs.randint(8)))] for i in range(0, len(original), 3)]
     flips += [[(int(rs.randint(len(original))), int(rs.randint(8))) for _ in range(rs.randint(2, 9))]
               for _ in range(300)]
     for flip in flips:
