@@ -3,7 +3,7 @@
 Pick the backend with ``NNX_BACKEND`` (numpy, numba, cupy, auto), ``set_backend``
 or, for a block, ``with use_backend(name):``.
 """
-from . import datasets
+from . import datasets, metrics
 from .backends import available_backends, explain_backend, get_backend, set_backend, use_backend
 from .errors import BackendUnavailableError, GpuMemoryError, NonFiniteLossError, OutOfMemoryError
 from .model import MLP
@@ -22,6 +22,7 @@ __all__ = [
     "explain_backend",
     "get_backend",
     "load",
+    "metrics",
     "set_backend",
     "use_backend",
 ]

@@ -65,8 +65,18 @@ class Backend:
         return np.asarray(a)
 
     def prepare_data(self, net: Network, X: np.ndarray, T: np.ndarray) -> Data:
-        """Move validated NumPy data to the backend once per ``fit``."""
-        return Data(self.asarray(X, net.np_dtype), self.asarray(T, net.np_dtype))
+        """Move validated NumPy data to the backend once per ``fit``.
+
+        The arrays handed on are always writeable: compiled kernels (Numba)
+        treat a read-only array as a different type and would compile a second
+        specialisation for it (tens of seconds cold). A read-only input of the
+        right dtype and layout is copied; any other input is converted anyway.
+        """
+        return Data(self._writeable(self.asarray(X, net.np_dtype)), self._writeable(self.asarray(T, net.np_dtype)))
+
+    @staticmethod
+    def _writeable(a):
+        return a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
 
     def prepare_params(self, net: Network, params) -> list[tuple[object, object]]:
         return [(self.asarray(W, net.np_dtype), self.asarray(b, net.np_dtype)) for W, b in params]
