@@ -34,14 +34,15 @@ from .cpu_update import gd_update
 
 HEAD_SOFTMAX, HEAD_SIGMOID = 0, 1
 
-# Compiled into the entry points that call them (never cached on their own).
-_INNER = dict(fastmath=FASTMATH, error_model="numpy")
+# Compiled into the entry points that call them; cached too, so a second entry point of
+# the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
+_INNER = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 # Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
-_ENTRY = dict(cache=CACHE, nogil=True, **_INNER)
+_ENTRY = dict(nogil=True, **_INNER)
 # The loop and runners take kernels as first-class functions. They are inlined into
 # each entry point, so the functions are direct calls there: a function passed to a
 # compiled (not inlined) callee is a run-time object that Numba's cache cannot store.
-_SHARED = dict(inline="always", **_INNER)
+_SHARED = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 # Only prange loops become parallel: the other parfor conversions cost compile time for nothing here.
 _PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": False, "reduction": False,
                            "inplace_binop": False, "setitem": False, "stencil": False, "fusion": False},
@@ -352,7 +353,6 @@ def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_
     n_rows = XT.shape[1]  # with the padding: the 2x2 kernel masks it, the general one stops at n_samples
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
     dW1, db1, dW2, db2 = _views(grads, n_in, n_hidden, n_out)
-    losses = np.empty(n_chunks)
     n_p = grads.size
     loss = 0.0
     for p in range(passes + 1):
@@ -363,6 +363,7 @@ def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_
             loss = chunk(XT, TT, n_samples, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                          hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
+            losses = np.empty(n_chunks)
             side_by_side(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                          scale, scratch, pg, losses)
             loss = 0.0

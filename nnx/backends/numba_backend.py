@@ -249,7 +249,7 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         parallel = chunks > 1
     else:
         parallel = max_chunks > 1
-        kernel = "train_passes"
+        kernel = "train_passes" if 1 in [u[0] for u in units] else "train_passes_blas"
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
     buffers = {"theta": (n_params,), "grads": (n_params,), "acts": (n_stored,), "deltas": (n_stored,),
                "scratch": (_max_threads() if max_chunks > 1 else 1, max_scratch),
