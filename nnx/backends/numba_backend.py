@@ -38,6 +38,9 @@ MAX_BLOCK = 512
 # Numba's default ``workqueue`` threading layer aborts the process when two threads
 # enter parallel regions at once; nnx runs its parallel kernels one at a time.
 _PARALLEL_LOCK = threading.Lock()
+# One-hidden-layer fits with at most this many samples x hidden units run sample by sample
+# (XOR's 4 x 2): blocks of samples would be all loop set-up and remainder there.
+TINY_MAX_WORK = 256
 # Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
 COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
@@ -245,7 +248,8 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         pg_size = n_params
     if mlp1:
         fast = shapes[0][0] == 2 and shapes[1][1] == 2 and net.output == "softmax" and net.hidden == "tanh"
-        kernel = "train_2x2" if fast else "train_any"
+        tiny = n_samples * shapes[0][1] <= TINY_MAX_WORK
+        kernel = "train_2x2" if fast else "train_tiny" if tiny else "train_any"
         parallel = chunks > 1
     else:
         parallel = max_chunks > 1
