@@ -179,6 +179,14 @@ __device__ __forceinline__ bool nnx_tiny_is_weight(long long i, long long dh, in
 //      with a fixed shuffle tree and lane 0 applies the update.
 // The phases are separated by __syncthreads(); the parameters go back to
 // global memory at the end. Every sum has a fixed order: same launch, same bits.
+//
+// Estimate for tutorial 003 (N=200, 2-3-2, float64; 256 threads, 85 sample
+// slices, 8 lanes), to compare with the GPU check's CUDA-event timing: phase 1
+// about 210 instructions per thread (3 tanh, 2 exp, 2 divisions) on a chain of
+// ~800 cycles; phase 2 about 55 (2-3 rows) on ~220; phase 3 about 40 (11
+// partials, 3 shuffle levels) on ~300; 3 barriers ~90. About 2,300 warp
+// instructions and 1,400-2,000 cycles, 0.7-1.0 us per pass at 1.98 GHz, with
+// no global-memory round trip (about 7 dependent shared-memory ones).
 template <typename T, int W>
 __global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W))
     nnx_tiny_train(const T* X, const T* targets, T* W1, T* b1, T* W2, T* b2, int n, int d, int h, int c,
