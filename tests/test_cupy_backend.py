@@ -421,6 +421,31 @@ def test_graph_replay_keeps_python_launches_per_pass_small():
 
 
 @on_gpu
+def test_dense_networks_replay_graphs_with_their_cublas_products(recwarn):
+    from nnx.backends.cuda_program import GraphCaptureWarning
+
+    backend = _cupy_backend()
+    _, graphs = _train_with(backend, (6, 40, 30, 4), 200)
+    net = Network((6, 40, 30, 4), "tanh", "softmax", "float64")
+    assert backend.device.blas_unavailable is None and backend.graph_fallback(net) is None
+    assert backend._replayer.captures == 2 and backend.launches_per_pass(net, 300) == 1 / plan.GRAPH_PASSES
+    assert not [w for w in recwarn.list if issubclass(w.category, GraphCaptureWarning)]
+    _, eager = _train_with(_cupy_backend(graphs=False), (6, 40, 30, 4), 200)
+    assert all(np.array_equal(a, b) for pa, pb in zip(graphs, eager) for a, b in zip(pa, pb))
+
+
+# Single-block plans on the GPU's own barriers and shuffles: hidden slices, 512 threads, width 8.
+@on_gpu
+@pytest.mark.parametrize("sizes,n", [((2, 4, 2), 16), ((2, 4, 2), 1000), ((8, 6, 8), 64), ((2, 20, 2), 200)])
+def test_single_block_plans_match_numpy(sizes, n):
+    model, X, y = _problem(sizes, n=n)
+    assert plan.plan_tiny_net(model.net, n).one_block
+    for passes, tol in ((1, 1e-12), (300, 1e-10)):
+        ref = _fit("numpy", sizes, passes, n=n)
+        assert _rel_err(ref, _fit("cupy", sizes, passes, n=n)) <= tol
+
+
+@on_gpu
 def test_every_kernel_instance_compiles_with_nvrtc():
     from nnx.backends.cupy_backend import CupyDevice
     from nnx.kernels import cuda_sources as src

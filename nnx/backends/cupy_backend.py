@@ -137,10 +137,12 @@ class CupyDevice:
     def bind(self, stream: cupy.cuda.Stream) -> None:
         """Create nnx's cuBLAS handle for ``stream`` with its own workspace (never during a capture)."""
         try:
-            library = cuda_blas.CublasLibrary(cuda_blas.loaded_library())
+            importlib.import_module("cupy.cublas")  # CuPy loads libcublas (through cuda-pathfinder if need be)
+            major = int(cupy.cuda.runtime.runtimeGetVersion()) // 1000
+            library = cuda_blas.CublasLibrary(cuda_blas.loaded_library((major, 13, 12, 11)))
             workspace = cupy.empty(cuda_blas.WORKSPACE_BYTES, dtype=cupy.uint8)
             self._blas = cuda_blas.OwnedHandle(library, stream.ptr, workspace.data.ptr, workspace.nbytes)
-        except (OSError, AttributeError, cuda_blas.CublasError) as exc:
+        except (ImportError, OSError, AttributeError, cuda_blas.CublasError) as exc:
             self.blas_unavailable = (f"nnx cannot call cuBLAS directly ({type(exc).__name__}: {exc}) and CuPy's "
                                      "cuBLAS calls refuse stream capture")
             return
