@@ -205,13 +205,19 @@ def _compiler() -> str:
     return compiler
 
 
+_BUILT: dict[str, ctypes.CDLL] = {}
+
+
 def build(tmp: Path) -> ctypes.CDLL:
-    """Compile every kernel source for the host into one shared library."""
-    (tmp / "kernels.cpp").write_text(source())
-    lib = tmp / "libnnx_kernels_emu.so"
-    subprocess.run([_compiler(), "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-o",
-                    str(lib), str(tmp / "kernels.cpp")], check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(lib))
+    """Compile every kernel source for the host into one shared library (once per process)."""
+    code = source()
+    if code not in _BUILT:
+        (tmp / "kernels.cpp").write_text(code)
+        lib = tmp / "libnnx_kernels_emu.so"
+        subprocess.run([_compiler(), "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
+                        "-o", str(lib), str(tmp / "kernels.cpp")], check=True, capture_output=True, text=True)
+        _BUILT[code] = ctypes.CDLL(str(lib))
+    return _BUILT[code]
 
 
 def build_race_checker(tmp: Path) -> Path:

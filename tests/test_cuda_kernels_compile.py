@@ -51,19 +51,27 @@ def _mangled_prefix(kernel: src.Kernel, code: str, width: int | None) -> str:
     return f"_Z{len(kernel.name)}{kernel.name}I{args}E"
 
 
-def _nvcc(source: src.CudaSource, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
-    unit = tmp_path / source.filename
-    unit.write_text(_compile_unit(source))
-    return subprocess.run([NVCC, "-std=c++17", f"-arch={ARCH}", *flags, str(unit)], capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """Per source: the PTX and ptxas's resource report, from one nvcc run (``--keep`` keeps the PTX)."""
+    out = {}
+    for source in src.SOURCES:
+        tmp = tmp_path_factory.mktemp(source.filename.replace(".", "_"))
+        unit = tmp / source.filename
+        unit.write_text(_compile_unit(source))
+        run = subprocess.run([NVCC, "-std=c++17", f"-arch={ARCH}", "-cubin", "-Xptxas", "-v", "--keep",
+                              f"--keep-dir={tmp}", "-o", str(tmp / "out.cubin"), str(unit)],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, f"nvcc failed on {source.filename}:\n{run.stderr}"
+        (ptx,) = tmp.glob("*.ptx")
+        out[source.filename] = (ptx.read_text(), run.stderr)
+    return out
 
 
 @needs_nvcc
 @pytest.mark.parametrize("source", src.SOURCES, ids=lambda s: s.filename)
-def test_source_compiles_to_ptx_with_every_instance(source: src.CudaSource, tmp_path: Path) -> None:
-    ptx = tmp_path / "out.ptx"
-    run = _nvcc(source, tmp_path, "-ptx", "-o", str(ptx))
-    assert run.returncode == 0, f"nvcc failed on {source.filename}:\n{run.stderr}"
-    entries = re.findall(r"\.entry\s+(\w+)\(", ptx.read_text())
+def test_source_compiles_to_ptx_with_every_instance(source: src.CudaSource, compiled) -> None:
+    entries = re.findall(r"\.entry\s+(\w+)\(", compiled[source.filename][0])
     for kernel in source.kernels:
         for ctype, code in CODE.items():
             for width in kernel.widths or (None,):
@@ -73,20 +81,18 @@ def test_source_compiles_to_ptx_with_every_instance(source: src.CudaSource, tmp_
     assert len(entries) == len(source.name_expressions())
 
 
-def _resources(source: src.CudaSource, tmp_path: Path) -> dict[str, tuple[int, int, int]]:
+def _resources(report: str, expected: int) -> dict[str, tuple[int, int, int]]:
     """ptxas's report per entry: (stack frame bytes, spill store bytes, registers)."""
-    run = _nvcc(source, tmp_path, "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"))
-    assert run.returncode == 0, f"nvcc failed on {source.filename}:\n{run.stderr}"
     found = re.findall(r"entry function '(\w+)'.*?\n.*?\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores"
-                       r".*?\n.*?Used (\d+) registers", run.stderr)
-    assert len(found) == len(source.name_expressions()), run.stderr
+                       r".*?\n.*?Used (\d+) registers", report)
+    assert len(found) == expected, report
     return {name: (int(stack), int(spill), int(regs)) for name, stack, spill, regs in found}
 
 
 @needs_nvcc
 @pytest.mark.parametrize("source", src.SOURCES, ids=lambda s: s.filename)
-def test_no_kernel_uses_local_memory_and_registers_fit_the_launches(source: src.CudaSource, tmp_path: Path) -> None:
-    resources = _resources(source, tmp_path)
+def test_no_kernel_uses_local_memory_and_registers_fit_the_launches(source: src.CudaSource, compiled) -> None:
+    resources = _resources(compiled[source.filename][1], len(source.name_expressions()))
     for entry, (stack, spill, regs) in resources.items():
         assert stack == 0 and spill == 0, f"{entry}: {stack} bytes stack frame, {spill} bytes spilled"
     for kernel in source.kernels:

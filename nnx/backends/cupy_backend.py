@@ -147,7 +147,8 @@ class CupyDevice:
                                      "cuBLAS calls refuse stream capture")
             return
         self._workspace = workspace
-        weakref.finalize(self, _close_quietly, self._blas)
+        # Destroyed with the device; at interpreter exit the process takes it (CUDA may be torn down first).
+        weakref.finalize(self, _close_quietly, self._blas).atexit = False
 
     def blas_version(self) -> int | None:
         """cuBLAS's version number as the bound handle reports it (None before ``bind``)."""
@@ -191,7 +192,7 @@ class CupyDevice:
 
 
 def _close_quietly(handle: cuda_blas.OwnedHandle) -> None:
-    """Finalizer: at interpreter exit the CUDA context may already be gone."""
+    """Finalizer: a failure to destroy a handle is no reason to raise during garbage collection."""
     try:
         handle.close()
     except cuda_blas.CublasError:
