@@ -38,7 +38,7 @@ def _load_json(folder: Path, name: str) -> dict | None:
         return None
 
 
-def test_counts(folder: Path) -> dict | None:
+def junit_counts(folder: Path) -> dict | None:
     """passed/failed/errors/skipped of the JUnit file, and the failing tests' names."""
     path = folder / "gpu-tests.xml"
     if not path.is_file():
@@ -143,7 +143,7 @@ def render(folder: Path) -> str:
     steps = _load_json(folder, "steps.json") or {}
     smoke = _load_json(folder, "smoke.json")
     bench = _load_json(folder, "bench.json")
-    counts = test_counts(folder)
+    counts = junit_counts(folder)
     ms = _measurements(folder)
     gpu = env.get("gpu") or {}
     smi = env.get("nvidia_smi") or {}
