@@ -159,7 +159,7 @@ def test_tutorial_through_fit_against_the_seam(benchmark):
                                 numba_fit_over_tutorial_code=round(tutorial_s / fit_s, 1))
 
 
-def test_xor_through_fit_against_the_tutorial_code(benchmark):
+def test_fit_overhead_xor(benchmark):
     """Tutorial 001 (XOR 2-2-1, 10,000 epochs, default logging) through ``MLP.fit``."""
     epochs = 10_000 if size_set() != "tiny" else 100
     X, y = nnx.datasets.xor()

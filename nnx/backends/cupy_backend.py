@@ -297,6 +297,29 @@ class CupyBackend(Backend):
         finally:
             current.wait_event(self._stream.record())
 
+    # ---------------------------------------------------------------- memory
+    def fit_bytes(self, net: Network, n_samples: int) -> int:
+        """The least a fit needs on the device: the data, the parameters, and either the
+        single-block workspace or the fixed workspace plus one row block (chunks grow
+        to what is free), with the headroom left for cuBLAS and the CUDA context."""
+        n_params = sum((i + 1) * o for i, o in net.layer_shapes())
+        itemsize = net.np_dtype.itemsize
+        base = plan.data_bytes(net, n_samples) + 2 * n_params * itemsize + plan.HEADROOM_BYTES
+        if plan.is_tiny(net):
+            tiny = plan.plan_tiny_net(net, n_samples)
+            return base + (tiny.workspace_elements() + n_samples * (net.n_outputs + 1)) * itemsize
+        block = min(plan.block_rows(net), n_samples)
+        return base + plan.fixed_bytes(net, n_samples) + block * plan.row_bytes(net)
+
+    def predict_bytes(self, net: Network, n_samples: int) -> int:
+        return self.fit_bytes(net, n_samples)
+
+    def available_bytes(self) -> int | None:
+        return self.device.free_bytes()
+
+    def out_of_memory_error(self, what: str, needed: int, available: int, advice: str) -> Exception:
+        return plan.GpuMemoryError(what, needed, available, advice)
+
     # -------------------------------------------------------------- programs
     def _build(self, net: Network, params, X, T, what: str):
         n = int(X.shape[0])
