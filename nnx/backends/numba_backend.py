@@ -1,9 +1,9 @@
 """The Numba backend: the whole training loop compiled, one call per log interval.
 
-``train`` hands a flat description of the network to
-``nnx.kernels.cpu_train.train_passes``, which runs every pass of the interval
-without returning to Python. Each layer takes one of two paths, chosen by its
-smallest dimension:
+``train`` hands a flat description of the network to a compiled entry point
+(``nnx.kernels.cpu_mlp1`` for one hidden layer, ``cpu_train`` for deeper
+networks), which runs every pass of the interval without returning to
+Python. Each layer takes one of two paths, chosen by its smallest dimension:
 
 * fused: ``min(fan_in, fan_out) <= fused_max_dim`` (2 inputs, 2 classes...):
   consecutive such layers form a run that streams blocks of samples through
@@ -11,9 +11,13 @@ smallest dimension:
 * BLAS: layers large in every dimension call ``np.dot`` with the bias,
   activation and derivative fused around the products.
 
-Kernels compile on first use (``cache=True`` keeps them on disk), never at
-``import nnx``; ``warm_up`` compiles them up front and reports the seconds, so
-the CLI and benchmarks can show compile time apart from run time.
+A fit compiles only the entry point its plan names (``_Plan.kernel``), on
+first use, never at ``import nnx``, and Numba caches it in nnx's per-user
+folder (``nnx.cache``); ``warm_up`` compiles it up front and reports the
+seconds, so the CLI and benchmarks show compile time apart from run time. The
+same compiled call returns the loss at the new parameters, so logging costs
+no NumPy forward. Plans (buffers) belong to one fit (``TrainState.scratch``),
+so fits in several threads never share them.
 """
 from __future__ import annotations
 
@@ -286,8 +290,6 @@ class NumbaBackend(Backend):
 
     def __init__(self, fused_max_dim: int = FUSED_MAX_DIM):
         self.fused_max_dim = fused_max_dim
-        self._plan_key = None
-        self._plan: _Plan | None = None
 
     def quiet_floating_point(self):
         return np.errstate(all="ignore")
