@@ -27,7 +27,7 @@ from numba.extending import overload
 
 from .cpu_activation import RELU, SIGMOID, TANH, activate, grad_times_derivative
 from .cpu_math import (CACHE, _EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
-                       _is32, _pow2, _vexp32, _vexp64, like, vexp, vtanh)
+                       _is32, _pow2, _vexp32, like, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_update import gd_update
@@ -295,7 +295,7 @@ def _ov_softmax2_grad(za, zb, ta, tb, scale):
     return lambda za, zb, ta, tb, scale: _softmax2_grad64(za, zb, ta, tb, scale)
 
 
-@njit(**_INNER)
+@njit(**_SHARED)
 def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` for 2 inputs, 2 softmax classes and tanh (the moons model), every
@@ -340,7 +340,8 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 za = z0[n]
                 zb = z1[n]
                 top = za if za > zb else zb
-                loss += top + math.log(_vexp64(za - top) + _vexp64(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
+                # libm's exp: outside the vector loops, and no extra kernel to compile for the loss
+                loss += top + math.log(math.exp(za - top) + math.exp(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
             continue
         # softmax + cross-entropy gradient, in place of the logits
         a0 = zero
