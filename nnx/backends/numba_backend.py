@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from ..network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
-from .base import Backend, Data
+from .base import BOOKKEEPING_BYTES, Backend, Data, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
 FUSED_MAX_DIM = 8
@@ -326,11 +326,11 @@ class NumbaBackend(Backend):
         (no N x H activations); small problems, where NumPy's forward takes
         microseconds, and deeper networks take the reference forward."""
         n = int(X.shape[0])
-        plan = make_plan(net, n, self.fused_max_dim) if n * max(net.layer_sizes) >= COMPILED_PREDICT_MIN else None
-        if plan is None or not plan.mlp1:
+        if not self._compiled_predict(net, n):  # decided before any buffer is made
             return super().predict_output(net, params, X)
         from ..kernels import cpu_mlp1
 
+        plan = make_plan(net, n, self.fused_max_dim)
         plan.load(params)
         n_in, hidden, n_out = (int(v) for v in plan.sizes)
         XT = np.ascontiguousarray(X.T)
@@ -345,22 +345,33 @@ class NumbaBackend(Backend):
                 cpu_mlp1.predict(*common, plan.mlp1_bs, plan.theta, XT, plan.scratch, out)
         return np.ascontiguousarray(out.T)
 
+    def _compiled_predict(self, net: Network, n_samples: int) -> bool:
+        """Whether ``predict_output`` runs the compiled fused forward (one hidden layer, both
+        layers fused, enough work to beat NumPy's forward)."""
+        return (n_samples * max(net.layer_sizes) >= COMPILED_PREDICT_MIN
+                and layer_paths(net, self.fused_max_dim) == ["fused", "fused"])
+
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int) -> int:
-        """The plan's buffers, the data twice (as given and feature-major, padded) and three
-        parameter copies: the loss is computed inside the compiled loop, so no N x H forward."""
+        """The plan's buffers, the data twice (as given and feature-major, padded), three
+        parameter copies and the validated targets: the loss is computed inside the
+        compiled loop, so no N x H forward."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
         padded = -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE
         per_sample = net.n_inputs + net.n_outputs
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+        return (plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+                + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:
-        if n_samples * max(net.layer_sizes) < COMPILED_PREDICT_MIN or layer_paths(net, self.fused_max_dim) != [
-                "fused", "fused"]:
+        if not self._compiled_predict(net, n_samples):
             return super().predict_bytes(net, n_samples)
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs)
+        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs) + BOOKKEEPING_BYTES
+
+    def loss_bytes(self, net: Network, n_samples: int) -> int:
+        """The loss runs the training kernel with no passes: a fit's buffers and data."""
+        return self.fit_bytes(net, n_samples)
 
     def _train(self, net: Network, state: TrainState, data: Data, objective: Objective, lr: float, passes: int,
                want_loss: bool) -> float:
