@@ -30,6 +30,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     import json, sys, threading
     import numba, numpy as np
     import nnx
+    from nnx.backends import numba_backend
     from nnx.backends.numba_backend import make_plan
 
     nnx.set_backend("numba")
@@ -55,13 +56,15 @@ CRASH_SCRIPT = textwrap.dedent("""
     same = [a.updates == b.updates == passes and a.history == b.history
             and all(np.array_equal(p, q) for pa, pb in zip(a.params, b.params) for p, q in zip(pa, pb))
             for a, b in zip(together, alone)]
-    print(json.dumps({"same": same, "numba_threads": numba.get_num_threads(),
+    print(json.dumps({"same": same, "numba_threads": numba.get_num_threads(), "layer": numba.threading_layer(),
+                      "serialised": numba_backend._parallel_guard() is numba_backend._PARALLEL_LOCK,
                       "parallel": [make_plan(m.net, 4096).parallel for m in alone]}))
 """)
 
 
 def run_crash_script(passes: int, nets: list[list[int]], **env) -> dict:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("NNX_BACKEND", "NUMBA_NUM_THREADS")}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("NNX_BACKEND", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")}
     full_env.update(env)
     done = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(passes), json.dumps(nets)],
                           capture_output=True, text=True, env=full_env, timeout=600)
@@ -83,10 +86,31 @@ def test_issue_reproduction_two_threads_survive_and_match_sequential_fits(numba_
     result = run_crash_script(40, [[2, 1024, 2], [2, 1024, 3]])
     assert result["parallel"] == [True, True], "both fits must run the chunked (parallel) kernels"
     assert result["same"] == [True, True]
+    assert result["layer"] == "workqueue" and result["serialised"]  # nnx's default layer, one kernel at a time
+
+
+def omp_layer_reason() -> str | None:
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401 - what Numba itself loads for the omp layer
+    except ImportError as exc:
+        return f"Numba's OpenMP threading layer cannot load here: {exc}"
+    return None
+
+
+def test_a_thread_safe_layer_runs_chunked_kernels_side_by_side(numba_available):
+    """With NUMBA_THREADING_LAYER=omp (or tbb) nnx takes no lock: the layer itself takes
+    parallel regions from several threads, and the numbers stay those of sequential fits."""
+    reason = omp_layer_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    result = run_crash_script(20, [[2, 1024, 2], [2, 1024, 3]], NUMBA_THREADING_LAYER="omp")
+    assert result["layer"] == "omp" and not result["serialised"]
+    assert result["parallel"] == [True, True]
+    assert result["same"] == [True, True]
 
 
 @pytest.mark.parametrize("passes, nets, env", [
-    (40, [[2, 1024, 2], [2, 1024, 3]], {"NUMBA_NUM_THREADS": "1"}),
+    (20, [[2, 1024, 2], [2, 1024, 3]], {"NUMBA_NUM_THREADS": "1"}),
     # a deeper network: a chunked fused layer, a BLAS layer (np.dot from both threads), a fused head
     (20, [[2, 128, 16, 2], [2, 128, 16, 3]], {}),
 ], ids=["one-numba-thread", "deeper"])

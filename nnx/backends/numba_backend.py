@@ -35,9 +35,11 @@ FUSED_MAX_DIM = 8
 # amortise the per-row reductions over samples (64 samples for H=4096 measured best).
 BLOCK_ELEMS = 800_000
 MAX_BLOCK = 512
-# Numba's default ``workqueue`` threading layer aborts the process when two threads
-# enter parallel regions at once; nnx runs its parallel kernels one at a time.
+# Numba's ``workqueue`` threading layer (nnx's default) aborts the process when two threads
+# enter parallel regions at once; nnx then runs its parallel kernels one at a time.
 _PARALLEL_LOCK = threading.Lock()
+# Layers that take parallel regions from any number of threads (Numba's own table).
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
 # Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
 COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
@@ -338,7 +340,7 @@ class NumbaBackend(Backend):
         common = (n, n_in, hidden, n_out, int(plan.codes[0]), plan.head)
         with self.quiet_floating_point():
             if plan.parallel:
-                with _PARALLEL_LOCK:
+                with _parallel_guard():
                     cpu_mlp1.predict_parallel(*common, plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs,
                                               plan.theta, XT, plan.scratch, out)
             else:
@@ -407,7 +409,7 @@ class NumbaBackend(Backend):
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
                     plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
                     plan.scratch, plan.pg, hyper)
-        with _PARALLEL_LOCK if plan.parallel else contextlib.nullcontext():
+        with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
     def warm_up(self, net: Network, n_samples: int = 8) -> float:
@@ -431,6 +433,20 @@ def l2_penalty(plan: _Plan, l2: float) -> float:
     if not l2:
         return 0.0
     return l2 / 2 * sum(float((w * w).sum()) for w in plan.weights())
+
+
+def _parallel_guard():
+    """What a parallel kernel runs under: the process-wide lock, unless the threading layer
+    takes concurrent parallel regions (an explicit ``NUMBA_THREADING_LAYER`` of tbb, omp,
+    safe or threadsafe), when fits in several threads run their chunked kernels side by side."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()  # the layer in use, once any parallel code has run
+    except ValueError:
+        layer = numba.config.THREADING_LAYER  # the one asked for; "safe" and "threadsafe" load tbb or omp
+        layer = "tbb" if layer in ("safe", "threadsafe") else layer
+    return contextlib.nullcontext() if layer in _THREAD_SAFE_LAYERS else _PARALLEL_LOCK
 
 
 def _configure_threading() -> None:
