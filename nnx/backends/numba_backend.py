@@ -35,11 +35,9 @@ FUSED_MAX_DIM = 8
 # amortise the per-row reductions over samples (64 samples for H=4096 measured best).
 BLOCK_ELEMS = 800_000
 MAX_BLOCK = 512
-# Numba's ``workqueue`` threading layer (nnx's default) aborts the process when two threads
-# enter parallel regions at once; nnx then runs its parallel kernels one at a time.
+# Numba's default ``workqueue`` threading layer aborts the process when two threads
+# enter parallel regions at once; nnx runs its parallel kernels one at a time.
 _PARALLEL_LOCK = threading.Lock()
-# Layers that take parallel regions from any number of threads (Numba's own table).
-_THREAD_SAFE_LAYERS = ("tbb", "omp")
 # Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
 COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
@@ -433,6 +431,11 @@ def l2_penalty(plan: _Plan, l2: float) -> float:
     if not l2:
         return 0.0
     return l2 / 2 * sum(float((w * w).sum()) for w in plan.weights())
+
+
+# Layers that take parallel regions from any number of threads (Numba's own table); under
+# any other (nnx's default, workqueue) parallel kernels run one at a time.
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
 
 
 def _parallel_guard():
