@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from ..network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
-from .base import Backend, Data
+from .base import BOOKKEEPING_BYTES, Backend, Data, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
 FUSED_MAX_DIM = 8
@@ -332,11 +332,11 @@ class NumbaBackend(Backend):
         (no N x H activations); small problems, where NumPy's forward takes
         microseconds, and deeper networks take the reference forward."""
         n = int(X.shape[0])
-        plan = make_plan(net, n, self.fused_max_dim) if n * max(net.layer_sizes) >= COMPILED_PREDICT_MIN else None
-        if plan is None or not plan.mlp1:
+        if not self._compiled_predict(net, n):  # decided before any buffer is made
             return super().predict_output(net, params, X)
         from ..kernels import cpu_mlp1
 
+        plan = make_plan(net, n, self.fused_max_dim)
         plan.load(params)
         n_in, hidden, n_out = (int(v) for v in plan.sizes)
         XT = np.ascontiguousarray(X.T)
@@ -344,29 +344,40 @@ class NumbaBackend(Backend):
         common = (n, n_in, hidden, n_out, int(plan.codes[0]), plan.head)
         with self.quiet_floating_point():
             if plan.parallel:
-                with _PARALLEL_LOCK:
+                with _parallel_guard():
                     cpu_mlp1.predict_parallel(*common, plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs,
                                               plan.theta, XT, plan.scratch, out)
             else:
                 cpu_mlp1.predict(*common, plan.mlp1_bs, plan.theta, XT, plan.scratch, out)
         return np.ascontiguousarray(out.T)
 
+    def _compiled_predict(self, net: Network, n_samples: int) -> bool:
+        """Whether ``predict_output`` runs the compiled fused forward (one hidden layer, both
+        layers fused, enough work to beat NumPy's forward)."""
+        return (n_samples * max(net.layer_sizes) >= COMPILED_PREDICT_MIN
+                and layer_paths(net, self.fused_max_dim) == ["fused", "fused"])
+
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int) -> int:
-        """The plan's buffers, the data twice (as given and feature-major, padded) and three
-        parameter copies: the loss is computed inside the compiled loop, so no N x H forward."""
+        """The plan's buffers, the data twice (as given and feature-major, padded), three
+        parameter copies and the validated targets: the loss is computed inside the
+        compiled loop, so no N x H forward."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
         padded = -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE
         per_sample = net.n_inputs + net.n_outputs
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+        return (plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+                + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:
-        if n_samples * max(net.layer_sizes) < COMPILED_PREDICT_MIN or layer_paths(net, self.fused_max_dim) != [
-                "fused", "fused"]:
+        if not self._compiled_predict(net, n_samples):
             return super().predict_bytes(net, n_samples)
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs)
+        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs) + BOOKKEEPING_BYTES
+
+    def loss_bytes(self, net: Network, n_samples: int) -> int:
+        """The loss runs the training kernel with no passes: a fit's buffers and data."""
+        return self.fit_bytes(net, n_samples)
 
     def _train(self, net: Network, state: TrainState, data: Data, objective: Objective, lr: float, passes: int,
                want_loss: bool) -> float:
@@ -402,7 +413,7 @@ class NumbaBackend(Backend):
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
                     plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
                     plan.scratch, plan.pg, hyper)
-        with _PARALLEL_LOCK if plan.parallel else contextlib.nullcontext():
+        with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
     def warm_up(self, net: Network, n_samples: int = 8) -> float:
@@ -426,6 +437,25 @@ def l2_penalty(plan: _Plan, l2: float) -> float:
     if not l2:
         return 0.0
     return l2 / 2 * sum(float((w * w).sum()) for w in plan.weights())
+
+
+# Layers that take parallel regions from any number of threads (Numba's own table); under
+# any other (nnx's default, workqueue) parallel kernels run one at a time.
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
+
+
+def _parallel_guard():
+    """What a parallel kernel runs under: the process-wide lock, unless the threading layer
+    takes concurrent parallel regions (an explicit ``NUMBA_THREADING_LAYER`` of tbb, omp,
+    safe or threadsafe), when fits in several threads run their chunked kernels side by side."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()  # the layer in use, once any parallel code has run
+    except ValueError:
+        layer = numba.config.THREADING_LAYER  # the one asked for; "safe" and "threadsafe" load tbb or omp
+        layer = "tbb" if layer in ("safe", "threadsafe") else layer
+    return contextlib.nullcontext() if layer in _THREAD_SAFE_LAYERS else _PARALLEL_LOCK
 
 
 def _configure_threading() -> None:
