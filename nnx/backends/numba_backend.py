@@ -188,10 +188,12 @@ def _mlp1_split(n_in: int, hidden: int, n_out: int, n_samples: int) -> tuple[int
     return bs, -(-padded // chunk_len), chunk_len
 
 
-def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, *, allocate: bool = True):
+def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, *, allocate: bool = True,
+              gradients: bool = True):
     """Lay out parameters, choose paths and blocks, and allocate every buffer once.
 
-    With ``allocate=False``, only the bytes those buffers would take (memory checks).
+    With ``allocate=False``, only the bytes those buffers would take (memory checks);
+    with ``gradients=False`` (a forward pass), no gradient buffers.
     """
     dtype = net.np_dtype
     sizes = np.asarray(net.layer_sizes, dtype=np.int64)
@@ -259,9 +261,13 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         parallel = max_chunks > 1
         kernel = "train_passes" if 1 in [u[0] for u in units] else "train_passes_blas"
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
-    buffers = {"theta": (n_params,), "grads": (n_params,), "acts": (n_stored,), "deltas": (n_stored,),
+    if not gradients:
+        pg_size, max_grad_chunks, n_grads = 1, 1, 1
+    else:
+        max_grad_chunks, n_grads = max_chunks, n_params
+    buffers = {"theta": (n_params,), "grads": (n_grads,), "acts": (n_stored,), "deltas": (n_stored,),
                "scratch": (_max_threads() if max_chunks > 1 else 1, max_scratch),
-               "pg": (max_chunks if max_chunks > 1 else 1, max(pg_size, 1))}
+               "pg": (max_grad_chunks if max_grad_chunks > 1 else 1, max(pg_size, 1))}
     if not allocate:
         return sum(int(np.prod(shape)) for shape in buffers.values()) * dtype.itemsize
     i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
@@ -336,7 +342,7 @@ class NumbaBackend(Backend):
             return super().predict_output(net, params, X)
         from ..kernels import cpu_mlp1
 
-        plan = make_plan(net, n, self.fused_max_dim)
+        plan = make_plan(net, n, self.fused_max_dim, gradients=False)
         plan.load(params)
         n_in, hidden, n_out = (int(v) for v in plan.sizes)
         XT = np.ascontiguousarray(X.T)
@@ -372,7 +378,7 @@ class NumbaBackend(Backend):
     def predict_bytes(self, net: Network, n_samples: int) -> int:
         if not self._compiled_predict(net, n_samples):
             return super().predict_bytes(net, n_samples)
-        plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
+        plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False, gradients=False)
         return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs) + BOOKKEEPING_BYTES
 
     def loss_bytes(self, net: Network, n_samples: int) -> int:
