@@ -11,6 +11,15 @@ from .persistence import load
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # nnx.sweep (callable: nnx.sweep(...)) loads on first use, keeping `import nnx` light.
+    if name == "sweep":
+        import importlib
+        return importlib.import_module(".sweep", __name__)
+    raise AttributeError(f"module 'nnx' has no attribute {name!r}")
+
+
 __all__ = [
     "MLP",
     "BackendUnavailableError",
@@ -23,5 +32,6 @@ __all__ = [
     "get_backend",
     "load",
     "set_backend",
+    "sweep",
     "use_backend",
 ]

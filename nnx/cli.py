@@ -1,5 +1,5 @@
 """The ``nnx`` command: ``nnx train`` reruns the tutorials, ``nnx backends`` says what runs here,
-``nnx bench`` compares backends."""
+``nnx bench`` compares backends, ``nnx sweep`` trains many, ``nnx xor`` answers x ^ y."""
 from __future__ import annotations
 
 import argparse
@@ -92,14 +92,18 @@ def _backends(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import command as bench_command
+    from .sweep import command as sweep_command
+    from . import xor_command
 
     parser = argparse.ArgumentParser(prog="nnx", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="{train,backends,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,backends,bench,sweep,xor}")
     _train_parser(sub)
     sub.add_parser("backends", help="list the backends usable here and what auto picks")
     bench_command.add_arguments(sub.add_parser(
         "bench", help="time workloads per backend and compare them",
         description="Time nnx's benchmark workloads on each backend against the tutorial's NumPy code."))
+    sweep_command.add_arguments(sub.add_parser("sweep", help="train one network per combination of settings"))
+    xor_command.add_arguments(sub.add_parser("xor", help="tutorial 001: train XOR, then answer x ^ y"))
     return parser
 
 
@@ -114,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "bench":
             from .bench import command as bench_command
             return bench_command.run(args)
+        if command in ("sweep", "xor"):
+            return args.run(args)
         return handlers[command](args)
     except (ValueError, BackendUnavailableError, NonFiniteLossError, OutOfMemoryError) as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
