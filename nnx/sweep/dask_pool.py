@@ -33,6 +33,11 @@ def require_distributed():
     return distributed
 
 
+def _hold(data):
+    """A data set as a Dask task result, so every job can depend on the one copy."""
+    return data
+
+
 class DaskPool(Executor):
     name = "dask"
 
@@ -68,7 +73,10 @@ class DaskPool(Executor):
             # (NumPy and Numba read them at import); remember ours to put back on close.
             self._saved_environ = {name: os.environ.get(name) for name in caps}
             pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **caps}
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
+            # Saturation 1.0: a worker holds only the job it runs, so when it dies no queued job is
+            # blamed (Dask counts a death against every job assigned to the worker).
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
+                                  "distributed.scheduler.worker-saturation": 1.0}):
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                             host="127.0.0.1", dashboard_address=None,
                                             silence_logs=logging.ERROR,
@@ -96,10 +104,12 @@ class DaskPool(Executor):
         from distributed import as_completed
 
         self.start(tasks)
+        # Each data set once, as a task of its own: the scheduler keeps it and recomputes it when a
+        # dying worker takes the copy with it (a scattered copy would be lost for good).
         scattered = {}
         for task in tasks:
             if task.data.sha256 not in scattered:
-                scattered[task.data.sha256] = self.client.scatter(task.data, hash=False)
+                scattered[task.data.sha256] = self.client.submit(_hold, task.data, key=f"nnx-data-{task.data.sha256}")
         futures = {}
         ordered = sorted(tasks, key=lambda t: -t.cost)
         for rank, task in enumerate(ordered):  # the largest jobs first
@@ -123,6 +133,8 @@ class DaskPool(Executor):
         if type(exc).__name__ == "KilledWorker":
             attempts = getattr(exc, "allowed_failures", self.retries) + 1
             message = f"the Dask worker running this job died, on each of {attempts} attempts ({exc})"
+        elif exc is None:
+            attempts, message = 1, f"Dask reported the job {future.status}"
         else:
             attempts, message = 1, f"{type(exc).__name__}: {exc}"
         return {"record": failed_record(task.config, message, attempts), "model": None}
