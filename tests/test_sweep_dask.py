@@ -17,12 +17,28 @@ from test_sweep_local import (CRASH_ALWAYS, CRASH_TWICE, MARKERS, crashing_job, 
 pytest.importorskip("distributed", reason="Dask distributed is not installed: pip install 'nnx[dask]'")
 
 
-def test_dask_local_cluster_gives_the_local_executors_records(tmp_path):
+def test_an_existing_cluster_by_address_gives_the_local_executors_records(tmp_path):
+    from distributed import LocalCluster
+
     axes = small(hidden=[0, 1, 3, 5])
     local = run_sweep(axes, LocalPool(2), out=tmp_path / "local")
-    dask = run_sweep(axes, DaskPool(workers=2), out=tmp_path / "dask")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        pool = make_executor("dask", address=cluster.scheduler_address)
+        assert not pool.local
+        dask = run_sweep(axes, pool, out=tmp_path / "dask")
+        assert len(cluster.scheduler_info["workers"]) == 2  # the cluster outlives the sweep: nnx only connected
     assert results_of(dask) == results_of(local)
     assert all(r["status"] == "ok" for r in dask)
+
+
+def test_gpu_jobs_ask_for_a_gpu_only_where_the_cluster_declares_gpus():
+    configs, datasets = plan(small(hidden=[1], backend=["auto", "cupy", "numpy", "numba"]))
+    pool = DaskPool(workers=1)
+    tasks = {c.backend: Task(c, datasets[c.data_sha256], False) for c in configs}
+    assert all(pool._resources(t) is None for t in tasks.values())
+    pool.gpus = 1
+    assert {name: pool._resources(t) for name, t in tasks.items()} == {
+        "auto": {"GPU": 1}, "cupy": {"GPU": 1}, "numpy": None, "numba": None}
 
 
 def test_dask_workers_start_with_the_thread_caps_and_retries_of_two(tmp_path, monkeypatch):
@@ -58,7 +74,8 @@ def test_without_dask_the_scheduler_says_how_to_install_it(monkeypatch):
     make_executor("local")  # the default needs nothing more
 
 
-def test_unreachable_scheduler_is_a_clear_error():
+def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("nnx.sweep.dask_pool.CONNECT_TIMEOUT", "1s")
     pool = DaskPool(address="tcp://127.0.0.1:9")
     with pytest.raises(SchedulerUnavailableError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         pool.start()

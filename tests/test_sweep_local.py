@@ -218,3 +218,20 @@ def test_ctrl_c_on_the_command_keeps_results_and_says_how_to_resume(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{finished} finished earlier" in done.stderr
     assert json.loads((out / "summary.json").read_text())["counts"] == {"ok": 8}
+
+
+def test_pool_holds_back_jobs_that_do_not_fit_beside_the_running_ones():
+    from collections import deque
+
+    configs, datasets = plan(small(hidden=[1, 2, 3, 4]))
+    big, gpu, small_job, other_gpu = (Task(c, datasets[c.data_sha256], False) for c in configs)
+    big.memory, small_job.memory = 70, 20
+    gpu.gpu = other_gpu.gpu = True
+    pool = LocalPool(workers=4, memory_budget=100, gpu_slots=1)
+    queue = deque([big, other_gpu, small_job])
+    assert pool._next(queue, []) is big                 # nothing runs: the head always starts
+    assert pool._next(queue, [gpu]) is small_job         # the second GPU job waits for the GPU
+    half = Task(configs[0], datasets[configs[0].data_sha256], False, memory=50)
+    assert pool._next(deque([big, small_job]), [half]) is small_job  # 50 + 70 > 100, 50 + 20 fits
+    assert pool._next(deque([big]), [half]) is None
+    assert pool._next(deque([big]), [small_job, gpu]) is big         # 20 + 70 fits

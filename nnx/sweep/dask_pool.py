@@ -18,6 +18,7 @@ from .executor import (RETRIES, Executor, JobFunction, ResultHandler, SchedulerU
 from .job import failed_record
 
 INSTALL_HINT = "pip install 'nnx[dask]'"
+CONNECT_TIMEOUT = "15s"
 GPU_BACKENDS = ("cupy", "auto")
 
 
@@ -31,11 +32,6 @@ def require_distributed():
             f"--scheduler dask needs Dask distributed, which is not installed: {INSTALL_HINT} "
             f"(or pip install 'dask[distributed]'). The local scheduler needs nothing more. ({exc})") from exc
     return distributed
-
-
-def _hold(data):
-    """A data set as a Dask task result, so every job can depend on the one copy."""
-    return data
 
 
 class DaskPool(Executor):
@@ -62,7 +58,7 @@ class DaskPool(Executor):
 
         if self.address is not None:
             try:
-                self.client = Client(self.address, timeout="15s")
+                self.client = Client(self.address, timeout=CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 raise SchedulerUnavailableError(
                     f"cannot reach the Dask scheduler at {self.address} ({exc}). Start one there with "
@@ -104,23 +100,29 @@ class DaskPool(Executor):
         from distributed import as_completed
 
         self.start(tasks)
-        # Each data set once, as a task of its own: the scheduler keeps it and recomputes it when a
-        # dying worker takes the copy with it (a scattered copy would be lost for good).
-        scattered = {}
-        for task in tasks:
-            if task.data.sha256 not in scattered:
-                scattered[task.data.sha256] = self.client.submit(_hold, task.data, key=f"nnx-data-{task.data.sha256}")
-        futures = {}
-        ordered = sorted(tasks, key=lambda t: -t.cost)
-        for rank, task in enumerate(ordered):  # the largest jobs first
-            future = self.client.submit(job, task.config, scattered[task.data.sha256], task.keep_model,
-                                        key=f"nnx-sweep-{task.key}", resources=self._resources(task),
-                                        priority=len(ordered) - rank, retries=0)
-            futures[future] = task
+        queue = sorted(tasks, key=lambda t: -t.cost)  # the largest jobs first
+        futures: dict = {}
+
+        def submit_more(done) -> None:
+            # Only as many jobs in flight as the cluster has threads, each carrying its data (no shared
+            # dependency to draw them to one worker): Dask blames a worker's death on every job
+            # assigned to it, so no job may wait behind another on a worker that might die.
+            while queue and len(futures) < max(1, sum(self.client.nthreads().values())):
+                task = queue.pop(0)
+                future = self.client.submit(job, task.config, task.data, task.keep_model,
+                                            key=f"nnx-sweep-{task.key}", resources=self._resources(task),
+                                            retries=0)
+                futures[future] = task
+                done.add(future)
+
+        pending = as_completed()
         try:
-            for future in as_completed(futures):
-                on_result(futures[future], self._result(futures[future], future))
+            submit_more(pending)
+            for future in pending:
+                task = futures.pop(future)
+                on_result(task, self._result(task, future))
                 future.release()
+                submit_more(pending)
         finally:
             self.client.cancel([f for f in futures if not f.done()])
 

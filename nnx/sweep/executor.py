@@ -39,6 +39,7 @@ class Task:
     keep_model: bool
     cost: float = 0.0      # relative work, so the largest jobs start first
     memory: int = 0        # bytes the fit needs on its device (0: not estimated)
+    gpu: bool = False      # runs on the GPU (cupy, or auto where a GPU works)
 
     @property
     def key(self) -> str:

@@ -97,17 +97,20 @@ class LocalPool(Executor):
 
     ``memory_budget`` (bytes) holds back a job while the jobs running would need
     more than that together; a job is never held back when nothing else runs.
+    GPU jobs run ``gpu_slots`` at a time (nnx's CuPy backend uses the current
+    device), CPU jobs beside them as usual.
     """
 
     name = "local"
     local = True
 
     def __init__(self, workers: int | None = None, threads_per_worker: int = 1, retries: int = RETRIES,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, gpu_slots: int = 1):
         self.threads_per_worker = threads_per_worker
         self.workers = workers or default_workers(threads_per_worker)
         self.retries = retries
         self.memory_budget = memory_budget
+        self.gpu_slots = gpu_slots
         self._context = multiprocessing.get_context("spawn")
         self._pool: list[_Worker] = []
         self._started = 0
@@ -125,14 +128,18 @@ class LocalPool(Executor):
             self._spawn()
 
     def _next(self, queue: deque, running: list[Task]) -> Task | None:
-        """The largest queued task whose memory fits beside the running ones."""
-        if not running or not self.memory_budget:
+        """The largest queued task that fits beside the running ones (memory, GPU slots)."""
+        if not running:
             return queue.popleft()
         in_use = sum(t.memory for t in running)
+        gpus_busy = sum(t.gpu for t in running)
         for task in queue:
-            if in_use + task.memory <= self.memory_budget:
-                queue.remove(task)
-                return task
+            if self.memory_budget and in_use + task.memory > self.memory_budget:
+                continue
+            if task.gpu and gpus_busy >= self.gpu_slots:
+                continue
+            queue.remove(task)
+            return task
         return None
 
     def run(self, tasks: list[Task], job: JobFunction, on_result: ResultHandler) -> None:

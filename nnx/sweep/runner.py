@@ -93,10 +93,12 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
             progress(record, len(results), len(configs))
 
     if todo:
+        on_gpu = {}
         if executor.local:
             preflight.check_backends(todo)
-        tasks = [Task(c, datasets[c.data_sha256], keep_models, cost=job_cost(c, datasets[c.data_sha256]))
-                 for c in todo]
+            on_gpu = preflight.runs_on_gpu(todo)
+        tasks = [Task(c, datasets[c.data_sha256], keep_models, cost=job_cost(c, datasets[c.data_sha256]),
+                      gpu=on_gpu.get(c.key, False)) for c in todo]
         try:
             executor.start(tasks)
             executor.run(tasks, job, on_result)
