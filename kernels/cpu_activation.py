@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from numba import njit
 
-from .cpu_math import FASTMATH, like, vsigmoid, vtanh
+from .cpu_math import CACHE, FASTMATH, like, vsigmoid, vtanh
 
 SIGMOID, TANH, RELU, IDENTITY = 0, 1, 2, 3
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def activate(code, v, r, n):
     """v[r, :n] = f(v[r, :n]) (a row index, not a view: no refcounting in hot loops)."""
     if code == TANH:
@@ -29,17 +29,17 @@ def activate(code, v, r, n):
     # IDENTITY: nothing to do
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def grad_times_derivative(code, g, a, r, n):
-    """g[r, :n] *= f'(a[r, :n]) with f' written from the output: 1-a^2, a(1-a), a>0."""
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
+def grad_times_derivative(code, g, gr, a, ar, n):
+    """g[gr, :n] *= f'(a[ar, :n]) with f' written from the output: 1-a^2, a(1-a), a>0."""
     if code == TANH:
         for i in range(n):
-            x = a[r, i]
-            g[r, i] *= like(x, 1.0) - x * x
+            x = a[ar, i]
+            g[gr, i] *= like(x, 1.0) - x * x
     elif code == SIGMOID:
         for i in range(n):
-            x = a[r, i]
-            g[r, i] *= x * (like(x, 1.0) - x)
+            x = a[ar, i]
+            g[gr, i] *= x * (like(x, 1.0) - x)
     elif code == RELU:
         for i in range(n):
-            g[r, i] *= like(g, 1.0) if a[r, i] > 0.0 else like(g, 0.0)  # a multiply, so NaN in g survives
+            g[gr, i] *= like(g, 1.0) if a[ar, i] > 0.0 else like(g, 0.0)  # a multiply, so NaN in g survives

@@ -11,10 +11,10 @@ from __future__ import annotations
 from numba import njit
 
 from .cpu_activation import IDENTITY, activate, grad_times_derivative
-from .cpu_math import FASTMATH
+from .cpu_math import CACHE, FASTMATH
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def bias_activation_rows(Z, b, code, r0, r1):
     """Z[r] = f(Z[r] + b) for rows r0..r1 of a sample-major product."""
     w = Z.shape[1]
@@ -25,7 +25,7 @@ def bias_activation_rows(Z, b, code, r0, r1):
             activate(code, Z, r, w)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def forward_block(W, b, code, x, out, nb):
     """out[:, :nb] = f(W.T @ x[:, :nb] + b) for a feature-major block.
 
@@ -59,7 +59,7 @@ def forward_block(W, b, code, x, out, nb):
                 activate(code, out, j, nb)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def backward_block(W, g, x, dW, db, gin, nb, want_gin, prev_code):
     """Accumulate dW += x g^T and db += sum(g) over a block; gin = (W g) * f'(x).
 
@@ -89,7 +89,7 @@ def backward_block(W, g, x, dW, db, gin, nb, want_gin, prev_code):
                         gin[k, n] += g[j, n] * w
         if want_gin:
             for k in range(fan_in):
-                grad_times_derivative(prev_code, gin, x, k, nb)
+                grad_times_derivative(prev_code, gin, k, x, k, nb)
     else:
         for k in range(fan_in):
             for j in range(fan_out):
@@ -104,4 +104,4 @@ def backward_block(W, g, x, dW, db, gin, nb, want_gin, prev_code):
                     w = W[k, j]
                     for n in range(nb):
                         gin[k, n] += g[j, n] * w
-                grad_times_derivative(prev_code, gin, x, k, nb)
+                grad_times_derivative(prev_code, gin, k, x, k, nb)

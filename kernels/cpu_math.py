@@ -17,6 +17,12 @@ from numba import njit
 from numba.core import types
 from numba.extending import overload
 
+from ..cache import configure_numba
+
+# Before the first cached @njit: Numba picks a function's cache folder when it is decorated,
+# and nnx's is a per-user folder (False: not writable here, so kernels are not cached).
+CACHE = configure_numba()
+
 # LLVM may reassociate, contract into FMAs and use reciprocals, but never assume
 # finite values: NaN and inf must flow through to nnx's loss check.
 FASTMATH = {"reassoc", "contract", "arcp"}
@@ -45,13 +51,13 @@ _TQ2 = 2.23548839060100448583e3
 _TQ3 = 4.84406305325125486048e3
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _pow2(n: np.int64) -> np.float64:
     """2**n for -1022 <= n <= 1023, built from the exponent bits."""
     return np.int64((n + 1023) << 52).view(np.float64)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vexp64(x):
     """exp(x) in float64, within ~2 ulp of libm; +inf above 709.8, 0 below -745.2."""
     x = np.float64(x)
@@ -80,7 +86,7 @@ def _vexp64(x):
     return x if x != x else y
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vtanh64(x):
     """tanh(x) in float64, within a few ulp of NumPy; odd, saturating to +-1.
 
@@ -110,7 +116,7 @@ def _vtanh64(x):
     return x if x != x else y
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vsigmoid64(x):
     """1 / (1 + exp(-x)), the NumPy backend's formula."""
     return 1.0 / (_vexp64(-np.float64(x)) + 1.0)
@@ -123,13 +129,13 @@ _EXP_MAX32 = 88.72283935546875  # above: +inf
 _EXP_MIN32 = -103.97207708  # below: 0
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _pow2_32(n: np.int32) -> np.float32:
     """2**n for -126 <= n <= 127, built from the exponent bits."""
     return np.int32((n + np.int32(127)) << np.int32(23)).view(np.float32)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vexp32(x):
     """exp(x) in float32, Cephes expf, a few ulp; +inf above 88.72, 0 below -103.97."""
     x = np.float32(x)
@@ -151,7 +157,7 @@ def _vexp32(x):
     return x if x != x else y
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vtanh32(x):
     """tanh(x) in float32: Cephes tanhf's polynomial for |x| < 0.625, else
     1 - 2 / (exp(2|x|) + 1) (one division), odd, saturating to +-1."""
@@ -179,7 +185,7 @@ def _vtanh32(x):
     return x if x != x else y
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vsigmoid32(x):
     x = np.float32(x)
     return np.float32(1.0) / (_vexp32(-x) + np.float32(1.0))

@@ -10,95 +10,97 @@ never stored. Blocks are sized so that scratch stays in L1/L2.
 Samples split into a fixed number of chunks (from the sizes alone); each chunk
 sums its own partial gradients and the chunks are added in order, so results
 are bit-identical whatever ``NUMBA_NUM_THREADS``.
+
+Compile time: each entry point (``train_2x2``, ``train_any`` and their
+``_parallel`` twins, ``predict``) pulls in only the code its path runs. They
+share one loop, ``_train``, which takes the chunk kernel and the chunk runner
+as first-class functions, so a tutorial-sized fit never compiles the parallel
+runner or the general kernel. Only the entry points are cached on disk.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from numba import get_thread_id, njit, prange
 from numba.extending import overload
 
-from .cpu_activation import IDENTITY, RELU, SIGMOID, TANH
-import numpy as np
-
-from .cpu_math import (_EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
-                       _is32, _pow2, _vexp32, like, vsigmoid, vtanh)
+from .cpu_activation import SIGMOID, activate, grad_times_derivative
+from .cpu_math import (CACHE, _EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
+                       _is32, _pow2, _vexp32, _vexp64, like, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_update import gd_update
 
-HEAD_SOFTMAX = 0
+HEAD_SOFTMAX, HEAD_SIGMOID = 0, 1
 
-_OPTS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
-
-
-@njit(inline="always", **_OPTS)
-def _activate_row(code, v, j, nb):
-    if code == TANH:
-        for n in range(nb):
-            v[j, n] = vtanh(v[j, n])
-    elif code == SIGMOID:
-        for n in range(nb):
-            v[j, n] = vsigmoid(v[j, n])
-    elif code == RELU:
-        for n in range(nb):
-            x = v[j, n]
-            v[j, n] = like(x, 0.0) if x < 0.0 else x
+# Compiled into the entry points that call them (never cached on their own).
+_INNER = dict(fastmath=FASTMATH, error_model="numpy")
+# Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
+_ENTRY = dict(cache=CACHE, nogil=True, **_INNER)
+# The loop and runners take kernels as first-class functions. They are inlined into
+# each entry point, so the functions are direct calls there: a function passed to a
+# compiled (not inlined) callee is a run-time object that Numba's cache cannot store.
+_SHARED = dict(inline="always", **_INNER)
+# Only prange loops become parallel: the other parfor conversions cost compile time for nothing here.
+_PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": False, "reduction": False,
+                           "inplace_binop": False, "setitem": False, "stencil": False, "fusion": False},
+                 **_INNER)
 
 
-@njit(inline="always", **_OPTS)
-def _derivative_row(code, d, a, j, nb):
-    if code == TANH:
-        for n in range(nb):
-            x = a[j, n]
-            d[n] *= like(x, 1.0) - x * x
-    elif code == SIGMOID:
-        for n in range(nb):
-            x = a[j, n]
-            d[n] *= x * (like(x, 1.0) - x)
-    elif code == RELU:
-        for n in range(nb):
-            d[n] *= like(d, 1.0) if a[j, n] > 0.0 else like(d, 0.0)
-
-
-@njit(**_OPTS)
-def mlp1_chunk(XT, TT, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
-               hb, z, g, d, m, s, dW1, db1, dW2, db2):
-    """Accumulate the gradients of samples r0..r1 into dW1, db1, dW2, db2 (zeroed here)."""
+@njit(**_INNER)
+def _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z):
+    """hb[:, :nb] = f(W1.T x + b1) and z[:, :nb] = W2.T hb + b2 for samples n0..n0+nb."""
     n_in, n_hidden = W1.shape
     n_out = W2.shape[1]
-    zero = like(W1, 0.0)  # accumulators in W1's precision, as in _sweep_2x2
-    for k in range(n_in):
-        for j in range(n_hidden):
-            dW1[k, j] = 0.0
-    for j in range(n_hidden):
-        db1[j] = 0.0
-        for c in range(n_out):
-            dW2[j, c] = 0.0
     for c in range(n_out):
-        db2[c] = 0.0
+        bc = b2[c]
+        for n in range(nb):
+            z[c, n] = bc
+    for j in range(n_hidden):
+        bj = b1[j]
+        for n in range(nb):
+            hb[j, n] = bj
+        for k in range(n_in):
+            w = W1[k, j]
+            for n in range(nb):
+                hb[j, n] += XT[k, n0 + n] * w
+        activate(code, hb, j, nb)
+        for c in range(n_out):
+            w = W2[j, c]
+            for n in range(nb):
+                z[c, n] += hb[j, n] * w
+
+
+@njit(**_SHARED)
+def _zero(dW1, db1, dW2, db2):
+    dW1[:, :] = 0.0
+    db1[:] = 0.0
+    dW2[:, :] = 0.0
+    db2[:] = 0.0
+
+
+@njit(**_INNER)
+def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+               hb, z, g, d, m, s, dW1, db1, dW2, db2):
+    """Gradients of samples r0..r1 into dW1, db1, dW2, db2 (zeroed here); with
+    ``loss_only``, the summed data loss of those samples instead."""
+    n_in, n_hidden = W1.shape
+    n_out = W2.shape[1]
+    zero = like(W1, 0.0)  # accumulators in W1's precision
+    loss = 0.0
+    if not loss_only:
+        _zero(dW1, db1, dW2, db2)
+    r1 = min(r1, n_samples)  # the padding is for the 2x2 kernel only
     for n0 in range(r0, r1, bs):
         nb = min(bs, r1 - n0)
-        # forward: hidden unit by hidden unit, logits accumulated on the way
-        for c in range(n_out):
-            bc = b2[c]
-            for n in range(nb):
-                z[c, n] = bc
-        for j in range(n_hidden):
-            bj = b1[j]
-            for n in range(nb):
-                hb[j, n] = bj
-            for k in range(n_in):
-                w = W1[k, j]
-                for n in range(nb):
-                    hb[j, n] += XT[k, n0 + n] * w
-            _activate_row(code, hb, j, nb)
-            for c in range(n_out):
-                w = W2[j, c]
-                for n in range(nb):
-                    z[c, n] += hb[j, n] * w
+        _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z)
         if head == HEAD_SOFTMAX:
-            softmax_xent_block(z, TT, n0, nb, scale, g, m, s, False)
+            loss += softmax_xent_block(z, TT, n0, nb, scale, g, m, s, loss_only)
         else:
-            squared_error_block(head, z, TT, n0, nb, scale, g, False)
+            loss += squared_error_block(head, z, TT, n0, nb, scale, g, loss_only)
+        if loss_only:
+            continue
         for c in range(n_out):
             acc = zero
             for n in range(nb):
@@ -108,41 +110,30 @@ def mlp1_chunk(XT, TT, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
         for j in range(n_hidden):
             w = W2[j, 0]
             for n in range(nb):
-                d[n] = g[0, n] * w
+                d[0, n] = g[0, n] * w
             for c in range(1, n_out):
                 w = W2[j, c]
                 for n in range(nb):
-                    d[n] += g[c, n] * w
+                    d[0, n] += g[c, n] * w
             for c in range(n_out):
                 acc = zero
                 for n in range(nb):
                     acc += hb[j, n] * g[c, n]
                 dW2[j, c] += acc
-            _derivative_row(code, d, hb, j, nb)
+            grad_times_derivative(code, d, 0, hb, j, nb)
             acc = zero
             for n in range(nb):
-                acc += d[n]
+                acc += d[0, n]
             db1[j] += acc
             for k in range(n_in):
                 acc = zero
                 for n in range(nb):
-                    acc += XT[k, n0 + n] * d[n]
+                    acc += XT[k, n0 + n] * d[0, n]
                 dW1[k, j] += acc
+    return loss
 
 
-@njit(inline="always", **_OPTS)
-def _act(code, x):
-    """The hidden activation; ``code`` is a constant wherever this is inlined."""
-    if code == TANH:
-        return vtanh(x)
-    if code == SIGMOID:
-        return vsigmoid(x)
-    if code == RELU:
-        return like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
-    return x
-
-
-@njit(inline="always", **_OPTS)
+@njit(**_INNER)
 def _softmax2_grad64(za, zb, ta, tb, scale):
     """(softmax(za, zb) - (ta, tb)) * scale with one division and no exp polynomial.
 
@@ -176,7 +167,7 @@ def _softmax2_grad64(za, zb, ta, tb, scale):
     return (pa - ta) * scale, (pb - tb) * scale
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_INNER)
 def _softmax2_grad32(za, zb, ta, tb, scale):
     """``_softmax2_grad64`` in float32: e = exp(small - m) by Cephes' expf
     polynomial, probabilities 1 / (1 + e) and e / (1 + e)."""
@@ -185,11 +176,10 @@ def _softmax2_grad32(za, zb, ta, tb, scale):
     d = (zb if big else za) - m  # <= 0, or NaN
     a = _vexp32(d)  # exp(small - max): 0 for -inf, NaN handled below
     inv = np.float32(1.0) / (a + np.float32(1.0))
-    p_big = inv
     p_small = a * inv
     bad = (d != d) or (m - m != np.float32(0.0))
-    pa = p_big if big else p_small
-    pb = p_small if big else p_big
+    pa = inv if big else p_small
+    pb = p_small if big else inv
     pa = d if bad else pa
     pb = d if bad else pb
     return (pa - ta) * scale, (pb - tb) * scale
@@ -206,21 +196,13 @@ def _ov_softmax2_grad(za, zb, ta, tb, scale):
     return lambda za, zb, ta, tb, scale: _softmax2_grad64(za, zb, ta, tb, scale)
 
 
-@njit(**_OPTS)
-def mlp1_chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, scale, hb, z, dW1, db1, dW2, db2):
-    """``mlp1_chunk`` for 2 inputs, 2 softmax classes (the moons model), every loop over
-    the samples of a block fused into one; blocks are whole multiples of the vector
-    width: ``XT``/``TT`` are padded with copies of real samples, whose gradient
-    is set to exactly 0, so they add exact zeros (finite runs are unaffected).
-
-    tanh only (the tutorial's activation): every other activation takes
-    ``mlp1_chunk``, which keeps the cold compile time down.
-    """
-    _sweep_2x2(TANH, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z, dW1, db1, dW2, db2)
-
-
-@njit(inline="always", **_OPTS)
-def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z, dW1, db1, dW2, db2):
+@njit(**_INNER)
+def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+               hb, z, g, d, m, s, dW1, db1, dW2, db2):
+    """``_chunk_any`` for 2 inputs, 2 softmax classes and tanh (the moons model), every
+    loop over the samples of a block fused into one. Blocks are whole multiples of
+    the vector width: ``XT``/``TT`` are padded with copies of real samples, whose
+    gradient is set to exactly 0, so they add exact zeros."""
     n_hidden = W1.shape[1]
     x0 = XT[0]
     x1 = XT[1]
@@ -230,12 +212,9 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
     z1 = z[1]
     zero = like(W1, 0.0)  # in W1's precision: a float64 literal would make float32 loops float64
     one = like(W1, 1.0)
-    for j in range(n_hidden):
-        db1[j] = zero
-        dW1[0, j] = zero
-        dW1[1, j] = zero
-        dW2[j, 0] = zero
-        dW2[j, 1] = zero
+    loss = 0.0
+    if not loss_only:
+        _zero(dW1, db1, dW2, db2)
     acc_b0 = zero
     acc_b1 = zero
     for n0 in range(r0, r1, bs):
@@ -253,10 +232,17 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
             v0 = W2[j, 0]
             v1 = W2[j, 1]
             for n in range(nb):
-                h = _act(code, bj + x0[n0 + n] * w0 + x1[n0 + n] * w1)
+                h = vtanh(bj + x0[n0 + n] * w0 + x1[n0 + n] * w1)
                 hb[j, n] = h
                 z0[n] += h * v0
                 z1[n] += h * v1
+        if loss_only:  # the logged loss: log-sum-exp minus T.z over the real samples
+            for n in range(min(nb, n_samples - n0)):
+                za = z0[n]
+                zb = z1[n]
+                top = za if za > zb else zb
+                loss += top + math.log(_vexp64(za - top) + _vexp64(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
+            continue
         # softmax + cross-entropy gradient, in place of the logits
         a0 = zero
         a1 = zero
@@ -286,15 +272,7 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
                 gb = z1[n]
                 s_h0 += h * ga
                 s_h1 += h * gb
-                if code == TANH:
-                    fp = one - h * h
-                elif code == SIGMOID:
-                    fp = h * (one - h)
-                elif code == RELU:
-                    fp = one if h > zero else zero
-                else:
-                    fp = one
-                dd = (ga * v0 + gb * v1) * fp
+                dd = (ga * v0 + gb * v1) * (one - h * h)
                 s_d += dd
                 s_x0 += x0[n0 + n] * dd
                 s_x1 += x1[n0 + n] * dd
@@ -303,11 +281,13 @@ def _sweep_2x2(code, XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, scale, hb, z
             db1[j] += s_d
             dW1[0, j] += s_x0
             dW1[1, j] += s_x1
-    db2[0] = acc_b0
-    db2[1] = acc_b1
+    if not loss_only:
+        db2[0] = acc_b0
+        db2[1] = acc_b1
+    return loss
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_SHARED)
 def _views(flat, n_in, n_hidden, n_out):
     o1 = n_in * n_hidden
     o2 = o1 + n_hidden
@@ -316,7 +296,7 @@ def _views(flat, n_in, n_hidden, n_out):
             flat[o2:o3].reshape((n_hidden, n_out)), flat[o3:o3 + n_out])
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_SHARED)
 def _scratch(buf, n_hidden, n_out, bs):
     o = n_hidden * bs
     hb = buf[:o].reshape((n_hidden, bs))
@@ -324,63 +304,160 @@ def _scratch(buf, n_hidden, n_out, bs):
     o += n_out * bs
     g = buf[o:o + n_out * bs].reshape((n_out, bs))
     o += n_out * bs
-    return hb, z, g, buf[o:o + bs], buf[o + bs:o + 2 * bs], buf[o + 2 * bs:o + 3 * bs]
+    d = buf[o:o + bs].reshape((1, bs))  # one delta row, in the 2-D form the activation helpers take
+    return hb, z, g, d, buf[o + bs:o + 2 * bs], buf[o + 2 * bs:o + 3 * bs]
 
 
-@njit(inline="always", **_OPTS)
-def _chunk(fast, n_samples, r0, r1, XT, TT, bs, W1, b1, W2, b2, code, head, scale, buf, pgc):
+@njit(**_SHARED)
+def _chunks_side_by_side(chunk, loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2,
+                         code, head, scale, scratch, pg, losses):
+    """The prange loop alone, inlined into a small ``parallel`` function: Numba's
+    parallel compile cost grows with everything the function holds. Block buffers
+    per thread, partial gradients (or losses) per chunk."""
     n_in, n_hidden = W1.shape
     n_out = W2.shape[1]
-    hb, z, g, d, m, s = _scratch(buf, n_hidden, n_out, bs)
-    dW1, db1, dW2, db2 = _views(pgc, n_in, n_hidden, n_out)
-    if fast:
-        mlp1_chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, scale, hb, z, dW1, db1, dW2, db2)
-    else:
-        mlp1_chunk(XT, TT, r0, r1, bs, W1, b1, W2, b2, code, head, scale, hb, z, g, d, m, s,
-                   dW1, db1, dW2, db2)
-
-
-@njit(parallel=True, **_OPTS)
-def mlp1_parallel(fast, n_samples, n_rows, XT, TT, n_chunks, chunk_len, bs, W1, b1, W2, b2, code, head, scale,
-                  scratch, pg):
     for c in prange(n_chunks):
         r0 = c * chunk_len
-        _chunk(fast, n_samples, r0, min(n_rows, r0 + chunk_len), XT, TT, bs, W1, b1, W2, b2, code, head, scale,
-               scratch[get_thread_id()], pg[c])
+        bh, bz, bg, bd, bm, bs_ = _scratch(scratch[get_thread_id()], n_hidden, n_out, bs)
+        cW1, cb1, cW2, cb2 = _views(pg[c], n_in, n_hidden, n_out)
+        losses[c] = chunk(XT, TT, n_samples, r0, min(n_rows, r0 + chunk_len), bs, W1, b1, W2, b2, code, head,
+                          scale, loss_only, bh, bz, bg, bd, bm, bs_, cW1, cb1, cW2, cb2)
 
 
-@njit(**_OPTS)
-def mlp1_train(passes, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    """``passes`` updates of ``theta`` (W1, b1, W2, b2 flat) in place.
+@njit(**_PARALLEL)
+def _side_by_side_2x2(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+                      scale, scratch, pg, losses):
+    _chunks_side_by_side(_chunk_2x2, loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
+                         b2, code, head, scale, scratch, pg, losses)
 
-    ``XT``/``TT`` are feature-major, the first ``n_samples`` columns real, the
-    rest (up to a multiple of the block granule) padding for the 2x2 kernel.
-    """
+
+@njit(**_PARALLEL)
+def _side_by_side_any(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+                      scale, scratch, pg, losses):
+    _chunks_side_by_side(_chunk_any, loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
+                         b2, code, head, scale, scratch, pg, losses)
+
+
+@njit(**_SHARED)
+def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+           chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
+    """The pass loop shared by every entry point; ``side_by_side`` is None for the
+    serial ones (one chunk, on views made once: reshapes and reference counts cost
+    more than a whole tiny pass). Chunks are added in order: the same bits on any
+    thread count."""
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
     lr = hyper[0]
     l2 = hyper[1]
     scale = hyper[2]
-    fast = n_in == 2 and n_out == 2 and head == HEAD_SOFTMAX and code == TANH
-    n_rows = XT.shape[1] if fast else n_samples  # the fast kernel runs over the padding, masked
-    n_p = grads.size
-    # views made once: reshapes and reference counts cost more than a whole tiny pass
+    n_rows = XT.shape[1]  # with the padding: the 2x2 kernel masks it, the general one stops at n_samples
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
     dW1, db1, dW2, db2 = _views(grads, n_in, n_hidden, n_out)
-    for _ in range(passes):
-        if n_chunks == 1:
-            if fast:
-                mlp1_chunk_2x2(XT, TT, n_samples, 0, n_rows, bs, W1, b1, W2, b2, code, scale, hb, z,
-                               dW1, db1, dW2, db2)
-            else:
-                mlp1_chunk(XT, TT, 0, n_rows, bs, W1, b1, W2, b2, code, head, scale, hb, z, g, d, m, s,
-                           dW1, db1, dW2, db2)
+    losses = np.empty(n_chunks)
+    n_p = grads.size
+    loss = 0.0
+    for p in range(passes + 1):
+        loss_only = p == passes
+        if loss_only and not want_loss:
+            break
+        if side_by_side is None:
+            loss = chunk(XT, TT, n_samples, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+                         hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
-            mlp1_parallel(fast, n_samples, n_rows, XT, TT, n_chunks, chunk_len, bs, W1, b1, W2, b2, code, head,
-                          scale, scratch, pg)
-            for i in range(n_p):
-                grads[i] = pg[0, i]
-            for c in range(1, n_chunks):
+            side_by_side(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+                         scale, scratch, pg, losses)
+            loss = 0.0
+            for c in range(n_chunks):
+                loss += losses[c]
+            if not loss_only:
                 for i in range(n_p):
-                    grads[i] += pg[c, i]
-        gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)
+                    grads[i] = pg[0, i]
+                for c in range(1, n_chunks):
+                    for i in range(n_p):
+                        grads[i] += pg[c, i]
+        if not loss_only:
+            gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)
+    return loss
+
+
+# ------------------------------------------------------------- entry points
+# Same arguments for all four: ``passes`` updates of ``theta`` (W1, b1, W2, b2 flat)
+# in place, then, with ``want_loss``, the summed data loss at the new parameters.
+# ``XT``/``TT`` are feature-major, the first ``n_samples`` columns real, the rest
+# (up to a multiple of the block granule) padding for the 2x2 kernel.
+@njit(**_ENTRY)
+def train_2x2(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+              theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
+    return _train(_chunk_2x2, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+
+
+@njit(**_ENTRY)
+def train_2x2_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len,
+                       bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
+    return _train(_chunk_2x2, _side_by_side_2x2, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+
+
+@njit(**_ENTRY)
+def train_any(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+              theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
+    return _train(_chunk_any, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+
+
+@njit(**_ENTRY)
+def train_any_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len,
+                       bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
+    return _train(_chunk_any, _side_by_side_any, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+
+
+# ------------------------------------------------------------------ predict
+@njit(**_INNER)
+def _predict_rows(XT, r0, r1, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out):
+    """out[:, r0:r1] = the head outputs (softmax, sigmoid or identity) of samples r0..r1."""
+    n_out = W2.shape[1]
+    for n0 in range(r0, r1, bs):
+        nb = min(bs, r1 - n0)
+        _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z)
+        if head == HEAD_SOFTMAX:
+            for n in range(nb):
+                m[n] = z[0, n]
+                s[n] = 0.0
+            for c in range(1, n_out):
+                for n in range(nb):
+                    m[n] = z[c, n] if z[c, n] > m[n] else m[n]
+            for c in range(n_out):
+                for n in range(nb):
+                    z[c, n] = vexp(z[c, n] - m[n])
+                    s[n] += z[c, n]
+            for n in range(nb):
+                s[n] = like(s, 1.0) / s[n]
+            for c in range(n_out):
+                for n in range(nb):
+                    z[c, n] *= s[n]
+        elif head == HEAD_SIGMOID:
+            for c in range(n_out):
+                activate(SIGMOID, z, c, nb)
+        for c in range(n_out):
+            for n in range(nb):
+                out[c, n0 + n] = z[c, n]
+
+
+@njit(**_ENTRY)
+def predict(n_samples, n_in, n_hidden, n_out, code, head, bs, theta, XT, scratch, out):
+    """Head outputs, feature-major (``out`` is n_out x n_samples), without the N x H activations."""
+    W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
+    hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
+    _predict_rows(XT, np.int64(0), n_samples, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out)
+
+
+@njit(parallel=True, **_ENTRY)
+def predict_parallel(n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta, XT, scratch,
+                     out):
+    """``predict`` with the samples in chunks across threads."""
+    W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
+    for c in prange(n_chunks):
+        r0 = c * chunk_len
+        hb, z, g, d, m, s = _scratch(scratch[get_thread_id()], n_hidden, n_out, bs)
+        _predict_rows(XT, r0, min(n_samples, r0 + chunk_len), bs, W1, b1, W2, b2, code, head, hb, z, m, s, out)

@@ -12,10 +12,10 @@ import math
 
 from numba import njit
 
-from .cpu_math import FASTMATH, like, vexp
+from .cpu_math import CACHE, FASTMATH, like, vexp
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def softmax_xent_block(z, TT, n0, nb, scale, delta, m, s, want_loss):
     """delta[:, :nb] = (softmax(z) - T) * scale; returns the summed loss if ``want_loss``."""
     n_classes = z.shape[0]
@@ -46,7 +46,7 @@ def softmax_xent_block(z, TT, n0, nb, scale, delta, m, s, want_loss):
     return loss
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def softmax_xent_rows(Z, T, r0, r1, scale, D, want_loss):
     """D[r] = (softmax(Z[r]) - T[r]) * scale for rows r0..r1 of sample-major logits."""
     n_classes = Z.shape[1]

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from numba import njit
 
-from .cpu_math import FASTMATH, like, vsigmoid
+from .cpu_math import CACHE, FASTMATH, like, vsigmoid
 
 HEAD_SIGMOID = 1  # nnx.network.HEAD_CODES["sigmoid"]; identity is anything else here
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
     """delta[:, :nb] from feature-major logits; returns the summed loss if ``want_loss``."""
     loss = 0.0
@@ -33,7 +33,7 @@ def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
     return loss
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def squared_error_rows(head, Z, T, r0, r1, scale, D, want_loss):
     """D[r] from sample-major logits for rows r0..r1; returns the summed loss if ``want_loss``."""
     loss = 0.0

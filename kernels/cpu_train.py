@@ -21,16 +21,27 @@ from numba import get_thread_id, njit, prange
 
 from .cpu_activation import IDENTITY, grad_times_derivative
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
-from .cpu_math import FASTMATH
+from .cpu_math import CACHE, FASTMATH
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
 from .cpu_update import gd_update
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
-MODE_FORWARD, MODE_BACKWARD, MODE_HEAD = 0, 1, 2
+MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
 HEAD_SOFTMAX = 0
 
-_OPTS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
+# Compiled into the entry points that call them (never cached on their own).
+_OPTS = dict(fastmath=FASTMATH, error_model="numpy")
+# Only prange loops become parallel: the other parfor conversions cost compile time for nothing here.
+_PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": False, "reduction": False,
+                           "inplace_binop": False, "setitem": False, "stencil": False, "fusion": False},
+                 **_OPTS)
+# Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
+_ENTRY = dict(cache=CACHE, nogil=True, **_OPTS)
+# The loop takes the fused-run runner as a first-class function and is inlined into
+# each entry point, so the runner is a direct call there (a function passed to a
+# compiled, not inlined, callee is a run-time object that Numba's cache cannot store).
+_SHARED = dict(inline="always", **_OPTS)
 
 
 @njit(**_OPTS)
@@ -66,9 +77,10 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
 
     MODE_FORWARD stores the run's output; MODE_BACKWARD recomputes the run's
     activations and back-propagates the stored delta at its output;
-    MODE_HEAD goes forward, through the loss head and back in one sweep. The
-    partial gradients of this chunk accumulate in ``pgrad``; when the run does
-    not start at the input, the delta at its input is stored for the layer before.
+    MODE_HEAD goes forward, through the loss head and back in one sweep;
+    MODE_LOSS goes forward and returns the summed data loss. The partial
+    gradients of this chunk accumulate in ``pgrad``; when the run does not start
+    at the input, the delta at its input is stored for the layer before.
     """
     n_layers = sizes.size - 1
     n_samples = X.shape[0]
@@ -85,7 +97,8 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
     m = buf[top + 2 * maxw * bs:top + 2 * maxw * bs + bs]
     s = buf[top + 2 * maxw * bs + bs:top + 2 * maxw * bs + 2 * bs]
     xin = _block(buf, 0, n_in, bs)
-    if mode != MODE_FORWARD:
+    loss = 0.0
+    if mode == MODE_HEAD or mode == MODE_BACKWARD:
         for layer in range(t0, t1 + 1):
             o = pg_off[layer]
             for i in range(o, o + (sizes[layer] + 1) * sizes[layer + 1]):
@@ -122,11 +135,14 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
                     a_out[n0 + n, j] = last[j, n]
             continue
         g = _block(buf, ga, width, bs)
-        if mode == MODE_HEAD:
+        if mode == MODE_HEAD or mode == MODE_LOSS:
+            want_loss = mode == MODE_LOSS
             if head == HEAD_SOFTMAX:
-                softmax_xent_block(last, TT, n0, nb, scale, g, m, s, False)
+                loss += softmax_xent_block(last, TT, n0, nb, scale, g, m, s, want_loss)
             else:
-                squared_error_block(head, last, TT, n0, nb, scale, g, False)
+                loss += squared_error_block(head, last, TT, n0, nb, scale, g, want_loss)
+            if want_loss:
+                continue
         else:
             d_out = _stored(deltas, act_off, sizes, t1, n_samples)
             for n in range(nb):
@@ -155,30 +171,12 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
             for n in range(nb):
                 for k in range(n_in):
                     d_in[n0 + n, k] = gin[k, n]
+    return loss
 
 
-@njit(parallel=True, **_OPTS)
-def fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
-               act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
-    """Run the chunks of a fused run (in parallel when there are several), then add
-    their partial gradients into ``grads`` in chunk order.
-
-    Block buffers are per thread (``scratch`` has a row per possible thread),
-    partial gradients per chunk, so the sums never depend on the scheduling.
-    """
-    n_samples = X.shape[0]
-    if n_chunks == 1:
-        fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
-                    act_off, 0, n_samples, bs, scratch[0], pg[0], pg_off, scale)
-    else:
-        for c in prange(n_chunks):
-            r0 = c * chunk_len
-            r1 = min(n_samples, r0 + chunk_len)
-            buf = scratch[get_thread_id()]  # one row per NUMBA_NUM_THREADS thread
-            fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
-                        act_off, r0, r1, bs, buf, pg[c], pg_off, scale)
-    if mode == MODE_FORWARD:
-        return
+@njit(**_OPTS)
+def _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, n_chunks):
+    """Add the chunks' partial gradients into ``grads`` in chunk order (deterministic)."""
     for layer in range(t0, t1 + 1):
         o = pg_off[layer]
         size = (sizes[layer] + 1) * sizes[layer + 1]
@@ -188,6 +186,50 @@ def fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
         for c in range(1, n_chunks):
             for i in range(size):
                 grads[g0 + i] += pg[c, o + i]
+
+
+@njit(**_OPTS)
+def fused_unit_serial(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+                      act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
+    """A fused run over all samples on this thread; returns the loss in MODE_LOSS."""
+    loss = fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                       act_off, np.int64(0), X.shape[0], bs, scratch[0], pg[0], pg_off, scale)
+    if mode == MODE_HEAD or mode == MODE_BACKWARD:
+        _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, 1)
+    return loss
+
+
+@njit(**_PARALLEL)
+def _chunks_in_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                        act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale, losses):
+    """Only the prange loop: Numba's parallel compile costs grow with what the function holds."""
+    n_samples = X.shape[0]
+    for c in prange(n_chunks):
+        r0 = c * chunk_len
+        r1 = min(n_samples, r0 + chunk_len)
+        buf = scratch[get_thread_id()]  # one row per NUMBA_NUM_THREADS thread
+        losses[c] = fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                                act_off, r0, r1, bs, buf, pg[c], pg_off, scale)
+
+
+@njit(**_OPTS)
+def fused_unit_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+                        act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
+    """The chunks of a fused run side by side, then their partial gradients (or
+    losses) added in chunk order.
+
+    Block buffers are per thread (``scratch`` has a row per possible thread),
+    partial gradients per chunk, so the sums never depend on the scheduling.
+    """
+    losses = np.empty(n_chunks)
+    _chunks_in_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+                        act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale, losses)
+    loss = 0.0
+    for c in range(n_chunks):
+        loss += losses[c]
+    if mode == MODE_HEAD or mode == MODE_BACKWARD:
+        _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, n_chunks)
+    return loss
 
 
 @njit(**_OPTS)
@@ -205,7 +247,7 @@ def rows_bias_activation(Z, b, code):
 def _grad_rows(D, A, code, r0, r1):
     w = D.shape[1]
     for r in range(r0, r1):
-        grad_times_derivative(code, D, A, r, w)
+        grad_times_derivative(code, D, r, A, r, w)
 
 
 @njit(**_OPTS)
@@ -215,13 +257,13 @@ def rows_grad_derivative(D, A, code):
 
 
 @njit(**_OPTS)
-def rows_head(head, Z, T, D, scale):
-    """The loss head's gradient on sample-major logits left by a BLAS output layer (one thread)."""
+def rows_head(head, Z, T, D, scale, want_loss):
+    """The loss head's gradient on sample-major logits left by a BLAS output layer (one
+    thread); the summed data loss too with ``want_loss``."""
     n = Z.shape[0]
     if head == HEAD_SOFTMAX:
-        softmax_xent_rows(Z, T, 0, n, scale, D, False)
-    else:
-        squared_error_rows(head, Z, T, 0, n, scale, D, False)
+        return softmax_xent_rows(Z, T, 0, n, scale, D, want_loss)
+    return squared_error_rows(head, Z, T, 0, n, scale, D, want_loss)
 
 
 @njit(**_OPTS)
@@ -235,11 +277,12 @@ def column_sums(D, out):
             out[j] += D[r, j]
 
 
-@njit(**_OPTS)
-def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
-                 unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len,
-                 theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
-    """``passes`` updates of ``theta`` in place: forward, gradients, then W -= lr (dW + l2 W)."""
+@njit(**_SHARED)
+def _train(fused_unit, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+           unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len,
+           theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
+    """``passes`` updates of ``theta`` in place (forward, gradients, then W -= lr (dW + l2 W));
+    with ``want_loss``, one more forward returns the summed data loss at the new parameters."""
     n_layers = sizes.size - 1
     n = X.shape[0]
     n_units = unit_kind.size
@@ -248,7 +291,13 @@ def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
     scale = hyper[2]
     n_bias = sizes[1:]
     last = n_layers - 1
-    for _ in range(passes):
+    # modes as runtime values: a literal argument would compile each callee once per value
+    forward, backward, head_pass, loss_pass = (np.int64(MODE_FORWARD), np.int64(MODE_BACKWARD),
+                                               np.int64(MODE_HEAD), np.int64(MODE_LOSS))
+    for p in range(passes + 1):
+        final = p == passes
+        if final and not want_loss:
+            break
         for u in range(n_units):
             t0 = unit_t0[u]
             t1 = unit_t1[u]
@@ -259,12 +308,19 @@ def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
                 code = IDENTITY if t0 == last else codes[t0]
                 rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code)
             elif t1 < last:
-                fused_unit(MODE_FORWARD, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
+                fused_unit(forward, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         if unit_kind[n_units - 1] == UNIT_BLAS:
-            rows_head(head, _stored(acts, act_off, sizes, last, n), T,
-                      _stored(deltas, act_off, sizes, last, n), scale)
+            loss = rows_head(head, _stored(acts, act_off, sizes, last, n), T,
+                             _stored(deltas, act_off, sizes, last, n), scale, final)
+            if final:
+                return loss
+        elif final:
+            u = n_units - 1
+            return fused_unit(loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, X, XT,
+                              TT, acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
+                              scratch, pg, pg_off, scale)
         for u in range(n_units - 1, -1, -1):
             t0 = unit_t0[u]
             t1 = unit_t1[u]
@@ -282,8 +338,28 @@ def train_passes(passes, sizes, codes, head, w_off, b_off, act_off, pg_off,
                     rows_grad_derivative(d_prev, _stored(acts, act_off, sizes, t0 - 1, n),
                                          codes[t0 - 1])
             else:
-                mode = MODE_HEAD if t1 == last else MODE_BACKWARD
+                mode = head_pass if t1 == last else backward
                 fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)
+    return 0.0
+
+
+# ------------------------------------------------------------- entry points
+# Same arguments for both: the fused runs on this thread, or chunked across threads.
+@njit(**_ENTRY)
+def train_passes(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
+                 unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
+    return _train(fused_unit_serial, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
+                  acts, deltas, scratch, pg, hyper)
+
+
+@njit(**_ENTRY)
+def train_passes_parallel(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
+                          unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
+                          deltas, scratch, pg, hyper):
+    return _train(fused_unit_parallel, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
+                  acts, deltas, scratch, pg, hyper)

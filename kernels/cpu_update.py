@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from numba import njit
 
-from .cpu_math import FASTMATH
+from .cpu_math import CACHE, FASTMATH
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def gd_update(theta, grads, w_off, b_off, n_bias, lr, l2):
     """theta -= lr * (grads + l2 * W) over weights, theta -= lr * grads over biases."""
     neg_lr = -lr

@@ -3,13 +3,13 @@
 Pick the backend with ``NNX_BACKEND`` (numpy, numba, cupy, auto), ``set_backend``
 or, for a block, ``with use_backend(name):``.
 """
-from . import datasets
+from . import datasets, metrics
 from .backends import available_backends, explain_backend, get_backend, set_backend, use_backend
 from .errors import BackendUnavailableError, GpuMemoryError, NonFiniteLossError, OutOfMemoryError
 from .model import MLP
 from .persistence import load
+from .version import __version__
 
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
@@ -31,6 +31,7 @@ __all__ = [
     "explain_backend",
     "get_backend",
     "load",
+    "metrics",
     "set_backend",
     "sweep",
     "use_backend",

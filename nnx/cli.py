@@ -11,7 +11,9 @@ from . import backends
 from .errors import BackendUnavailableError, NonFiniteLossError, OutOfMemoryError
 from .metrics import clipped_cross_entropy
 from .model import MLP
+from .persistence import check_destination
 from .presets import PRESETS
+from .validation import check_count, check_fit_settings, check_seed
 
 
 def _train_parser(sub) -> None:
@@ -27,25 +29,35 @@ def _train_parser(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--seed", type=int, help="initialisation seed (default: 0, as the tutorials)")
     p.add_argument("--log-every", type=int, help="passes between loss lines (default: the tutorial's)")
-    p.add_argument("--save", metavar="PATH", help="save the trained model to PATH (.npz)")
+    p.add_argument("--save", metavar="PATH",
+                   help="save the trained model to PATH (.npz appended when missing), also after Ctrl-C")
+
+
+# Settings named as the command line spells them, in error messages.
+_OPTION_NAMES = {"passes": "--passes", "log_every": "--log-every", "lr": "--lr", "l2": "--l2"}
 
 
 def _train(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset]
+    # Every argument is checked before any work (data, model, kernel compile, training).
+    settings = check_fit_settings(
+        preset.passes if args.passes is None else args.passes, preset.lr if args.lr is None else args.lr,
+        preset.l2 if args.l2 is None else args.l2, preset.reduction,
+        preset.log_every if args.log_every is None else args.log_every, names=_OPTION_NAMES)
+    hidden_units = None if args.hidden is None else check_count(args.hidden, "--hidden", minimum=1)
+    seed = preset.seed if args.seed is None else check_seed(args.seed, "--seed")
+    save_path = None if args.save is None else check_destination(args.save)
     if args.backend:
         backends.set_backend(args.backend)
     backend = backends.get_backend()
+
     X, y = preset.data()
-    model = MLP(preset.layer_sizes(X, y, args.hidden), hidden=preset.hidden, output=preset.output,
-                init=preset.init, seed=preset.seed if args.seed is None else args.seed, dtype=args.dtype)
-    passes = preset.passes if args.passes is None else args.passes
-    log_every = args.log_every or preset.log_every
-    settings = dict(lr=preset.lr if args.lr is None else args.lr, l2=preset.l2 if args.l2 is None else args.l2,
-                    reduction=preset.reduction)
+    model = MLP(preset.layer_sizes(X, y, hidden_units), hidden=preset.hidden, output=preset.output,
+                init=preset.init, seed=seed, dtype=args.dtype)
     sizes = "-".join(map(str, model.layer_sizes))
     print(f"nnx train --preset {preset.name}: {preset.title}")
     print(f"network {sizes} ({model.hidden}/{model.output}, {model.dtype}), {X.shape[0]} samples, "
-          f"lr {settings['lr']:g}, L2 {settings['l2']:g}, {settings['reduction']} reduction, {passes} passes")
+          f"lr {settings.lr:g}, L2 {settings.l2:g}, {settings.reduction} reduction, {settings.passes} passes")
     print(f"backend: {backends.explain_backend()}")
 
     warm_up = getattr(backend, "warm_up", None)
@@ -55,17 +67,15 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print("compile: none needed")
 
+    def print_clipped_loss(updates: int, loss: float) -> None:
+        # Tutorial 000 prints its clipped cross-entropy (not at epoch 0), a figure fit() does not log.
+        if updates > 0:
+            print(f"Epoch {updates}, Loss: {clipped_cross_entropy(model.predict_proba(X), y):.4f}", flush=True)
+
     start = time.perf_counter()
-    if preset.tutorial_loss:
-        # Tutorial 000 prints its clipped cross-entropy, a figure fit() does not log.
-        done = 0
-        while done < passes:
-            step = min(log_every, passes - done)
-            model.fit(X, y, passes=step, log_every=step, **settings)
-            done += step
-            print(f"Epoch {done}, Loss: {clipped_cross_entropy(model.predict_proba(X), y):.4f}")
-    else:
-        model.fit(X, y, passes=passes, log_every=log_every, verbose=True, **settings)
+    model.fit(X, y, passes=settings.passes, lr=settings.lr, l2=settings.l2, reduction=settings.reduction,
+              log_every=settings.log_every, verbose=not preset.tutorial_loss,
+              callback=print_clipped_loss if preset.tutorial_loss else None)
     elapsed = time.perf_counter() - start
 
     done = model.updates
@@ -76,11 +86,10 @@ def _train(args: argparse.Namespace) -> int:
     rate = done / elapsed if elapsed > 0 else float("inf")
     print(f"training: {done} passes in {elapsed:.3f} s = {rate:,.0f} passes/s on {backend.name}")
     if model.interrupted:
-        print("(interrupted by Ctrl-C: the figures above cover the passes done)")
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
-    return 0
+        print(f"(interrupted by Ctrl-C after pass {done}: the figures above cover the passes done)")
+    if save_path is not None:
+        print(f"saved to {model.save(save_path)}")
+    return 130 if model.interrupted else 0
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -124,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, BackendUnavailableError, NonFiniteLossError, OutOfMemoryError) as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a save that failed (disk full, quota): the old file is intact
+        print(f"nnx: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("nnx: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ CuPy and can switch between them.
 from __future__ import annotations
 
 from os import PathLike
+from pathlib import Path
 
 import numpy as np
 
@@ -14,9 +15,10 @@ from .backends import get_backend
 from .backends.base import Backend
 from .network import GradientDescent, Network, Objective, TrainState
 from .initializers import initial_params
+from .memory import check_fit, check_predict
 from .training import run_fit
-from .validation import (check_count, check_inputs, check_network, check_non_negative_finite,
-                         check_positive_finite, check_reduction, check_targets)
+from .validation import (check_fit_settings, check_fits_dtype, check_inputs, check_network, check_seed,
+                         check_targets, real_array)
 
 
 class MLP:
@@ -28,16 +30,29 @@ class MLP:
     """
 
     def __init__(self, layer_sizes, hidden: str = "tanh", output: str = "softmax",
-                 init: str = "normal_fan_in", seed: int = 0, dtype: str = "float64"):
-        self.net: Network = check_network(layer_sizes, hidden, output, init, dtype)
+                 init: str = "normal_fan_in", seed: int | None = 0, dtype: str = "float64"):
+        net = check_network(layer_sizes, hidden, output, init, dtype)
+        seed = check_seed(seed)
+        self._setup(net, init, seed, initial_params(net.layer_sizes, init, seed), updates=0, history={})
+
+    def _setup(self, net: Network, init: str, seed: int | None, params, updates: int,
+               history: dict[int, float]) -> None:
+        self.net: Network = net
         self.init = init
         self.seed = seed
-        self._params = [(W.astype(self.net.np_dtype), b.astype(self.net.np_dtype))
-                        for W, b in initial_params(self.net.layer_sizes, init, seed)]
-        self.updates = 0
-        self.history: dict[int, float] = {}
+        self._params = [(W.astype(net.np_dtype), b.astype(net.np_dtype)) for W, b in params]
+        self.updates = updates
+        self.history: dict[int, float] = history
         self.interrupted = False
         self.backend_name: str | None = None
+
+    @classmethod
+    def _restore(cls, net: Network, init: str, seed: int | None, params, updates: int,
+                 history: dict[int, float]) -> "MLP":
+        """A model from validated saved parts (``nnx.load``), without drawing initial parameters."""
+        model = cls.__new__(cls)
+        model._setup(net, init, seed, params, updates, history)
+        return model
 
     # ------------------------------------------------------------ description
     @property
@@ -74,9 +89,10 @@ class MLP:
             raise ValueError(f"expected {len(shapes)} (W, b) pairs for layer_sizes {list(self.layer_sizes)}; "
                              f"got {len(params)}")
         new = []
+        dtype = self.net.np_dtype
         for layer, ((W, b), (fan_in, fan_out)) in enumerate(zip(params, shapes)):
-            W = np.asarray(W, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64)
+            W = real_array(W, f"layer {layer} W")
+            b = real_array(b, f"layer {layer} b")
             if b.shape == (1, fan_out):
                 b = b.reshape(fan_out)
             if W.shape != (fan_in, fan_out) or b.shape != (fan_out,):
@@ -84,7 +100,9 @@ class MLP:
                                  f"got W {W.shape} and b {b.shape}")
             if not (np.isfinite(W).all() and np.isfinite(b).all()):
                 raise ValueError(f"layer {layer}: parameters contain NaN or infinity")
-            new.append((W.astype(self.net.np_dtype), b.astype(self.net.np_dtype)))
+            check_fits_dtype(W, f"layer {layer} W", dtype)
+            check_fits_dtype(b, f"layer {layer} b", dtype)
+            new.append((W.astype(dtype), b.astype(dtype)))
         self._params = new
 
     # ---------------------------------------------------------------- training
@@ -93,42 +111,50 @@ class MLP:
         """Full-batch gradient descent from the current parameters (a second fit continues).
 
         ``history`` gains the tutorial-003 loss figure every ``log_every`` passes;
-        ``callback(updates, loss)`` is called at the same points. A non-finite loss
-        raises ``NonFiniteLossError`` naming the pass; Ctrl-C stops at the next
-        logging point and sets ``interrupted``.
+        ``callback(updates, loss)`` is called at the same points, with the model
+        holding that point's parameters (so it may predict or save). A non-finite
+        loss raises ``NonFiniteLossError`` naming the pass. Ctrl-C stops at the
+        next logging point; a second Ctrl-C stops at once, discarding the passes
+        since the last logging point. Either way ``interrupted`` is then True
+        (it describes the last fit only).
         """
         X = check_inputs(X, self.net)
         T = check_targets(y, self.net, X.shape[0])
-        passes = check_count(passes, "passes", minimum=0)
-        log_every = check_count(log_every, "log_every", minimum=1)
-        optimizer = GradientDescent(check_positive_finite(lr, "lr"))
-        objective = Objective(check_reduction(reduction), check_non_negative_finite(l2, "l2"))
+        settings = check_fit_settings(passes, lr, l2, reduction, log_every)
+        optimizer = GradientDescent(settings.lr)
+        objective = Objective(settings.reduction, settings.l2)
         backend = get_backend()
 
         def report(updates: int, loss: float) -> None:
             if verbose:
                 print(f"Loss after pass {updates}: {loss:f}", flush=True)
             if callback is not None:
+                self._params = backend.params_to_numpy(state.params)
+                self.updates = updates
                 callback(updates, loss)
 
+        check_fit(backend, self.net, X.shape[0])
         data = backend.prepare_data(self.net, X, T)
         state = TrainState(backend.prepare_params(self.net, self._params), updates=self.updates)
+        self.interrupted = False
         try:
-            interrupted = run_fit(backend, self.net, state, data, objective, optimizer, passes, log_every,
-                             self.history, on_log=report, record_start=not self.history)
+            self.interrupted = run_fit(backend, self.net, state, data, objective, optimizer, settings.passes,
+                                       settings.log_every, self.history, on_log=report,
+                                       record_start=not self.history)
         finally:
             # Whatever happened, keep what the backend reached (finite by construction).
             self._params = backend.params_to_numpy(state.params)
             self.updates = state.updates
             self.backend_name = backend.name
-        self.interrupted = interrupted
-        if verbose and interrupted:
-            print(f"Interrupted: stopped after pass {self.updates}; parameters and history kept.", flush=True)
+        if verbose and self.interrupted:
+            print(f"Interrupted by Ctrl-C: stopped at pass {self.updates} (a logging point); parameters and "
+                  "history up to it kept.", flush=True)
         return self
 
     # ------------------------------------------------------------- inference
     def _run(self, X, backend: Backend):
         X = check_inputs(X, self.net)
+        check_predict(backend, self.net, X.shape[0])
         params = backend.prepare_params(self.net, self._params)
         return backend.predict_output(self.net, params, backend.asarray(X, self.net.np_dtype))
 
@@ -157,6 +183,7 @@ class MLP:
         X = check_inputs(X, self.net)
         T = check_targets(y, self.net, X.shape[0])
         backend = get_backend()
+        check_predict(backend, self.net, X.shape[0], what="loss evaluation")
         data = backend.prepare_data(self.net, X, T)
         return backend.data_loss(self.net, backend.prepare_params(self.net, self._params), data)
 
@@ -174,7 +201,12 @@ class MLP:
         return float(np.mean(predicted == truth))
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | PathLike) -> None:
-        """Write the model to an ``.npz`` file (no pickles); ``nnx.load`` reads it back."""
+    def save(self, path: str | PathLike) -> Path:
+        """Write the model to an ``.npz`` file (no pickles) and return its path.
+
+        ``.npz`` is appended when ``path`` lacks it (``nnx.load`` follows the same
+        rule). The file is replaced atomically: a failed save leaves an older
+        file at ``path`` as it was.
+        """
         from .persistence import save_model
-        save_model(self, path)
+        return save_model(self, path)

@@ -5,7 +5,7 @@ override (a compiled loop, a CUDA graph) can take a whole network at once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -80,8 +80,12 @@ class TrainState:
 
     ``params`` are backend-native arrays, updated in place. ``updates`` counts
     the passes done so far, so schedules and resumed runs stay aligned.
+    ``scratch`` holds a backend's buffers for this fit (plans, workspaces): they
+    belong to the fit, never to the process-wide backend object, so fits in
+    several threads never share them. It is never saved.
     """
 
     params: list[tuple[object, object]]
     updates: int = 0
     optimizer_state: dict | None = None
+    scratch: dict = field(default_factory=dict, repr=False)

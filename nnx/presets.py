@@ -28,7 +28,7 @@ class Preset:
 
     def layer_sizes(self, X: np.ndarray, y: np.ndarray, hidden_units: int | None = None) -> list[int]:
         n_out = int(y.max()) + 1 if self.output == "softmax" else 1
-        return [X.shape[1], hidden_units or self.hidden_units, n_out]
+        return [X.shape[1], self.hidden_units if hidden_units is None else hidden_units, n_out]
 
 
 def _xor_targets() -> tuple[np.ndarray, np.ndarray]:

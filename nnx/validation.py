@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -48,24 +50,53 @@ def check_network(layer_sizes, hidden, output, init, dtype) -> Network:
     return Network(tuple(int(s) for s in sizes), hidden, output, check_dtype(dtype))
 
 
-def _finite_array(a, name: str) -> np.ndarray:
+def real_array(a, name: str) -> np.ndarray:
+    """``a`` as a NumPy array of real numbers (bool, integers or floats), without copying when possible."""
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{name} could not be read as an array: {exc}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name} must be real-valued; got dtype {arr.dtype}")
+        raise ValueError(f"{name} must be real-valued; got dtype {arr.dtype}. Pass the real part "
+                         f"({name}.real) if that is what you mean")
+    if arr.dtype.kind not in "biuf":  # object, text, bytes, dates and durations are not data
+        raise ValueError(f"{name} must be numeric (bool, integer or float); got dtype {arr.dtype}. "
+                         f"Convert it with np.asarray({name}, dtype=float)")
+    return arr
+
+
+def check_fits_dtype(arr: np.ndarray, name: str, dtype: np.dtype) -> None:
+    """Refuse values that would become infinity in ``dtype`` (1e39 in float32).
+
+    A value overflows when it reaches the dtype's largest number plus half a
+    unit in the last place (round to nearest), so that is the bound checked.
+    """
+    if not arr.size or not np.issubdtype(arr.dtype, np.floating):
+        return
+    target = np.finfo(dtype)
+    if np.finfo(arr.dtype).max <= target.max:
+        return
+    bound = arr.dtype.type(target.max) + arr.dtype.type(2.0) ** (target.maxexp - target.nmant - 2)
+    largest = max(abs(arr.max()), abs(arr.min()))
+    if largest >= bound:
+        def show(v):
+            return np.format_float_scientific(v, precision=2, unique=False)
+        raise ValueError(f"{name} has values beyond {dtype.name}'s range (largest magnitude {show(largest)}; "
+                         f"{dtype.name} holds up to {show(target.max)}): scale them down or use dtype='float64'")
+
+
+def _finite_array(a, name: str, dtype: np.dtype) -> np.ndarray:
+    arr = real_array(a, name)
     if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         kind = "NaN" if np.isnan(arr).any() else "infinity"
         raise ValueError(f"{name} contains {bad} non-finite value(s) ({kind}); remove or impute them first")
+    check_fits_dtype(arr, name, dtype)
     return arr
 
 
 def check_inputs(X, net: Network) -> np.ndarray:
-    arr = _finite_array(X, "X")
+    arr = _finite_array(X, "X", net.np_dtype)
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-D (samples, features); got {arr.ndim}-D shape {arr.shape}. "
                          "Reshape a single sample with X.reshape(1, -1).")
@@ -79,7 +110,7 @@ def check_inputs(X, net: Network) -> np.ndarray:
 
 def check_targets(y, net: Network, n_samples: int) -> np.ndarray:
     """Float targets of shape (N, C): one-hot for softmax, values for the other heads."""
-    arr = _finite_array(y, "y")
+    arr = _finite_array(y, "y", net.np_dtype)
     C = net.n_outputs
     if arr.ndim == 0 or arr.ndim > 2:
         raise ValueError(f"y must have shape (N,) or (N, {C}); got shape {arr.shape}")
@@ -107,8 +138,10 @@ def _class_targets(arr: np.ndarray, C: int) -> np.ndarray:
         if not (np.isin(arr, (0, 1)).all() and (arr.sum(axis=1) == 1).all()):
             raise ValueError("2-D y for the softmax head must be one-hot: each row a single 1, zeros elsewhere")
         return arr.astype(np.float64)
+    if arr.dtype == bool:  # False/True are the class ids 0 and 1
+        arr = arr.astype(np.intp)
     if not np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype == bool or not np.equal(np.mod(arr, 1), 0).all():
+        if not np.equal(np.mod(arr, 1), 0).all():
             raise ValueError(f"labels must be integer class ids in [0, {C}); got dtype {arr.dtype} "
                              "with non-integer values")
     if arr.size and (arr.min() < 0 or arr.max() >= C):
@@ -139,3 +172,38 @@ def check_count(value, name: str, *, minimum: int) -> int:
 
 def check_reduction(reduction) -> str:
     return check_choice(reduction, REDUCTIONS, "reduction")
+
+
+def check_seed(seed, name: str = "seed") -> int | None:
+    """``None`` (fresh entropy) or an integer NumPy's ``RandomState`` takes."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be an integer from 0 to 2**32 - 1; got {seed!r}")
+    return int(seed)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The validated numbers of one ``fit``: how long, how fast, what is minimised."""
+
+    passes: int
+    log_every: int
+    lr: float
+    l2: float
+    reduction: str
+
+
+def check_fit_settings(passes, lr, l2, reduction, log_every, *, names: Mapping[str, str] | None = None) -> FitSettings:
+    """Every training setting checked at once, by the same rules for ``fit`` and ``nnx train``.
+
+    ``names`` renames settings in messages (the CLI says ``--log-every``).
+    """
+    name = (lambda key: key) if names is None else (lambda key: names.get(key, key))
+    return FitSettings(
+        passes=check_count(passes, name("passes"), minimum=0),
+        log_every=check_count(log_every, name("log_every"), minimum=1),
+        lr=check_positive_finite(lr, name("lr")),
+        l2=check_non_negative_finite(l2, name("l2")),
+        reduction=check_reduction(reduction),
+    )

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import nnx
+import nnx.cli
+import nnx.presets
 from nnx.bench.tutorial_code import moons_tutorial
 
 
@@ -84,3 +86,99 @@ def test_unavailable_backend_is_a_clear_error():
     done = run_nnx("train", "--backend", "cupy")
     assert done.returncode == 2
     assert f"Backend 'cupy' is unavailable: {reason}" in done.stderr
+
+
+# ---------------------------------------------------------------- in-process runs of `nnx`
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `nnx ...` in this process (numpy backend): (exit code, stdout, stderr)."""
+    monkeypatch.setenv("NNX_BACKEND", "numpy")
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = nnx.cli.main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    yield run
+    nnx.set_backend(None)
+
+
+INVALID_VALUES = [
+    (("--hidden", "0"), "--hidden must be an integer >= 1; got 0"),
+    (("--hidden", "-3"), "--hidden must be an integer >= 1; got -3"),
+    (("--log-every", "0"), "--log-every must be an integer >= 1; got 0"),
+    (("--passes", "-5"), "--passes must be an integer >= 0; got -5"),
+    (("--passes", "0", "--lr", "nan"), "--lr must be a positive finite number; got nan"),
+    (("--lr", "0"), "--lr must be a positive finite number; got 0.0"),
+    (("--lr", "-1"), "--lr must be a positive finite number; got -1.0"),
+    (("--lr", "inf"), "--lr must be a positive finite number; got inf"),
+    (("--l2", "-0.5"), "--l2 must be a finite number >= 0; got -0.5"),
+    (("--l2", "nan"), "--l2 must be a finite number >= 0; got nan"),
+    (("--seed", "-1"), "--seed must be an integer from 0 to 2**32 - 1; got -1"),
+    (("--save", "/nonexistent/dir/x.npz"),
+     "cannot save to /nonexistent/dir/x.npz: the folder /nonexistent/dir does not exist; create it first"),
+]
+
+
+@pytest.mark.parametrize("args, message", INVALID_VALUES, ids=[" ".join(a) for a, _ in INVALID_VALUES])
+def test_invalid_values_fail_before_any_work_identically_in_every_preset(cli, monkeypatch, args, message):
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(nnx.backends, "get_backend", no_work)
+    monkeypatch.setattr(nnx.backends, "set_backend", no_work)
+    monkeypatch.setattr(nnx.cli, "MLP", no_work)
+    errors = set()
+    for preset in sorted(nnx.presets.PRESETS):
+        code, out, err = cli("train", "--preset", preset, *args)
+        assert (code, out) == (2, ""), (preset, out, err)
+        errors.add(err)
+    assert errors == {f"nnx: error: {message}\n"}
+
+
+def test_arguments_are_checked_before_the_numba_kernels_compile(cli, monkeypatch):
+    if nnx.available_backends()["numba"] is not None:
+        pytest.skip("numba unavailable here")
+    from nnx.backends.numba_backend import NumbaBackend
+
+    def no_compile(*_args, **_kwargs):
+        raise AssertionError("kernels compiled before the arguments were checked")
+
+    monkeypatch.setattr(NumbaBackend, "warm_up", no_compile)
+    for seam in ("train", "train_and_loss", "objective_value"):
+        monkeypatch.setattr(NumbaBackend, seam, no_compile)
+    for args in (("--lr", "0"), ("--hidden", "0"), ("--save", "/nonexistent/dir/m")):
+        code, out, err = cli("train", "--backend", "numba", *args)
+        assert code == 2 and out == "" and err.startswith("nnx: error: "), err
+
+
+def test_save_prints_the_path_it_wrote(cli, tmp_path):
+    code, out, err = cli("train", "--preset", "xor", "--passes", "10", "--save", str(tmp_path / "runsave"))
+    assert code == 0, err
+    assert f"saved to {tmp_path / 'runsave.npz'}\n" in out
+    assert os.listdir(tmp_path) == ["runsave.npz"]
+    assert nnx.load(tmp_path / "runsave").updates == 10
+
+
+def test_a_failed_save_is_a_clear_error_and_keeps_the_old_file(cli, tmp_path, monkeypatch):
+    path = tmp_path / "keep.npz"
+    old = nnx.MLP([2, 2, 1], hidden="sigmoid", output="sigmoid", init="uniform", seed=1)
+    old.save(path)
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    code, out, err = cli("train", "--preset", "xor", "--passes", "10", "--save", str(path))
+    monkeypatch.undo()
+    assert code == 1 and err == "nnx: error: [Errno 28] No space left on device\n"
+    assert "final training accuracy" in out
+    assert np.array_equal(nnx.load(path).params[0][0], old.params[0][0]) and nnx.load(path).updates == 0
+
+
+def test_hidden_units_option_is_used_as_given(cli):
+    code, out, _ = cli("train", "--preset", "xor", "--hidden", "5", "--passes", "1")
+    assert code == 0 and "network 2-5-1 (sigmoid/sigmoid" in out

@@ -120,3 +120,89 @@ def test_set_params_rejects_wrong_shapes_and_nan(model):
     with pytest.raises(ValueError, match=r"expected 2 \(W, b\) pairs"):
         model.set_params([(W1, b1)])
     assert_untouched(model, before)
+
+
+def test_metrics_is_reachable_after_import_nnx():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import nnx; print(nnx.metrics.clipped_cross_entropy([[0.5, 0.5]], [1]))"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == pytest.approx(-np.log(0.5 + 1e-8) / 2, rel=1e-15)
+
+
+@pytest.mark.parametrize("where", ["X", "y"])
+def test_values_beyond_float32_are_refused_before_any_work(where):
+    X, y = nnx.datasets.moons(20, seed=0)
+    y = X[:, 0].copy()
+    model = nnx.MLP([2, 3, 1], output="identity", dtype="float32")
+    before = model.params
+    bad_X, bad_y = X.copy(), y.copy()
+    (bad_X if where == "X" else bad_y)[3] = 1e39
+    with pytest.raises(ValueError, match=rf"{where} has values beyond float32's range \(largest magnitude "
+                                         r"1\.00e\+39; float32 holds up to 3\.40e\+38\).*dtype='float64'"):
+        model.fit(bad_X, bad_y, passes=1)
+    assert_untouched(model, before)
+    with pytest.raises(ValueError, match=r"X has values beyond float32's range"):
+        model.predict(bad_X if where == "X" else np.full((1, 2), -1e39))
+    # the same values are fine in a float64 model, and float32's own largest value fits
+    nnx.MLP([2, 3, 1], output="identity").fit(bad_X if where == "X" else X, y, passes=0)
+    edge = X.copy()
+    edge[0, 0] = float(np.finfo(np.float32).max)
+    model.predict(edge)
+
+
+def test_float32_range_bound_is_where_the_cast_overflows():
+    """The refusal matches the cast exactly: a value that rounds to float32's max is kept."""
+    top = float(np.finfo(np.float32).max)
+    half_ulp = 2.0 ** 103
+    model = nnx.MLP([1, 2, 1], output="identity", dtype="float32")
+    below = np.nextafter(top + half_ulp, 0.0)
+    assert np.isfinite(np.float32(below))
+    model.predict(np.array([[below]]))
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float32(top + half_ulp))
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        model.predict(np.array([[top + half_ulp]]))
+
+
+def test_set_params_refuses_complex_and_out_of_range_values(model):
+    before = model.params
+    (W1, b1), (W2, b2) = before
+    with pytest.raises(ValueError, match=r"layer 0 W must be real-valued; got dtype complex128"):
+        model.set_params([(W1 + 1j, b1), (W2, b2)])
+    model32 = nnx.MLP([2, 3, 2], dtype="float32")
+    before32 = model32.params
+    with pytest.raises(ValueError, match=r"layer 1 b has values beyond float32's range"):
+        model32.set_params([(W1, b1), (W2, np.array([0.0, 1e39]))])
+    with pytest.raises(ValueError, match=r"layer 0 W must be numeric"):
+        model.set_params([(W1.astype(str), b1), (W2, b2)])
+    assert_untouched(model, before)
+    assert_untouched(model32, before32)
+
+
+def test_complex_inputs_and_targets_are_refused(moons, model):
+    X, y = moons
+    before = model.params
+    with pytest.raises(ValueError, match=r"X must be real-valued; got dtype complex128"):
+        model.fit(X + 0j, y, passes=1)
+    with pytest.raises(ValueError, match=r"y must be real-valued"):
+        model.fit(X, y + 0j, passes=1)
+    assert_untouched(model, before)
+
+
+def test_bool_labels_are_class_ids_0_and_1(moons):
+    X, y = moons
+    as_bool = nnx.MLP([2, 3, 2]).fit(X, y.astype(bool), passes=20, lr=0.1)
+    as_int = nnx.MLP([2, 3, 2]).fit(X, y, passes=20, lr=0.1)
+    for (W, b), (W0, b0) in zip(as_bool.params, as_int.params):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)
+    assert as_bool.accuracy(X, y.astype(bool)) == as_int.accuracy(X, y)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "0", True])
+def test_constructor_rejects_bad_seeds(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer from 0 to 2\*\*32 - 1"):
+        nnx.MLP([2, 3, 2], seed=seed)

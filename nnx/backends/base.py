@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import OutOfMemoryError
 from ..network import GradientDescent, Network, Objective, TrainState
 
 
@@ -64,8 +65,18 @@ class Backend:
         return np.asarray(a)
 
     def prepare_data(self, net: Network, X: np.ndarray, T: np.ndarray) -> Data:
-        """Move validated NumPy data to the backend once per ``fit``."""
-        return Data(self.asarray(X, net.np_dtype), self.asarray(T, net.np_dtype))
+        """Move validated NumPy data to the backend once per ``fit``.
+
+        The arrays handed on are always writeable: compiled kernels (Numba)
+        treat a read-only array as a different type and would compile a second
+        specialisation for it (tens of seconds cold). A read-only input of the
+        right dtype and layout is copied; any other input is converted anyway.
+        """
+        return Data(self._writeable(self.asarray(X, net.np_dtype)), self._writeable(self.asarray(T, net.np_dtype)))
+
+    @staticmethod
+    def _writeable(a):
+        return a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
 
     def prepare_params(self, net: Network, params) -> list[tuple[object, object]]:
         return [(self.asarray(W, net.np_dtype), self.asarray(b, net.np_dtype)) for W, b in params]
@@ -231,6 +242,14 @@ class Backend:
                     self.gd_update(b, db, optimizer.lr, 0.0, None)
                 state.updates += 1
 
+    def train_and_loss(self, net: Network, state: TrainState, data: Data, objective: Objective,
+                       optimizer: GradientDescent, passes: int) -> float:
+        """``train``, then ``objective_value`` at the new parameters: the training
+        driver's step between logging points. Backends that compute the loss inside
+        their compiled loop override this to make it one call."""
+        self.train(net, state, data, objective, optimizer, passes)
+        return self.objective_value(net, state.params, data, objective)
+
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
         """Tutorial 003's logged figure: (summed data loss + l2/2 * sum(W**2)) / N."""
         with self.quiet_floating_point():
@@ -250,6 +269,33 @@ class Backend:
         """Head outputs (probabilities or values) for X, as a backend array."""
         with self.quiet_floating_point():
             return self.forward(net, params, X)[-1]
+
+    # ---------------------------------------------------------------- memory
+    def fit_bytes(self, net: Network, n_samples: int) -> int:
+        """Peak memory of a fit on this backend: the data in the backend's dtype, the
+        workspace (activations, deltas and scratch, N x each width; gradients), the
+        loss evaluation's forward, and three parameter copies (the model's, the
+        driver's snapshot per interval and its divergence replay)."""
+        n_params = sum((i + 1) * o for i, o in net.layer_shapes())
+        widths = sum(net.layer_sizes[1:])
+        data = n_samples * (net.n_inputs + net.n_outputs)
+        workspace = 3 * n_samples * widths + 2 * n_params
+        loss = n_samples * widths + 3 * n_samples * net.n_outputs
+        return net.np_dtype.itemsize * (data + workspace + loss + 3 * n_params)
+
+    def predict_bytes(self, net: Network, n_samples: int) -> int:
+        """Peak memory of a prediction: the inputs and every layer's outputs (N x each width)."""
+        n_params = sum((i + 1) * o for i, o in net.layer_shapes())
+        return net.np_dtype.itemsize * (n_samples * (net.n_inputs + sum(net.layer_sizes[1:])) + n_params)
+
+    def available_bytes(self) -> int | None:
+        """Memory free for this backend's arrays now (None where it cannot be known)."""
+        from ..memory import host_available_bytes
+
+        return host_available_bytes()
+
+    def out_of_memory_error(self, what: str, needed: int, available: int, advice: str) -> Exception:
+        return OutOfMemoryError(what, needed, available, advice)
 
     def __repr__(self) -> str:
         return f"<nnx backend {self.name!r}>"

@@ -17,9 +17,11 @@ the CLI and benchmarks can show compile time apart from run time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +35,11 @@ FUSED_MAX_DIM = 8
 # amortise the per-row reductions over samples (64 samples for H=4096 measured best).
 BLOCK_ELEMS = 800_000
 MAX_BLOCK = 512
+# Numba's default ``workqueue`` threading layer aborts the process when two threads
+# enter parallel regions at once; nnx runs its parallel kernels one at a time.
+_PARALLEL_LOCK = threading.Lock()
+# Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
+COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
 PARALLEL_MIN_WORK = 1 << 20
 MAX_CHUNKS = 16
@@ -66,6 +73,12 @@ class _Plan:
     mlp1_bs: int = 0
     mlp1_chunks: int = 1
     mlp1_chunk_len: int = 0
+    # the compiled entry point this plan runs (a name in cpu_mlp1 or cpu_train), and
+    # whether it runs chunks on several threads
+    kernel: str = ""
+    parallel: bool = False
+    # the data in the layout the kernels read, made once per fit
+    _bound: tuple = field(default=(), repr=False)
 
     @property
     def first_fused(self) -> bool:
@@ -74,6 +87,31 @@ class _Plan:
     @property
     def head_fused(self) -> bool:
         return bool(self.unit_kind[-1] == 1)
+
+    def weights(self) -> list[np.ndarray]:
+        return [self.theta[w0:b0] for w0, b0 in zip(self.w_off, self.b_off)]
+
+    def feature_major(self, data: Data) -> tuple[np.ndarray, np.ndarray]:
+        """(XT, TT): the inputs and targets feature-major where fused kernels read them.
+
+        The one-hidden-layer kernel reads them padded to whole vector blocks with
+        copies of real samples (finite wherever the data is; their gradient is
+        set to 0). Made once per fit and data set, not once per interval.
+        """
+        if self._bound and self._bound[0] is data:
+            return self._bound[1], self._bound[2]
+        X, T = data.X, data.T
+        if self.mlp1:
+            padded = -(-data.n_samples // MLP1_GRANULE) * MLP1_GRANULE
+            pad = np.arange(padded) % data.n_samples
+            XT = np.ascontiguousarray(X[pad].T)
+            TT = np.ascontiguousarray(T[pad].T)
+        else:
+            dummy = np.zeros((1, 1), X.dtype)
+            XT = np.ascontiguousarray(X.T) if self.first_fused else dummy
+            TT = np.ascontiguousarray(T.T) if self.head_fused else dummy
+        self._bound = (data, XT, TT)
+        return XT, TT
 
     def load(self, params) -> None:
         for layer, (W, b) in enumerate(params):
@@ -143,8 +181,11 @@ def _mlp1_split(n_in: int, hidden: int, n_out: int, n_samples: int) -> tuple[int
     return bs, -(-padded // chunk_len), chunk_len
 
 
-def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM) -> _Plan:
-    """Lay out parameters, choose paths and blocks, and allocate every buffer once."""
+def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, *, allocate: bool = True):
+    """Lay out parameters, choose paths and blocks, and allocate every buffer once.
+
+    With ``allocate=False``, only the bytes those buffers would take (memory checks).
+    """
     dtype = net.np_dtype
     sizes = np.asarray(net.layer_sizes, dtype=np.int64)
     n_layers = net.n_layers
@@ -202,6 +243,19 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM) 
         max_chunks = chunks
         max_scratch = bs * (shapes[0][1] + 2 * shapes[1][1] + 3)
         pg_size = n_params
+    if mlp1:
+        fast = shapes[0][0] == 2 and shapes[1][1] == 2 and net.output == "softmax" and net.hidden == "tanh"
+        kernel = "train_2x2" if fast else "train_any"
+        parallel = chunks > 1
+    else:
+        parallel = max_chunks > 1
+        kernel = "train_passes"
+    # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
+    buffers = {"theta": (n_params,), "grads": (n_params,), "acts": (n_stored,), "deltas": (n_stored,),
+               "scratch": (_max_threads() if max_chunks > 1 else 1, max_scratch),
+               "pg": (max_chunks if max_chunks > 1 else 1, max(pg_size, 1))}
+    if not allocate:
+        return sum(int(np.prod(shape)) for shape in buffers.values()) * dtype.itemsize
     i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
     return _Plan(
         sizes=sizes, codes=i64(codes), head=HEAD_CODES[net.output],
@@ -209,13 +263,10 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM) 
         unit_kind=i64([u[0] for u in units]), unit_t0=i64([u[1] for u in units]),
         unit_t1=i64([u[2] for u in units]), unit_bs=i64(unit_bs), unit_chunks=i64(unit_chunks),
         unit_chunk_len=i64(unit_chunk_len),
-        theta=np.zeros(n_params, dtype), grads=np.zeros(n_params, dtype),
-        acts=np.zeros(n_stored, dtype), deltas=np.zeros(n_stored, dtype),
-        # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
-        scratch=np.zeros((_max_threads() if max_chunks > 1 else 1, max_scratch), dtype),
-        pg=np.zeros((max_chunks if max_chunks > 1 else 1, max(pg_size, 1)), dtype),
+        **{name: np.zeros(shape, dtype) for name, shape in buffers.items()},
         mlp1=mlp1, mlp1_bs=bs if mlp1 else 0, mlp1_chunks=chunks if mlp1 else 1,
         mlp1_chunk_len=chunk_len if mlp1 else 0,
+        kernel=kernel + ("_parallel" if parallel else ""), parallel=parallel,
     )
 
 
@@ -237,71 +288,138 @@ class NumbaBackend(Backend):
     def quiet_floating_point(self):
         return np.errstate(all="ignore")
 
-    def plan(self, net: Network, n_samples: int) -> _Plan:
-        """The cached plan for this network and batch size (rebuilt when either changes)."""
+    def plan(self, net: Network, n_samples: int, state: TrainState | None = None) -> _Plan:
+        """The plan for this network and batch size: kept in ``state`` for the rest of a fit
+        (a fit's buffers are its own, so fits in several threads never share them)."""
         key = (net, n_samples, self.fused_max_dim)
-        if self._plan_key != key:
-            self._plan = make_plan(net, n_samples, self.fused_max_dim)
-            self._plan_key = key
-        return self._plan
+        cached = state.scratch.get("numba_plan") if state is not None else None
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plan = make_plan(net, n_samples, self.fused_max_dim)
+        if state is not None:
+            state.scratch["numba_plan"] = (key, plan)
+        return plan
 
     def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
               optimizer: GradientDescent, passes: int) -> None:
         """``passes`` updates in one compiled call; optimisers other than plain GD use the base loop."""
         if type(optimizer) is not GradientDescent:
             return super().train(net, state, data, objective, optimizer, passes)
-        if passes <= 0:
-            return
-        plan = self.plan(net, data.n_samples)
+        if passes > 0:
+            self._train(net, state, data, objective, optimizer.lr, passes, want_loss=False)
+
+    def train_and_loss(self, net: Network, state: TrainState, data: Data, objective: Objective,
+                       optimizer: GradientDescent, passes: int) -> float:
+        """The passes and the loss at the new parameters in one compiled call."""
+        if type(optimizer) is not GradientDescent:
+            return super().train_and_loss(net, state, data, objective, optimizer, passes)
+        return self._train(net, state, data, objective, optimizer.lr, passes, want_loss=True)
+
+    def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
+        return self._train(net, TrainState(params), data, objective, 0.0, 0, want_loss=True)
+
+    def data_loss(self, net: Network, params, data: Data) -> float:
+        return self._train(net, TrainState(params), data, Objective(), 0.0, 0, want_loss=True)
+
+    def predict_output(self, net: Network, params, X):
+        """Head outputs from the compiled fused forward where the network has one
+        (no N x H activations); small problems, where NumPy's forward takes
+        microseconds, and deeper networks take the reference forward."""
+        n = int(X.shape[0])
+        plan = make_plan(net, n, self.fused_max_dim) if n * max(net.layer_sizes) >= COMPILED_PREDICT_MIN else None
+        if plan is None or not plan.mlp1:
+            return super().predict_output(net, params, X)
+        from ..kernels import cpu_mlp1
+
+        plan.load(params)
+        n_in, hidden, n_out = (int(v) for v in plan.sizes)
+        XT = np.ascontiguousarray(X.T)
+        out = np.empty((n_out, n), net.np_dtype)
+        common = (n, n_in, hidden, n_out, int(plan.codes[0]), plan.head)
+        with self.quiet_floating_point():
+            if plan.parallel:
+                with _PARALLEL_LOCK:
+                    cpu_mlp1.predict_parallel(*common, plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs,
+                                              plan.theta, XT, plan.scratch, out)
+            else:
+                cpu_mlp1.predict(*common, plan.mlp1_bs, plan.theta, XT, plan.scratch, out)
+        return np.ascontiguousarray(out.T)
+
+    # ---------------------------------------------------------------- memory
+    def fit_bytes(self, net: Network, n_samples: int) -> int:
+        """The plan's buffers, the data twice (as given and feature-major, padded) and three
+        parameter copies: the loss is computed inside the compiled loop, so no N x H forward."""
+        n_params = sum((i + 1) * o for i, o in net.layer_shapes())
+        padded = -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE
+        per_sample = net.n_inputs + net.n_outputs
+        plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
+        return plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+
+    def predict_bytes(self, net: Network, n_samples: int) -> int:
+        if n_samples * max(net.layer_sizes) < COMPILED_PREDICT_MIN or layer_paths(net, self.fused_max_dim) != [
+                "fused", "fused"]:
+            return super().predict_bytes(net, n_samples)
+        plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
+        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs)
+
+    def _train(self, net: Network, state: TrainState, data: Data, objective: Objective, lr: float, passes: int,
+               want_loss: bool) -> float:
+        plan = self.plan(net, data.n_samples, state)
         plan.load(state.params)
-        self._run(plan, net, data.X, data.T, objective, optimizer.lr, passes)
-        plan.store(state.params)
-        state.updates += passes
+        data_loss = self._run(plan, net, data, objective, lr, passes, want_loss)
+        if passes:
+            plan.store(state.params)
+            state.updates += passes
+        if not want_loss:
+            return float("nan")
+        with self.quiet_floating_point():  # an overflowing penalty is a non-finite loss, reported by the driver
+            return (data_loss + l2_penalty(plan, objective.l2)) / data.n_samples
 
-    def _run(self, plan: _Plan, net: Network, X, T, objective: Objective, lr: float, passes: int) -> None:
-        from ..kernels import cpu_train
+    def _run(self, plan: _Plan, net: Network, data: Data, objective: Objective, lr: float, passes: int,
+             want_loss: bool) -> float:
+        """The compiled call; returns the summed data loss at the new parameters when asked."""
+        from ..kernels import cpu_mlp1, cpu_train
 
-        dtype = net.np_dtype
-        scale = 1.0 if objective.reduction == "sum" else 1.0 / X.shape[0]
-        hyper = np.array([lr, objective.l2, scale], dtype=dtype)
+        n = data.n_samples
+        scale = 1.0 if objective.reduction == "sum" else 1.0 / n
+        hyper = np.array([lr, objective.l2, scale], dtype=net.np_dtype)
+        XT, TT = plan.feature_major(data)
         if plan.mlp1:
-            from ..kernels import cpu_mlp1
-
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
-            n = X.shape[0]
-            padded = -(-n // MLP1_GRANULE) * MLP1_GRANULE
-            # padding: copies of real samples (finite wherever the data is), gradient set to 0
-            pad = np.arange(padded) % n
-            XT = np.ascontiguousarray(X[pad].T, dtype)
-            TT = np.ascontiguousarray(T[pad].T, dtype)
-            cpu_mlp1.mlp1_train(
-                passes, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
-                plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch,
-                plan.pg, plan.w_off, plan.b_off, plan.sizes[1:], hyper)
-            return
-        dummy = np.zeros((1, 1), dtype)
-        XT = np.ascontiguousarray(X.T) if plan.first_fused else dummy
-        TT = np.ascontiguousarray(T.T) if plan.head_fused else dummy
-        cpu_train.train_passes(
-            passes, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off, plan.pg_off,
-            plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks, plan.unit_chunk_len,
-            plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas, plan.scratch, plan.pg, hyper,
-        )
+            kernel = getattr(cpu_mlp1, plan.kernel)
+            args = (passes, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
+                    plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
+                    plan.w_off, plan.b_off, plan.sizes[1:], hyper)
+        else:
+            kernel = getattr(cpu_train, plan.kernel)
+            args = (passes, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
+                    plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
+                    plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
+                    plan.scratch, plan.pg, hyper)
+        with _PARALLEL_LOCK if plan.parallel else contextlib.nullcontext():
+            return float(kernel(*args))
 
     def warm_up(self, net: Network, n_samples: int = 8) -> float:
-        """Compile (or load from cache) the kernels for ``net``'s dtype; returns the seconds spent.
+        """Compile (or load from cache) the kernel ``net`` trains with; returns the seconds spent.
 
-        Compilation depends only on the dtype, not on sizes or activations, so a
-        tiny batch with zero passes is enough. The CLI and benchmarks call this
-        before timing so compile time is reported apart from run time.
+        One kernel serves every size of a path (2x2 tanh, any one-hidden-layer
+        net, deeper nets), serial or chunked across threads, so ``n_samples``
+        should be the fit's own. The CLI and benchmarks call this before timing
+        so compile time is reported apart from run time.
         """
         start = time.perf_counter()
-        plan = make_plan(net, n_samples, self.fused_max_dim)
-        dtype = net.np_dtype
-        X = np.zeros((n_samples, net.n_inputs), dtype)
-        T = np.zeros((n_samples, net.n_outputs), dtype)
-        self._run(plan, net, X, T, Objective(), 0.0, 0)
+        X = np.zeros((n_samples, net.n_inputs), net.np_dtype)
+        T = np.zeros((n_samples, net.n_outputs), net.np_dtype)
+        self._run(make_plan(net, n_samples, self.fused_max_dim), net, self.prepare_data(net, X, T), Objective(),
+                  0.0, 0, want_loss=True)
         return time.perf_counter() - start
+
+
+def l2_penalty(plan: _Plan, l2: float) -> float:
+    """l2/2 * sum(W**2) over every weight matrix (biases take no L2), as the reference computes it."""
+    if not l2:
+        return 0.0
+    return l2 / 2 * sum(float((w * w).sum()) for w in plan.weights())
 
 
 def _configure_threading() -> None:
