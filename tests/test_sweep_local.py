@@ -235,3 +235,22 @@ def test_pool_holds_back_jobs_that_do_not_fit_beside_the_running_ones():
     assert pool._next(deque([big, small_job]), [half]) is small_job  # 50 + 70 > 100, 50 + 20 fits
     assert pool._next(deque([big]), [half]) is None
     assert pool._next(deque([big]), [small_job, gpu]) is big         # 20 + 70 fits
+
+
+def test_configurations_too_large_are_refused_by_name_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.setenv(MARKERS, str(tmp_path))
+    wide, samples = 1 << 22, 1 << 14
+    axes = small(hidden=[3, wide, 2 * wide], samples=samples)
+    with pytest.raises(nnx.OutOfMemoryError) as refused:
+        run_sweep(axes, LocalPool(2), out=tmp_path / "out", job=crashing_job)
+    message = str(refused.value)
+    assert message.startswith("2 configuration(s) of this sweep cannot fit in memory:")
+    lines = message.splitlines()[1:3]
+    for line, hidden in zip(lines, (wide, 2 * wide)):
+        assert line.startswith(f"  hidden {hidden}: needs ") and line.endswith("available (backend numpy)")
+        need = float(line.split("needs ")[1].split(" GiB")[0]) * 2**30
+        assert need >= samples * hidden * 8  # at least its N x H float64 activations
+    assert "hidden 3:" not in message and "Nothing was run." in message
+    assert refused.value.needed >= samples * 2 * wide * 8
+    assert not list(tmp_path.glob("*.*"))  # no job started: crashing_job leaves a marker per attempt
+    assert not list((tmp_path / "out").glob("jobs/*.json"))

@@ -91,8 +91,6 @@ class DaskPool(Executor):
         return {"GPU": 1} if self.gpus and task.config.backend in GPU_BACKENDS else None
 
     def call(self, fn, *args):
-        if self.local:
-            return fn(*args)
         self.start()
         return self.client.submit(fn, *args, pure=False, resources={"GPU": 1} if self.gpus else None).result()
 

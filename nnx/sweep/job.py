@@ -20,8 +20,10 @@ from .. import __version__
 from ..backends import use_backend
 from ..errors import NonFiniteLossError
 from ..model import MLP
+from ..network import Network
+from ..validation import check_network
 from .config import JobConfig
-from .data import Dataset
+from .data import Dataset, test_count
 
 # A backend object is shared by every fit in its process and keeps per-network buffers,
 # and Numba's workqueue threads take one parallel call at a time: fits in one process
@@ -50,10 +52,23 @@ def failed_record(config: JobConfig, message: str, attempts: int = 1) -> dict:
     return _record(config, status=FAILED, message=message, attempts=attempts)
 
 
+OUTPUT, INIT = "softmax", "normal_fan_in"  # tutorial 003's head and initial draw
+
+
 def build_model(config: JobConfig, data: Dataset) -> MLP:
     """The network a configuration describes, at its initial parameters."""
     return MLP(config.layer_sizes(data.n_features, data.n_classes), hidden=config.activation,
-               output="softmax", init="normal_fan_in", seed=config.seed, dtype=config.dtype)
+               output=OUTPUT, init=INIT, seed=config.seed, dtype=config.dtype)
+
+
+def network(config: JobConfig, data: Dataset) -> Network:
+    """The plain description of that network (no parameters drawn), for the memory check."""
+    return check_network(config.layer_sizes(data.n_features, data.n_classes), config.activation, OUTPUT, INIT,
+                         config.dtype)
+
+
+def training_samples(config: JobConfig, data: Dataset) -> int:
+    return data.n_samples - (0 if config.test_size is None else test_count(config.test_size, data.n_samples))
 
 
 @contextlib.contextmanager
@@ -73,7 +88,7 @@ def _machine_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _warm_up(backend, net) -> float:
+def _warm_up(backend, net: Network, n_samples: int) -> float:
     """Load the backend's compiled kernels for ``net`` (seconds spent; near 0 once loaded).
 
     Workers that start together take turns, so on a cold cache one compiles and
@@ -84,7 +99,7 @@ def _warm_up(backend, net) -> float:
         return 0.0
     start = time.perf_counter()
     with _machine_lock("compile"):
-        warm_up(net, 8)  # kernels depend on the dtype and layout, not on the sample count
+        warm_up(net, n_samples)
     return time.perf_counter() - start
 
 
@@ -110,7 +125,7 @@ def _fit(config: JobConfig, data: Dataset) -> tuple[dict, MLP]:
     X, y, X_test, y_test = data.split(config.test_size, config.data_seed)
     model = build_model(config, data)
     with use_backend(config.backend) as backend:
-        compile_seconds = _warm_up(backend, model.net)
+        compile_seconds = _warm_up(backend, model.net, X.shape[0])
         status, message = OK, None
         start = time.perf_counter()
         try:

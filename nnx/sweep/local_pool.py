@@ -17,6 +17,7 @@ import signal
 from collections import Counter, deque
 from multiprocessing.connection import wait
 
+from ..memory import host_available_bytes
 from .executor import RETRIES, Executor, JobFunction, ResultHandler, Task, default_workers, environment, thread_caps
 from .job import failed_record
 
@@ -95,8 +96,9 @@ class _Worker:
 class LocalPool(Executor):
     """``workers`` spawned processes, each capped at ``threads_per_worker`` threads.
 
-    ``memory_budget`` (bytes) holds back a job while the jobs running would need
-    more than that together; a job is never held back when nothing else runs.
+    ``memory_budget`` (bytes; default: the host memory available when the run
+    starts) holds back a CPU job while the CPU jobs running would need more
+    than that together; a job is never held back when nothing else runs.
     GPU jobs run ``gpu_slots`` at a time (nnx's CuPy backend uses the current
     device), CPU jobs beside them as usual.
     """
@@ -127,16 +129,32 @@ class LocalPool(Executor):
         while len(self._pool) < min(self.workers, len(tasks)):
             self._spawn()
 
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` in a worker (the first; started if need be) and return its result."""
+        if not self._pool:
+            self._spawn()
+        worker = self._pool[0]
+        worker.conn.send((fn, args))
+        try:
+            result = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.process.join(_STOP_SECONDS)
+            raise RuntimeError(f"a sweep worker {_death(worker.process.exitcode)} while checking the "
+                               "configurations before the first job") from None
+        if isinstance(result, dict) and set(result) == {"error"}:
+            raise RuntimeError(f"checking the configurations failed in a worker: {result['error']}")
+        return result
+
     def _next(self, queue: deque, running: list[Task]) -> Task | None:
-        """The largest queued task that fits beside the running ones (memory, GPU slots)."""
+        """The largest queued task that fits beside the running ones (host memory, GPU slots)."""
         if not running:
             return queue.popleft()
-        in_use = sum(t.memory for t in running)
+        in_use = sum(t.memory for t in running if not t.gpu)
         gpus_busy = sum(t.gpu for t in running)
         for task in queue:
-            if self.memory_budget and in_use + task.memory > self.memory_budget:
-                continue
             if task.gpu and gpus_busy >= self.gpu_slots:
+                continue
+            if not task.gpu and self.memory_budget and in_use + task.memory > self.memory_budget:
                 continue
             queue.remove(task)
             return task
@@ -144,6 +162,8 @@ class LocalPool(Executor):
 
     def run(self, tasks: list[Task], job: JobFunction, on_result: ResultHandler) -> None:
         queue = deque(sorted(tasks, key=lambda t: -t.cost))
+        if self.memory_budget is None:
+            self.memory_budget = host_available_bytes()
         deaths: Counter[str] = Counter()
         graceful = False
         try:

@@ -7,16 +7,20 @@ at the end whatever happened, Ctrl-C included.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import data, preflight
 from .axes import Axes
 from .config import JobConfig
 from .executor import Executor, JobFunction, Task
-from .job import FAILED, run_job
+from .job import FAILED, network, run_job, training_samples
 from .records import SweepRecords
 from .store import ResultStore, pending_record
+from .table import job_label
 
 ProgressHandler = Callable[[dict, int, int], None]
 # Called once the sweep is planned, before any check or job: (configs, datasets by hash, reused count).
@@ -29,6 +33,22 @@ class SweepInterrupted(KeyboardInterrupt):
     def __init__(self, records: SweepRecords, resume: str):
         super().__init__(resume)
         self.records = records
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so a result is never stored without being counted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def job_cost(config: JobConfig, dataset: data.Dataset) -> float:
@@ -54,6 +74,7 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
     raising. ``job`` is the job function (module-level, so it can be sent to workers).
     """
     configs, datasets = plan(axes)
+    varying = axes.varying()
     store = ResultStore(out) if out is not None else None
     results: dict[str, dict] = {}
     if store is not None:
@@ -84,11 +105,12 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
     def on_result(task: Task, result: dict) -> None:
         record = result["record"]
         model = result.get("model") if record["status"] != FAILED else None
-        if store is not None:
-            store.save(record, model if keep_models else None)
-        results[task.key] = record
-        if keep_models and model is not None:
-            models[task.key] = model
+        with _interrupt_deferred():  # stored and counted, or neither
+            if store is not None:
+                store.save(record, model if keep_models else None)
+            results[task.key] = record
+            if keep_models and model is not None:
+                models[task.key] = model
         if progress is not None:
             progress(record, len(results), len(configs))
 
@@ -101,6 +123,12 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
                       gpu=on_gpu.get(c.key, False)) for c in todo]
         try:
             executor.start(tasks)
+            needs = executor.call(preflight.memory_needs, [
+                (t.key, t.config.backend, network(t.config, t.data), training_samples(t.config, t.data))
+                for t in tasks])
+            preflight.refuse_too_large(needs, {t.key: job_label(t.config.as_dict(), varying) for t in tasks})
+            for t in tasks:
+                t.memory = needs[t.key]["need"]
             executor.run(tasks, job, on_result)
         except KeyboardInterrupt:
             records = finish()

@@ -7,8 +7,8 @@ Layout of the output folder::
     summary.csv        one row per configuration of the last sweep, whatever its status
     summary.json       the same records as JSON
 
-Every file is written with ``nnx.fileio.atomic_write``, the model before the
-record, so a record on disk always means a complete result (and its model, when
+Every file is written atomically (``nnx.fileio.atomic_write``; models through
+``MLP.save``), the model before the record, so a record on disk always means a complete result (and its model, when
 one was kept): a sweep killed at any moment resumes from what is there.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..fileio import atomic_write
-from ..persistence import load, save_model
+from ..persistence import load
 from .config import CONFIG_FIELDS
 from .job import FINISHED, RESULT_FIELDS, RUN_FIELDS
 
@@ -64,8 +64,7 @@ class ResultStore:
 
     def save(self, record: dict, model=None) -> None:
         if model is not None:
-            with atomic_write(self.model_path(record["key"]), "wb") as handle:
-                save_model(model, handle)
+            model.save(self.model_path(record["key"]))  # atomic, like every file nnx writes
         with atomic_write(self.record_path(record["key"]), "w") as handle:
             json.dump(record, handle, indent=1, sort_keys=True, allow_nan=False)
             handle.write("\n")
