@@ -21,7 +21,8 @@ QUIT_WORDS = ("q", "quit", "exit")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
+    parser.description = __doc__.replace("``", "")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.set_defaults(run=run)
     parser.add_argument("--passes", type=int, default=DRIVER_EPOCHS,
                         help=f"training epochs (default: {DRIVER_EPOCHS:,}, the tutorial driver's)")

@@ -48,7 +48,7 @@ def test_size(text: str) -> float | int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
+    parser.description = __doc__.replace("``", "")
     parser.set_defaults(run=run)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
