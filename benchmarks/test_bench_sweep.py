@@ -15,7 +15,7 @@ and small sizes, untimed, to prove they work.
 """
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 import time
@@ -38,15 +38,32 @@ LARGE = {"tiny": dict(hidden=[16, 32, 64], samples=256, passes=10),
          "full": dict(hidden=[1024, 4096, 16384], samples=4096, passes=100)}
 
 
-def nnx_sweep(args: list[str], out) -> float:
-    """Wall seconds of one ``nnx sweep`` run into a fresh folder (no result reused)."""
+def nnx_sweep(args: list[str], out, job_seconds: list | None = None) -> float:
+    """Wall seconds of one ``nnx sweep`` run into a fresh folder (no result reused).
+
+    ``job_seconds`` receives each job's own fit time, as its worker measured it.
+    """
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "nnx", "sweep", *args, "--out", str(out)], capture_output=True,
                           text=True, timeout=3600)
     elapsed = time.perf_counter() - start
     assert done.returncode == 0, done.stderr
-    assert "status" in done.stdout and " ok" in done.stdout
+    records = json.loads((out / "summary.json").read_text())["records"]
+    assert all(r["status"] == "ok" for r in records), done.stdout
+    if job_seconds is not None:
+        job_seconds[:] = [r["seconds"] for r in records]
     return elapsed
+
+
+def tutorial_code_seconds(passes: int) -> float:
+    """Tutorial 003's own NumPy code for the same 8 fits (hidden 0 as its loop without the hidden layer)."""
+    from nnx.bench.tutorial_code import moons_tutorial
+
+    X, y = nnx.datasets.moons(200, 0.2, 0)
+    start = time.perf_counter()
+    for hidden in (1, 2, 3, 4, 5, 20, 50):
+        moons_tutorial(X, y, hidden, passes)
+    return time.perf_counter() - start
 
 
 def _rounds(benchmark, fn, rounds: int) -> None:
@@ -59,9 +76,14 @@ def test_bench_tutorial_sweep_end_to_end(benchmark, bench_config, tmp_path):
         nnx_sweep(args, tmp_path / "warm")  # compiles or loads the kernels once: the cache is warm after it
     runs = iter(range(1_000))
     benchmark.group = "sweep tutorial-003"
+    jobs: list[float] = []
     benchmark.extra_info.update({"command": "nnx sweep " + " ".join(args), "configurations": 8,
                                  "usable_cores": usable_cores(), "size_set": bench_config.size_set})
-    _rounds(benchmark, lambda: nnx_sweep(args, tmp_path / f"run{next(runs)}"), max(3, bench_config.rounds))
+    _rounds(benchmark, lambda: nnx_sweep(args, tmp_path / f"run{next(runs)}", jobs), max(3, bench_config.rounds))
+    benchmark.extra_info["job_seconds_last_round"] = jobs
+    if not benchmark.disabled:
+        # The 7 hidden-layer fits in the tutorial's own code (it has no hidden-size-0 network).
+        benchmark.extra_info["tutorial_code_seconds_7_fits"] = tutorial_code_seconds(20_000)
 
 
 def _single_runs(settings: dict, threads: int) -> list[float]:
@@ -98,9 +120,10 @@ def test_bench_large_sweep_against_single_runs(benchmark, bench_config, tmp_path
     pin_threads(bench_config.threads["requested"])
     runs = iter(range(1_000))
     benchmark.group = f"sweep large {layout}"
-    benchmark.pedantic(lambda: nnx_sweep(args, tmp_path / f"run{next(runs)}"), rounds=1 if size_set() == "full"
-                       else bench_config.rounds, iterations=1)
-    info = {"command": "nnx sweep " + " ".join(args), "single_run_threads": threads,
+    jobs: list[float] = []
+    benchmark.pedantic(lambda: nnx_sweep(args, tmp_path / f"run{next(runs)}", jobs),
+                       rounds=1 if size_set() == "full" else bench_config.rounds, iterations=1)
+    info = {"command": "nnx sweep " + " ".join(args), "single_run_threads": threads, "job_seconds_in_sweep": jobs,
             "single_run_seconds": singles, "sum_of_single_runs": sum(singles), "usable_cores": cores,
             "size_set": bench_config.size_set}
     if not benchmark.disabled:
