@@ -45,7 +45,16 @@ def test_decision_boundary_grid_has_one_panel_per_configuration_with_the_tutoria
             wanted = clear & (model.predict(X) == label)
             assert region.contains_points(X[wanted]).all()
             assert not region.contains_points(X[clear & ~wanted]).any()
-    assert "matplotlib.pyplot" not in sys.modules
+
+
+def test_figures_leave_pyplot_and_its_global_backend_alone(tmp_path):
+    code = ("import sys; from nnx.sweep import plot; "
+            "r = {'hidden': 1, 'status': 'ok', 'train_accuracy': 0.5, 'test_accuracy': None, 'loss': 0.3}; "
+            f"plot.save(plot.metrics([r], []), {str(tmp_path / 'm.png')!r}); "
+            "sys.exit('matplotlib.pyplot' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_titles_say_what_else_varies_and_what_failed():
