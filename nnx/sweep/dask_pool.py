@@ -25,7 +25,6 @@ GPU_BACKENDS = ("cupy", "auto")
 def require_distributed():
     """Dask distributed, or a clear error saying how to install it (checked before any work)."""
     try:
-        import dask  # noqa: F401
         import distributed
     except ImportError as exc:
         raise SchedulerUnavailableError(
