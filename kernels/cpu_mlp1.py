@@ -25,23 +25,24 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 from numba.extending import overload
 
-from .cpu_activation import SIGMOID, activate, grad_times_derivative
+from .cpu_activation import RELU, SIGMOID, TANH, activate, grad_times_derivative
 from .cpu_math import (CACHE, _EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
-                       _is32, _pow2, _vexp32, _vexp64, like, vexp, vtanh)
+                       _is32, _pow2, _vexp32, like, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_update import gd_update
 
 HEAD_SOFTMAX, HEAD_SIGMOID = 0, 1
 
-# Compiled into the entry points that call them (never cached on their own).
-_INNER = dict(fastmath=FASTMATH, error_model="numpy")
+# Compiled into the entry points that call them; cached too, so a second entry point of
+# the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
+_INNER = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 # Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
-_ENTRY = dict(cache=CACHE, nogil=True, **_INNER)
+_ENTRY = dict(nogil=True, **_INNER)
 # The loop and runners take kernels as first-class functions. They are inlined into
 # each entry point, so the functions are direct calls there: a function passed to a
 # compiled (not inlined) callee is a run-time object that Numba's cache cannot store.
-_SHARED = dict(inline="always", **_INNER)
+_SHARED = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 # Only prange loops become parallel: the other parfor conversions cost compile time for nothing here.
 _PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": False, "reduction": False,
                            "inplace_binop": False, "setitem": False, "stencil": False, "fusion": False},
@@ -74,10 +75,16 @@ def _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z):
 
 @njit(**_SHARED)
 def _zero(dW1, db1, dW2, db2):
-    dW1[:, :] = 0.0
-    db1[:] = 0.0
-    dW2[:, :] = 0.0
-    db2[:] = 0.0
+    """Explicit loops: slice assignment costs more than a whole tiny pass."""
+    n_in, n_hidden = dW1.shape
+    for j in range(n_hidden):
+        db1[j] = 0.0
+        for k in range(n_in):
+            dW1[k, j] = 0.0
+        for c in range(dW2.shape[1]):
+            dW2[j, c] = 0.0
+    for c in range(db2.size):
+        db2[c] = 0.0
 
 
 @njit(**_INNER)
@@ -130,6 +137,98 @@ def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 for n in range(nb):
                     acc += XT[k, n0 + n] * d[0, n]
                 dW1[k, j] += acc
+    return loss
+
+
+@njit(**_SHARED)
+def _act(code, x):
+    """One hidden activation (``code`` as in ``cpu_activation``), for one value at a time:
+    libm's scalar exp and tanh, which beat the vectorisable versions outside vector loops."""
+    if code == TANH:
+        return math.tanh(x)
+    if code == SIGMOID:
+        return like(x, 1.0) / (like(x, 1.0) + math.exp(-x))
+    if code == RELU:
+        return like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
+    return x
+
+
+@njit(**_SHARED)
+def _act_derivative(code, a):
+    """f' written from the output ``a``, as the tutorials do: 1-a^2, a(1-a), a>0."""
+    one = like(a, 1.0)
+    if code == TANH:
+        return one - a * a
+    if code == SIGMOID:
+        return a * (one - a)
+    if code == RELU:
+        return one if a > 0.0 else like(a, 0.0)
+    return one
+
+
+@njit(**_INNER)
+def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+                hb, z, g, d, m, s, dW1, db1, dW2, db2):
+    """``_chunk_any`` one sample at a time, for a handful of samples and units (XOR: 4 x 2-2-1):
+    there, loops over blocks of samples would be all set-up and remainder."""
+    n_in, n_hidden = W1.shape
+    n_out = W2.shape[1]
+    h = hb[:, 0]
+    zz = z[:, 0]
+    gg = g[:, 0]
+    loss = 0.0
+    if not loss_only:
+        _zero(dW1, db1, dW2, db2)
+    for n in range(r0, min(r1, n_samples)):
+        for j in range(n_hidden):
+            acc = b1[j]
+            for k in range(n_in):
+                acc += XT[k, n] * W1[k, j]
+            h[j] = _act(code, acc)
+        for c in range(n_out):
+            acc = b2[c]
+            for j in range(n_hidden):
+                acc += h[j] * W2[j, c]
+            zz[c] = acc
+        if head == HEAD_SOFTMAX:
+            top = zz[0]
+            for c in range(1, n_out):
+                top = zz[c] if zz[c] > top else top
+            total = like(top, 0.0)
+            for c in range(n_out):
+                gg[c] = math.exp(zz[c] - top)
+                total += gg[c]
+            if loss_only:
+                loss += math.log(total) + top
+                for c in range(n_out):
+                    loss -= TT[c, n] * zz[c]
+                continue
+            inv = like(top, 1.0) / total
+            for c in range(n_out):
+                gg[c] = (gg[c] * inv - TT[c, n]) * scale
+        else:
+            for c in range(n_out):
+                y = _act(SIGMOID, zz[c]) if head == HEAD_SIGMOID else zz[c]
+                diff = y - TT[c, n]
+                if loss_only:
+                    loss += 0.5 * diff * diff
+                elif head == HEAD_SIGMOID:
+                    gg[c] = diff * (y * (like(y, 1.0) - y)) * scale
+                else:
+                    gg[c] = diff * scale
+            if loss_only:
+                continue
+        for c in range(n_out):
+            db2[c] += gg[c]
+        for j in range(n_hidden):
+            back = like(h[j], 0.0)
+            for c in range(n_out):
+                dW2[j, c] += h[j] * gg[c]
+                back += gg[c] * W2[j, c]
+            back *= _act_derivative(code, h[j])
+            db1[j] += back
+            for k in range(n_in):
+                dW1[k, j] += XT[k, n] * back
     return loss
 
 
@@ -196,7 +295,7 @@ def _ov_softmax2_grad(za, zb, ta, tb, scale):
     return lambda za, zb, ta, tb, scale: _softmax2_grad64(za, zb, ta, tb, scale)
 
 
-@njit(**_INNER)
+@njit(**_SHARED)
 def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` for 2 inputs, 2 softmax classes and tanh (the moons model), every
@@ -241,7 +340,8 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 za = z0[n]
                 zb = z1[n]
                 top = za if za > zb else zb
-                loss += top + math.log(_vexp64(za - top) + _vexp64(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
+                # libm's exp: outside the vector loops, and no extra kernel to compile for the loss
+                loss += top + math.log(math.exp(za - top) + math.exp(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
             continue
         # softmax + cross-entropy gradient, in place of the logits
         a0 = zero
@@ -352,7 +452,6 @@ def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_
     n_rows = XT.shape[1]  # with the padding: the 2x2 kernel masks it, the general one stops at n_samples
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
     dW1, db1, dW2, db2 = _views(grads, n_in, n_hidden, n_out)
-    losses = np.empty(n_chunks)
     n_p = grads.size
     loss = 0.0
     for p in range(passes + 1):
@@ -363,6 +462,7 @@ def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_
             loss = chunk(XT, TT, n_samples, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                          hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
+            losses = np.empty(n_chunks)
             side_by_side(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                          scale, scratch, pg, losses)
             loss = 0.0
@@ -380,7 +480,7 @@ def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_
 
 
 # ------------------------------------------------------------- entry points
-# Same arguments for all four: ``passes`` updates of ``theta`` (W1, b1, W2, b2 flat)
+# Same arguments for all five: ``passes`` updates of ``theta`` (W1, b1, W2, b2 flat)
 # in place, then, with ``want_loss``, the summed data loss at the new parameters.
 # ``XT``/``TT`` are feature-major, the first ``n_samples`` columns real, the rest
 # (up to a multiple of the block granule) padding for the 2x2 kernel.
@@ -402,6 +502,13 @@ def train_2x2_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code
 def train_any(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
     return _train(_chunk_any, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+
+
+@njit(**_ENTRY)
+def train_tiny(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
+    return _train(_chunk_tiny, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
                   n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
 
 

@@ -30,18 +30,19 @@ UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
 HEAD_SOFTMAX = 0
 
-# Compiled into the entry points that call them (never cached on their own).
-_OPTS = dict(fastmath=FASTMATH, error_model="numpy")
+# Compiled into the entry points that call them; cached too, so a second entry point of
+# the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
+_OPTS = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 # Only prange loops become parallel: the other parfor conversions cost compile time for nothing here.
 _PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": False, "reduction": False,
                            "inplace_binop": False, "setitem": False, "stencil": False, "fusion": False},
                  **_OPTS)
 # Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
-_ENTRY = dict(cache=CACHE, nogil=True, **_OPTS)
+_ENTRY = dict(nogil=True, **_OPTS)
 # The loop takes the fused-run runner as a first-class function and is inlined into
 # each entry point, so the runner is a direct call there (a function passed to a
 # compiled, not inlined, callee is a run-time object that Numba's cache cannot store).
-_SHARED = dict(inline="always", **_OPTS)
+_SHARED = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 
 
 @njit(**_OPTS)
@@ -346,8 +347,15 @@ def _train(fused_unit, passes, want_loss, sizes, codes, head, w_off, b_off, act_
     return 0.0
 
 
+@njit(**_OPTS)
+def _no_fused_runs(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+                   act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
+    """The fused-run runner of networks that have none, so their entry point compiles no fused code."""
+    return 0.0
+
+
 # ------------------------------------------------------------- entry points
-# Same arguments for both: the fused runs on this thread, or chunked across threads.
+# Same arguments for all three: the fused runs on this thread, chunked across threads, or none.
 @njit(**_ENTRY)
 def train_passes(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
                  unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
@@ -361,5 +369,14 @@ def train_passes_parallel(passes, want_loss, sizes, codes, head, w_off, b_off, a
                           unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
                           deltas, scratch, pg, hyper):
     return _train(fused_unit_parallel, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
+                  acts, deltas, scratch, pg, hyper)
+
+
+@njit(**_ENTRY)
+def train_passes_blas(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
+                      unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch,
+                      pg, hyper):
+    return _train(_no_fused_runs, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
                   unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
                   acts, deltas, scratch, pg, hyper)

@@ -1,10 +1,11 @@
 """The CUDA C sources nnx compiles through ``cupy.RawModule`` and their named instances.
 
 Pure data plus file reading, so tests and tools can list, compile and check the
-kernels without CuPy. Each kernel is a template over the element type ``T``;
-its parameter list here is what the Python side passes (and a compile test
-asserts it equals the signature in the source), so a launch can never pass an
-argument of the wrong width.
+kernels without CuPy. Each kernel is a template over the element type ``T``
+(and, for the small-network kernels, a width ``W``: see ``TINY_WIDTHS``); its
+parameter list here is what the Python side passes (and a compile test asserts
+it equals the signature in the source), so a launch can never pass an argument
+of the wrong width.
 """
 from __future__ import annotations
 
@@ -19,14 +20,22 @@ _INCLUDE = re.compile(r'^#include "([^"]+)"$', re.MULTILINE)
 
 @dataclass(frozen=True)
 class Kernel:
-    """A template kernel ``name<T>`` and its C parameter types (``T`` is the element type)."""
+    """A template kernel ``name<T>`` (``name<T, W>`` when ``widths`` lists the W instantiated)
+    and its C parameter types (``T`` is the element type)."""
 
     name: str
     params: tuple[str, ...]
+    widths: tuple[int, ...] = ()
 
-    def instance(self, ctype: str) -> str:
+    def instance(self, ctype: str, width: int | None = None) -> str:
         """The name expression passed to ``RawModule(name_expressions=...)``."""
-        return f"{self.name}<{ctype}>"
+        if bool(self.widths) != (width is not None) or (width is not None and width not in self.widths):
+            raise ValueError(f"{self.name} is instantiated for widths {self.widths or 'none'}, not {width!r}")
+        return f"{self.name}<{ctype}>" if width is None else f"{self.name}<{ctype}, {width}>"
+
+    def instances(self, ctype: str) -> tuple[str, ...]:
+        """Every instance for the element type ``ctype``."""
+        return tuple(self.instance(ctype, w) for w in self.widths) if self.widths else (self.instance(ctype),)
 
     def signature(self, ctype: str) -> str:
         """The C function-pointer type of the instance, e.g. ``void (*)(float*, int)``."""
@@ -42,7 +51,7 @@ class CudaSource:
     kernels: tuple[Kernel, ...]
 
     def name_expressions(self) -> tuple[str, ...]:
-        return tuple(k.instance(ctype) for k in self.kernels for ctype in ELEMENT_TYPES.values())
+        return tuple(name for k in self.kernels for ctype in ELEMENT_TYPES.values() for name in k.instances(ctype))
 
     def raw_text(self) -> str:
         return read_text(self.filename)
@@ -64,16 +73,34 @@ DENSE_OPS = CudaSource("dense_ops.cu", (
                              "T", "int")),
     Kernel("nnx_dense_update", (_PTR, _CPTR, "long long", _PTR, _CPTR, "long long", "int", "long long", "T", "T")),
 ))
+# Widths W the small-network kernels are instantiated for: registers grow with W,
+# so the 2-input, 2-class networks of the tutorials run the lean W=2 instances.
+TINY_WIDTHS = (2, 4, 8)
 TINY_MLP = CudaSource("tiny_mlp.cu", (
-    Kernel("nnx_tiny_logits", (_CPTR, _CPTR, _CPTR, _CPTR, _PTR) + ("int",) * 6),
-    Kernel("nnx_tiny_grads", (_CPTR, _CPTR, _CPTR, _CPTR, _CPTR, _PTR) + ("int",) * 6),
-    Kernel("nnx_tiny_train", (_CPTR, _CPTR) + (_PTR,) * 7 + ("int",) * 8 + ("T", "T", "T", "int")),
+    Kernel("nnx_tiny_logits", (_CPTR, _CPTR, _CPTR, _CPTR, _PTR) + ("int",) * 6, TINY_WIDTHS),
+    Kernel("nnx_tiny_grads", (_CPTR, _CPTR, _CPTR, _CPTR, _CPTR, _PTR) + ("int",) * 6, TINY_WIDTHS),
+    Kernel("nnx_tiny_train", (_CPTR, _CPTR) + (_PTR,) * 4 + ("int",) * 9 + ("T", "T", "T", "int"), TINY_WIDTHS),
 ))
 SOURCES = (DENSE_OPS, TINY_MLP)
 
 # Constants the Python side relies on, as #defined in the header.
 MODE_DELTA, MODE_OUTPUT, MODE_LOSS = 0, 1, 2
 TINY_MAX_WIDTH = 8
+
+
+def tiny_width(n_inputs: int, n_outputs: int) -> int:
+    """The narrowest instantiated width that holds both ends of a small network."""
+    widest = max(n_inputs, n_outputs)
+    for width in TINY_WIDTHS:
+        if widest <= width:
+            return width
+    raise ValueError(f"{widest} inputs or outputs exceed the fused kernels' maximum of {TINY_MAX_WIDTH}")
+
+
+def one_block_threads(width: int) -> int:
+    """Most threads the single-block kernel of this width takes (NNX_ONE_BLOCK_THREADS, its
+    launch bounds: the registers of the W=8 instances allow 256, narrower ones 512)."""
+    return 512 if width <= 4 else 256
 
 
 def header_defines() -> dict[str, int]:

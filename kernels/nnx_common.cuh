@@ -25,6 +25,9 @@
 
 // Widest input or output a fused small-network kernel accepts (registers).
 #define NNX_TINY_MAX_WIDTH 8
+// Threads of the single-block kernel for width W: its registers allow 512
+// threads up to width 4 and 256 at width 8 (cuda_plan.one_block_threads).
+#define NNX_ONE_BLOCK_THREADS(W) ((W) <= 4 ? 512 : 256)
 
 __device__ __forceinline__ float nnx_exp(float x) { return expf(x); }
 __device__ __forceinline__ double nnx_exp(double x) { return exp(x); }
@@ -62,10 +65,63 @@ __device__ __forceinline__ T nnx_activation_grad(int act, T a) {
     }
 }
 
+// A loop over the classes of one row. With Max > 0 the row lives in registers
+// (classes <= Max): the loop is unrolled over Max with a guard, so the array
+// never goes to local memory. With Max == 0 the row lives in memory and the
+// loop is a plain one over any number of classes.
+#define NNX_FOR_CLASS(k, Max, classes) \
+    _Pragma("unroll") for (int k = 0; k < ((Max) > 0 ? (Max) : (classes)); ++k) if ((Max) == 0 || k < (classes))
+
+// The head on one row of logits z (bias included), in place: z becomes the
+// delta (y - t) [* y(1-y) for sigmoid] * scale or the head output y; in LOSS
+// mode *loss gets the row's data loss and z is left as it was.
+template <int Max, typename T, typename Row>
+__device__ __forceinline__ void nnx_head_logits(Row& z, const T* t, T* loss, int classes, int head, T scale,
+                                                int mode) {
+    if (head == NNX_HEAD_SOFTMAX) {
+        T m = z[0];
+        NNX_FOR_CLASS(k, Max, classes) m = z[k] > m ? z[k] : m;
+        if (mode == NNX_MODE_LOSS) {
+            T sum = T(0), tz = T(0);
+            NNX_FOR_CLASS(k, Max, classes) {
+                sum += nnx_exp(z[k] - m);
+                tz += t[k] * z[k];
+            }
+            *loss = (nnx_log(sum) + m) - tz;
+            return;
+        }
+        T sum = T(0);
+        NNX_FOR_CLASS(k, Max, classes) {
+            z[k] = nnx_exp(z[k] - m);
+            sum += z[k];
+        }
+        NNX_FOR_CLASS(k, Max, classes) {
+            const T y = z[k] / sum;
+            z[k] = mode == NNX_MODE_DELTA ? (y - t[k]) * scale : y;
+        }
+        return;
+    }
+    T total = T(0);
+    NNX_FOR_CLASS(k, Max, classes) {
+        const T y = head == NNX_HEAD_SIGMOID ? nnx_activate(NNX_ACT_SIGMOID, z[k]) : z[k];
+        if (mode == NNX_MODE_OUTPUT) {
+            z[k] = y;
+        } else if (mode == NNX_MODE_DELTA) {
+            T d = y - t[k];
+            if (head == NNX_HEAD_SIGMOID) d *= nnx_activation_grad(NNX_ACT_SIGMOID, y);
+            z[k] = d * scale;
+        } else {
+            const T diff = y - t[k];
+            total += diff * diff;
+        }
+    }
+    if (mode == NNX_MODE_LOSS) *loss = T(0.5) * total;
+}
+
 // One row of the head. The row's logits are the sum of n_parts partial rows
 // (stride part_stride) plus the bias b; they are written to out, which is then
-// turned in place into the delta (y - t) [* y(1-y) for sigmoid] * scale or the
-// head output y; in LOSS mode *loss gets the row's data loss and out is scratch.
+// turned in place into the delta or the head output (see nnx_head_logits); in
+// LOSS mode *loss gets the row's data loss and out is scratch.
 template <typename T>
 __device__ void nnx_head_row(const T* parts, int n_parts, long long part_stride, const T* b,
                              const T* t, T* out, T* loss, int classes, int head, T scale, int mode) {
@@ -74,44 +130,15 @@ __device__ void nnx_head_row(const T* parts, int n_parts, long long part_stride,
         for (int s = 1; s < n_parts; ++s) z += parts[s * part_stride + c];
         out[c] = z + b[c];
     }
-    if (head == NNX_HEAD_SOFTMAX) {
-        T m = out[0];
-        for (int c = 1; c < classes; ++c) m = out[c] > m ? out[c] : m;
-        if (mode == NNX_MODE_LOSS) {
-            T sum = T(0), tz = T(0);
-            for (int c = 0; c < classes; ++c) {
-                sum += nnx_exp(out[c] - m);
-                tz += t[c] * out[c];
-            }
-            *loss = (nnx_log(sum) + m) - tz;
-            return;
-        }
-        T sum = T(0);
-        for (int c = 0; c < classes; ++c) {
-            out[c] = nnx_exp(out[c] - m);
-            sum += out[c];
-        }
-        for (int c = 0; c < classes; ++c) {
-            T y = out[c] / sum;
-            out[c] = mode == NNX_MODE_DELTA ? (y - t[c]) * scale : y;
-        }
-        return;
-    }
-    T total = T(0);
-    for (int c = 0; c < classes; ++c) {
-        T y = head == NNX_HEAD_SIGMOID ? nnx_activate(NNX_ACT_SIGMOID, out[c]) : out[c];
-        if (mode == NNX_MODE_OUTPUT) {
-            out[c] = y;
-        } else if (mode == NNX_MODE_DELTA) {
-            T d = y - t[c];
-            if (head == NNX_HEAD_SIGMOID) d *= nnx_activation_grad(NNX_ACT_SIGMOID, y);
-            out[c] = d * scale;
-        } else {
-            T diff = y - t[c];
-            total += diff * diff;
-        }
-    }
-    if (mode == NNX_MODE_LOSS) *loss = T(0.5) * total;
+    nnx_head_logits<0>(out, t, loss, classes, head, scale, mode);
+}
+
+// p -= lr * (g + l2 * p) in the reference order (l2 = 0 for biases).
+template <typename T>
+__device__ __forceinline__ void nnx_apply_update(T& p, T g, T lr, T l2) {
+    if (l2 != T(0)) g += p * l2;
+    g *= -lr;
+    p += g;
 }
 
 // p -= lr * (g + l2 * p) in the reference order, g being the sum of n_parts
@@ -121,9 +148,7 @@ __device__ __forceinline__ void nnx_update_one(T* p, const T* g_parts, int n_par
                                                T lr, T l2) {
     T g = g_parts[0];
     for (int s = 1; s < n_parts; ++s) g += g_parts[s * part_stride];
-    if (l2 != T(0)) g += *p * l2;
-    g *= -lr;
-    *p += g;
+    nnx_apply_update(*p, g, lr, l2);
 }
 
 // Items [0, n_w) update W (with L2), items [n_w, n_w + n_b) update b (without).

@@ -7,8 +7,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import backends
-from .errors import BackendUnavailableError, NonFiniteLossError, OutOfMemoryError
+from . import backends, cache
+from .errors import BackendUnavailableError, NonFiniteLossError, OutOfMemoryError, format_bytes
 from .metrics import clipped_cross_entropy
 from .model import MLP
 from .persistence import check_destination
@@ -96,6 +96,19 @@ def _backends(args: argparse.Namespace) -> int:
     for name, reason in backends.available_backends().items():
         print(f"{name:6} {'available' if reason is None else 'unavailable: ' + reason}")
     print(f"active: {backends.explain_backend()}")
+    folder, source = cache.numba_cache_dir()
+    print(f"kernel cache: {folder} ({format_bytes(cache.folder_size(folder))}, from {source}; "
+          "empty it with `nnx cache clear`)")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    if args.action == "clear":
+        folder, freed = cache.clear()
+        print(f"removed {folder} ({format_bytes(freed)})")
+    else:
+        folder, source = cache.numba_cache_dir()
+        print(f"{folder} ({format_bytes(cache.folder_size(folder))}, from {source})")
     return 0
 
 
@@ -105,9 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import xor_command
 
     parser = argparse.ArgumentParser(prog="nnx", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="{train,backends,bench,sweep,xor}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,backends,cache,bench,sweep,xor}")
     _train_parser(sub)
-    sub.add_parser("backends", help="list the backends usable here and what auto picks")
+    sub.add_parser("backends", help="list the backends usable here, what auto picks and the kernel cache")
+    cache_parser = sub.add_parser("cache", help="where compiled kernels are cached; `nnx cache clear` empties it",
+                                  description="Compiled kernels live in a per-user cache folder (NNX_CACHE_DIR).")
+    cache_parser.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
     bench_command.add_arguments(sub.add_parser(
         "bench", help="time workloads per backend and compare them",
         description="Time nnx's benchmark workloads on each backend against the tutorial's NumPy code."))
@@ -122,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # plain `nnx` runs the main job
         args = parser.parse_args(["train"])
     command = args.command
-    handlers = {"train": _train, "backends": _backends}
+    handlers = {"train": _train, "backends": _backends, "cache": _cache}
     try:
         if command == "bench":
             from .bench import command as bench_command

@@ -9,6 +9,7 @@ in its layout, and the parameter copies the training driver keeps.
 from __future__ import annotations
 
 import os
+from pathlib import Path, PurePosixPath
 
 from .backends import Backend, use_backend
 from .errors import OutOfMemoryError
@@ -25,38 +26,92 @@ def _backend(backend: str | Backend) -> Backend:
         return found
 
 
-def _read_int(path: str) -> int | None:
+# What host_available_bytes reads (module names, so the tests can point them at a fake tree).
+MEMINFO = "/proc/meminfo"
+SELF_CGROUP = "/proc/self/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"
+# cgroup v1 writes "no limit" as a huge page-rounded number; v2 writes "max".
+_UNLIMITED = 1 << 60
+# (limit, usage, reclaimable page cache in memory.stat) per cgroup version
+_CGROUP_FILES = {2: ("memory.max", "memory.current", ("inactive_file",)),
+                 1: ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_inactive_file", "inactive_file"))}
+
+
+def _read_int(path: Path) -> int | None:
     try:
-        with open(path, encoding="ascii") as f:
-            text = f.read().strip()
+        text = path.read_text(encoding="ascii").strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
 
 
-def host_available_bytes() -> int | None:
-    """Memory this process can still take: the kernel's MemAvailable, capped by a cgroup
-    limit (containers); None where neither can be read (then nothing is refused)."""
-    available = None
+def _stat_value(path: Path, keys: tuple[str, ...]) -> int:
+    """The first of ``keys`` found in a memory.stat file (0 when none is)."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return 0
+    fields = dict(parts for parts in (line.split() for line in lines) if len(parts) == 2)
+    for key in keys:
+        if fields.get(key, "").isdigit():
+            return int(fields[key])
+    return 0
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open(MEMINFO, encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
+                    return int(line.split()[1]) * 1024
     except OSError:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            available = None
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < (1 << 60):
-            room = max(limit - usage, 0)
-            available = room if available is None else min(available, room)
-            break
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_cgroups() -> list[tuple[Path, int]]:
+    """(folder, cgroup version) of the memory cgroup this process is in and of each parent
+    (their limits apply too), from /proc/self/cgroup. The mount's own root is always among
+    them: inside a container with its own cgroup namespace, that root is the container."""
+    try:
+        text = Path(SELF_CGROUP).read_text(encoding="ascii")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":  # "0::/path": the cgroup v2 unified hierarchy
+            base, version = Path(CGROUP_ROOT), 2
+        elif "memory" in parts[1].split(","):  # "4:memory:/path": cgroup v1
+            base, version = Path(CGROUP_ROOT) / "memory", 1
+        else:
+            continue
+        path = PurePosixPath(parts[2].strip() or "/")
+        for folder in (base / str(p).lstrip("/") for p in (path, *path.parents)):
+            if folder.is_dir() and (folder, version) not in found:
+                found.append((folder, version))
+    return found
+
+
+def host_available_bytes() -> int | None:
+    """Memory this process can still take: the kernel's MemAvailable, capped by the room
+    left under every cgroup limit that applies to it (containers, systemd slices, batch
+    schedulers), with reclaimable page cache counted as free there as the kernel counts it;
+    None where nothing can be read (then nothing is refused)."""
+    available = _meminfo_available()
+    for folder, version in _memory_cgroups():
+        limit_file, usage_file, reclaimable = _CGROUP_FILES[version]
+        limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
+        if limit is None or usage is None or limit >= _UNLIMITED:
+            continue
+        in_use = max(usage - _stat_value(folder / "memory.stat", reclaimable), 0)
+        room = max(limit - in_use, 0)
+        available = room if available is None else min(available, room)
     return available
 
 
@@ -68,6 +123,11 @@ def fit_bytes(backend: str | Backend, net: Network, n_samples: int) -> int:
 def predict_bytes(backend: str | Backend, net: Network, n_samples: int) -> int:
     """Bytes a prediction for ``n_samples`` samples needs on the backend's device."""
     return _backend(backend).predict_bytes(net, n_samples)
+
+
+def loss_bytes(backend: str | Backend, net: Network, n_samples: int) -> int:
+    """Bytes ``MLP.loss`` on ``n_samples`` samples needs on the backend's device."""
+    return _backend(backend).loss_bytes(net, n_samples)
 
 
 def available_bytes(backend: str | Backend) -> int | None:
@@ -98,5 +158,11 @@ def check_predict(backend: str | Backend, net: Network, n_samples: int, what: st
     _check(found, found.predict_bytes(net, n_samples), f"{what} {_describe(net, n_samples, found)}")
 
 
-__all__ = ["OutOfMemoryError", "available_bytes", "check_fit", "check_predict", "fit_bytes",
-           "host_available_bytes", "predict_bytes"]
+def check_loss(backend: str | Backend, net: Network, n_samples: int, what: str = "loss evaluation") -> None:
+    """Raise ``OutOfMemoryError`` (with the figures) when the loss evaluation cannot complete here."""
+    found = _backend(backend)
+    _check(found, found.loss_bytes(net, n_samples), f"{what} {_describe(net, n_samples, found)}")
+
+
+__all__ = ["OutOfMemoryError", "available_bytes", "check_fit", "check_loss", "check_predict", "fit_bytes",
+           "host_available_bytes", "loss_bytes", "predict_bytes"]

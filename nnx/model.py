@@ -15,7 +15,7 @@ from .backends import get_backend
 from .backends.base import Backend
 from .network import GradientDescent, Network, Objective, TrainState
 from .initializers import initial_params
-from .memory import check_fit, check_predict
+from .memory import check_fit, check_loss, check_predict
 from .training import run_fit
 from .validation import (check_fit_settings, check_fits_dtype, check_inputs, check_network, check_seed,
                          check_targets, real_array)
@@ -183,7 +183,7 @@ class MLP:
         X = check_inputs(X, self.net)
         T = check_targets(y, self.net, X.shape[0])
         backend = get_backend()
-        check_predict(backend, self.net, X.shape[0], what="loss evaluation")
+        check_loss(backend, self.net, X.shape[0])
         data = backend.prepare_data(self.net, X, T)
         return backend.data_loss(self.net, backend.prepare_params(self.net, self._params), data)
 

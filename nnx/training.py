@@ -51,9 +51,12 @@ class _InterruptFlag:
 
 
 def _locate_divergence(backend: Backend, net: Network, snapshot, data: Data, objective: Objective,
-                       optimizer: GradientDescent, start: int, stop: int) -> tuple[int, list]:
-    """Replay an interval one pass at a time from its snapshot to find the first bad pass."""
-    state = TrainState(backend.copy_params(snapshot), updates=start)
+                       optimizer: GradientDescent, start: int, stop: int, scratch: dict) -> tuple[int, list]:
+    """Replay an interval one pass at a time from its snapshot to find the first bad pass.
+
+    The replay reuses the fit's buffers (``scratch``): a second set would double a
+    diverging fit's memory beyond what was checked before it started."""
+    state = TrainState(backend.copy_params(snapshot), updates=start, scratch=scratch)
     last_finite = backend.copy_params(snapshot)
     while state.updates < stop:
         if not math.isfinite(backend.train_and_loss(net, state, data, objective, optimizer, 1)):
@@ -103,7 +106,7 @@ def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objec
                 loss = backend.train_and_loss(net, state, data, objective, optimizer, min(log_every, end - start))
                 if not math.isfinite(loss):
                     bad_pass, last_finite = _locate_divergence(
-                        backend, net, snapshot, data, objective, optimizer, start, state.updates)
+                        backend, net, snapshot, data, objective, optimizer, start, state.updates, state.scratch)
                     state.params[:] = last_finite
                     state.updates = bad_pass - 1
                     raise NonFiniteLossError(

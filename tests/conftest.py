@@ -1,11 +1,28 @@
 """Shared fixtures: every parity test runs once per backend through ``backend``."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import nnx
 
 ALL_BACKENDS = ("numpy", "numba", "cupy")
+# Backends that must run here: CI sets NNX_REQUIRE_BACKENDS=numpy,numba, so a broken
+# Numba install fails the run instead of quietly skipping half the suite.
+REQUIRED = tuple(name.strip() for name in os.environ.get("NNX_REQUIRE_BACKENDS", "").split(",") if name.strip())
+
+
+def pytest_configure(config):
+    unknown = set(REQUIRED) - set(ALL_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"NNX_REQUIRE_BACKENDS names unknown backends {sorted(unknown)}; "
+                                f"expected some of {ALL_BACKENDS}")
+    missing = {name: reason for name, reason in nnx.available_backends().items()
+               if name in REQUIRED and reason is not None}
+    if missing:
+        raise pytest.UsageError("NNX_REQUIRE_BACKENDS requires backends that cannot run here: "
+                                + "; ".join(f"{name}: {reason}" for name, reason in missing.items()))
 
 
 def _backend_param(name: str):
@@ -17,6 +34,8 @@ def _backend_param(name: str):
 def backend_name(request) -> str:
     """A backend name, skipped with the registry's own reason where unavailable."""
     reason = nnx.available_backends()[request.param]
+    if reason is not None and request.param in REQUIRED:
+        pytest.fail(f"backend {request.param!r} is required (NNX_REQUIRE_BACKENDS) but unavailable: {reason}")
     if reason is not None:
         pytest.skip(f"backend {request.param!r} unavailable here: {reason}")
     return request.param

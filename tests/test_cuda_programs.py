@@ -4,8 +4,11 @@
 check the kernels' arithmetic and indexing and the orchestration in
 ``cuda_program`` (row blocks, chunks, slices, launch order) against the NumPy
 backend under the parity rules, plus the CUDA-graph replay logic with a
-recording stand-in for a CUDA stream. What they cannot check (thread races,
-cuBLAS, real graph capture) is covered by the ``gpu`` tests.
+recording stand-in for a CUDA stream. The single-block kernel runs on real
+threads (one per CUDA thread, barriers for ``__syncthreads``); its races are
+hunted with ThreadSanitizer in ``test_cuda_races``. What they cannot check
+(cuBLAS itself, real graph capture, the GPU's math library) is covered by the
+``gpu`` tests.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 
 from nnx.backends import cuda_plan as plan
-from nnx.backends.cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
+from nnx.backends.cuda_program import DenseProgram, GraphCaptureWarning, PassReplayer, TinyProgram, kernel_args
 from nnx.backends.numpy_backend import NumpyBackend
 from nnx.kernels import cuda_sources as src
 from nnx.network import GradientDescent, Network, Objective, TrainState
@@ -74,7 +77,7 @@ def _program(kind, device, net, data, params, **kw):
     n = data.n_samples
     if kind == "dense":
         return DenseProgram(device, net, params, data.X, data.T, kw.get("chunks") or plan.plan_chunks(net, n, 1 << 40))
-    tiny = kw.get("tiny") or plan.plan_tiny(n, net.n_inputs, net.layer_sizes[1], net.n_outputs)
+    tiny = kw.get("tiny") or plan.plan_tiny_net(net, n)
     return TinyProgram(device, net, params, data.X, data.T, tiny)
 
 
@@ -129,6 +132,36 @@ def test_single_block_kernel_runs_whole_passes_in_one_launch(device, hidden, out
     assert _rel_err(_reference(net, data, params, 300, objective, 1.0), got) <= 1e-10
 
 
+# Single-block plans that take each path of nnx_tiny_train (the plan is asserted, so a change
+# to the planner cannot quietly stop a path from being tested).
+ONE_BLOCK_CASES = [
+    ((2, 3, 2), 200, "float64", "tanh", "softmax", dict(threads=256, slices_h=1, lanes=8)),  # tutorial 003
+    ((2, 4, 2), 16, "float64", "sigmoid", "identity", dict(slices_h=4)),  # partial logits over slices of H
+    ((2, 20, 2), 200, "float64", "relu", "sigmoid", dict(slices_n=6, lanes=2)),  # slices shrunk to fit
+    ((2, 4, 2), 1000, "float32", "tanh", "softmax", dict(threads=512, lanes=16)),  # more samples than 256
+    ((3, 5, 4), 100, "float64", "identity", "softmax", dict(threads=256)),  # width 4
+    ((8, 6, 8), 64, "float64", "tanh", "sigmoid", dict(threads=256, slices_h=4)),  # width 8
+]
+
+
+@pytest.mark.parametrize("sizes,n,dtype,hidden,output,expected", ONE_BLOCK_CASES,
+                         ids=[f"{'x'.join(map(str, c[0]))}-N{c[1]}-{c[2]}" for c in ONE_BLOCK_CASES])
+def test_single_block_kernel_on_real_threads_matches_numpy_and_repeats_its_bits(
+        device, sizes, n, dtype, hidden, output, expected):
+    net, data, params = _problem(sizes, hidden, output, dtype, n)
+    tiny = plan.plan_tiny_net(net, n)
+    assert tiny.one_block and {k: getattr(tiny, k) for k in expected} == expected
+    assert tiny.width == src.tiny_width(sizes[0], sizes[-1])
+    objective = Objective("mean", 1e-3)
+    one, tol = (1e-12, 1e-10) if dtype == "float64" else (1e-5, 1e-4)
+    first = _train(_program("tiny", device, net, data, _copy(params)), 1, objective, 0.5, n, fused=True)
+    assert _rel_err(_reference(net, data, params, 1, objective, 0.5), first) <= one
+    runs = [_train(_program("tiny", device, net, data, _copy(params)), 20, objective, 0.5, n, fused=True)
+            for _ in range(2)]
+    assert _rel_err(_reference(net, data, params, 20, objective, 0.5), runs[0]) <= tol
+    assert all(np.array_equal(a, b) for pa, pb in zip(*runs) for a, b in zip(pa, pb))
+
+
 def test_sliced_tiny_plan_matches_numpy(device):
     net, data, params = _problem((2, 64, 2), "tanh", "softmax", "float64", 96)
     tiny = plan.TinyPlan(96, 2, 64, 2, slices_h=5, slices_n=7, one_block=False)
@@ -158,8 +191,7 @@ def test_loss_outputs_and_gradients_match_numpy(device, kind, sizes, hidden, out
     program.head_rows(src.MODE_LOSS, out, loss)
     assert np.isclose(loss.sum() / 50, REF.data_loss(net, params, data), rtol=1e-12, atol=0)
     predict = DenseProgram(device, net, params, data.X, None, plan.plan_chunks(net, 50, 1 << 40)) \
-        if kind == "dense" else TinyProgram(device, net, params, data.X, None,
-                                            plan.plan_tiny(50, net.n_inputs, net.layer_sizes[1], net.n_outputs))
+        if kind == "dense" else TinyProgram(device, net, params, data.X, None, plan.plan_tiny_net(net, 50))
     predict.head_rows(src.MODE_OUTPUT, out, loss)
     np.testing.assert_allclose(out, REF.predict_output(net, params, data.X), rtol=1e-12, atol=1e-15)
     objective = Objective("mean", 1e-2)
@@ -239,7 +271,7 @@ def test_replayer_runs_exactly_the_requested_passes(passes):
     stream = _RecordingStream()
     done, run_pass = _counter(stream)
     replayer = PassReplayer(stream, per_graph=64)
-    replayer.run(("cfg",), run_pass, passes)
+    replayer.run(("cfg",), run_pass, passes, launches=5)
     assert len(done) == passes
     assert stream.captures <= 2 and stream.launched <= passes // 64 + 1
 
@@ -249,18 +281,66 @@ def test_replayer_captures_once_and_replays():
     done, run_pass = _counter(stream)
     replayer = PassReplayer(stream, per_graph=10)
     for _ in range(5):
-        replayer.run(("cfg",), run_pass, 20)
+        replayer.run(("cfg",), run_pass, 20, launches=5)
     assert len(done) == 100
     assert stream.captures == 2  # 10 passes, and the 9 after the eager warm-up pass
-    replayer.run(("other lr",), run_pass, 21)
+    replayer.run(("other lr",), run_pass, 21, launches=5)
     assert len(done) == 121 and stream.captures == 3
 
 
-def test_replayer_falls_back_to_eager_launches_when_capture_fails():
+def test_replayer_caps_the_kernel_nodes_of_a_graph():
+    stream = _RecordingStream()
+    done, run_pass = _counter(stream)
+    replayer = PassReplayer(stream, per_graph=64, max_nodes=1000)
+    replayer.run(("cfg",), run_pass, 41, launches=100)  # 10 passes (1,000 nodes) per graph
+    assert len(done) == 41 and stream.captures == 1 and stream.launched == 4
+    assert replayer.eager_reasons == {}
+
+
+def test_replayer_runs_a_pass_over_the_node_cap_eagerly_and_says_why(recwarn):
+    stream = _RecordingStream()
+    done, run_pass = _counter(stream)
+    replayer = PassReplayer(stream, max_nodes=1000)
+    replayer.run(("cfg",), run_pass, 30, launches=1001, tag="net")
+    assert len(done) == 30 and stream.captures == 0 and stream.launched == 0
+    assert "1001 kernels" in replayer.eager_reasons["net"] and "1000 nodes" in replayer.eager_reasons["net"]
+    assert not recwarn.list  # a planned choice: the launches are few against the work of such a pass
+
+
+def test_replayer_reports_a_refused_capture_once_and_runs_eagerly():
     stream = _RecordingStream(fail_capture=True)
     done, run_pass = _counter(stream)
-    PassReplayer(stream, per_graph=8).run(("cfg",), run_pass, 50)
-    assert len(done) == 50 and stream.launched == 0
+    replayer = PassReplayer(stream, per_graph=8, capture_errors=(RuntimeError,))
+    with pytest.warns(GraphCaptureWarning, match="cudaErrorStreamCaptureInvalidated") as caught:
+        replayer.run(("cfg",), run_pass, 50, launches=5, tag="net")
+        replayer.run(("cfg",), run_pass, 50, launches=5, tag="net")
+    assert len(caught) == 1
+    assert len(done) == 100 and stream.launched == 0 and stream.recording is None
+    assert "RuntimeError: cudaErrorStreamCaptureInvalidated" in replayer.eager_reasons["net"]
+
+
+def test_replayer_with_a_stated_reason_never_captures():
+    stream = _RecordingStream()
+    done, run_pass = _counter(stream)
+    replayer = PassReplayer(stream)
+    with pytest.warns(GraphCaptureWarning, match="no capturable cuBLAS here"):
+        replayer.run(("cfg",), run_pass, 70, launches=19, tag="net", eager_reason="no capturable cuBLAS here")
+    assert len(done) == 70 and stream.captures == 0 and replayer.eager_reasons["net"] == "no capturable cuBLAS here"
+
+
+def test_a_bug_raised_while_capturing_ends_the_capture_and_propagates():
+    stream = _RecordingStream()
+    calls = []
+
+    def run_pass():
+        calls.append(stream.recording is not None)
+        if stream.recording is not None:
+            raise TypeError("a bug, not a refused capture")
+
+    replayer = PassReplayer(stream, capture_errors=(RuntimeError,))
+    with pytest.raises(TypeError, match="a bug"):
+        replayer.run(("cfg",), run_pass, 10, launches=5, tag="net")
+    assert calls == [False, True] and stream.recording is None and replayer.eager_reasons == {}
 
 
 @pytest.mark.parametrize("sizes,n,block", [((4, 7, 5, 3), 100, None), ((4, 9, 6, 3), 100, 16),
@@ -277,8 +357,8 @@ def test_launch_count_formula_matches_the_programs(device, monkeypatch, sizes, n
         if block is not None:
             monkeypatch.setattr(plan, "BLOCK_BYTES", block * plan.row_bytes(net))
         program = _program("dense", device, net, data, _copy(params), chunks=plan.plan_chunks(net, n, 1 << 40))
-        steady = 1 / plan.GRAPH_PASSES
+        steady = 1 / plan.passes_per_graph(program.launches_per_pass)
     _train(program, 1, Objective("mean", 0.0), 0.1, n)
-    assert len(device.launches) == plan.eager_launches_per_pass(net, n)
+    assert len(device.launches) == plan.eager_launches_per_pass(net, n) == program.launches_per_pass
     assert plan.launches_per_pass(net, n) == steady
     assert plan.launches_per_pass(net, n, graphs=False) in (steady, len(device.launches))

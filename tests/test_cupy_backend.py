@@ -63,8 +63,27 @@ class _FakeCudaError(RuntimeError):
         self.status = status
 
 
-def _fake_cupy(*, count=1, count_error=None, context_error=None, nvrtc_error=None) -> types.ModuleType:
-    """Just the CuPy surface that the probe touches."""
+class _FakeKernel:
+    """A RawKernel stand-in: compiles (or raises like CuPy does) and runs ``kernel`` on NumPy arrays."""
+
+    def __init__(self, compile_error, kernel):
+        self.compile_error, self.body = compile_error, kernel
+        self.compiled = []
+
+    def __call__(self, code, name, options=()):
+        if self.compile_error is not None:
+            raise self.compile_error
+        self.compiled.append((code, name, options))
+
+        def launch(grid, block, args):
+            assert grid == (1,) and block == (args[0].size,)
+            args[0][...] = self.body(args[0])
+        return launch
+
+
+def _fake_cupy(*, count=1, count_error=None, context_error=None, nvrtc_error=None, compile_error=None,
+               kernel=lambda x: np.tanh(x) + 1.0) -> types.ModuleType:
+    """Just the CuPy surface that the probe touches; ``kernel`` is what the probe's kernel computes."""
     def raise_or(value, error):
         def call():
             if error is not None:
@@ -77,6 +96,9 @@ def _fake_cupy(*, count=1, count_error=None, context_error=None, nvrtc_error=Non
     fake = types.ModuleType("cupy")
     fake.cuda = types.SimpleNamespace(runtime=runtime, nvrtc=types.SimpleNamespace(
         getVersion=raise_or((13, 0), nvrtc_error)))
+    fake.RawKernel = _FakeKernel(compile_error, kernel)
+    fake.asarray = lambda a: np.array(a, dtype=np.float64)
+    fake.asnumpy = lambda a: np.array(a)
     return fake
 
 
@@ -123,6 +145,29 @@ def test_unusable_device_and_missing_libraries_are_reported(probe):
     reason, exc = probe(_fake_cupy(nvrtc_error=OSError("libnvrtc.so.13 not found")))
     assert reason.startswith("CUDA libraries missing (libnvrtc.so.13 not found); install")
     assert "[ctk]" in reason and isinstance(exc.__cause__, OSError)
+
+
+def test_the_probe_compiles_and_runs_a_kernel(probe):
+    fake = _fake_cupy()
+    assert probe(fake) == (None, None)
+    (code, name, _), = fake.RawKernel.compiled
+    assert name in code and "tanh" in code and "__global__" in code
+
+
+def test_a_kernel_that_cannot_compile_is_the_reason(probe):
+    missing = RuntimeError("Failed to find CUDA headers. Please install CUDA toolkit headers (e.g., pip install "
+                           "cupy-cuda12x[ctk]) or specify CUDA_PATH environment variable.")
+    reason, exc = probe(_fake_cupy(compile_error=missing))
+    assert reason.startswith("CuPy cannot compile or run a CUDA kernel (RuntimeError: Failed to find CUDA headers")
+    assert "[ctk]" in reason and exc.__cause__ is missing
+    with pytest.raises(BackendUnavailableError, match="cannot compile or run a CUDA kernel"):
+        backends._instance("cupy")
+
+
+def test_a_kernel_that_computes_wrong_values_is_the_reason(probe):
+    reason, _ = probe(_fake_cupy(kernel=lambda x: np.zeros_like(x)))
+    assert reason.startswith("a test CUDA kernel ran but returned [0.0, 0.0] instead of [1.46")
+    assert "not computing correctly" in reason
 
 
 def test_probe_failure_never_escapes_and_auto_picks_the_next_backend(probe, monkeypatch):
@@ -185,13 +230,43 @@ def test_too_little_memory_is_a_clear_error_with_the_numbers():
 def test_tiny_plans_depend_on_shapes_only_and_fill_the_gpu():
     assert plan.is_tiny(_net((2, 16384, 2))) and plan.is_tiny(_net((8, 3, 8)))
     assert not plan.is_tiny(_net((2, 3, 4, 2))) and not plan.is_tiny(_net((784, 100, 2)))
-    tutorial = plan.plan_tiny(200, 2, 3, 3)
-    assert tutorial.one_block and tutorial.slices_h == 1 and tutorial.slices_n * 3 <= plan.THREADS
+    tutorial = plan.plan_tiny(200, 2, 3, 2)
+    assert tutorial.one_block and tutorial.slices_h == 1 and tutorial.slices_n * 3 <= tutorial.threads
+    assert tutorial.shared_bytes(8) <= plan.ONE_BLOCK_SMEM_BYTES and tutorial.width == 2
+    # 2 x 200 inputs, 2 x 200 targets, 17 parameters, 3 x 200 activations, 2 x 200 deltas, 85 x 17 partials
+    assert tutorial.one_block_elements() == 400 + 400 + 17 + 600 + 400 + 85 * 17
     moons = plan.plan_tiny(4096, 2, 16384, 2)
     assert not moons.one_block
     assert moons.slices_h * 4096 >= plan.TINY_TARGET_ITEMS and moons.slices_n * 16384 >= plan.TINY_TARGET_ITEMS
     assert plan.plan_tiny(4096, 2, 16384, 2) == moons
     assert moons.grad_size == 2 * 16384 + 16384 + 16384 * 2 + 2
+
+
+@pytest.mark.parametrize("n,h", [(4096, 16384), (4096, 65536), (16384, 8192)])
+def test_sliced_launches_give_a_132_sm_gpu_several_blocks_per_sm(n, h):
+    moons = plan.plan_tiny(n, 2, h, 2, 4)
+    for items in (moons.slices_h * n, moons.slices_n * h):
+        assert plan.grid_for(items) >= 4 * 132
+
+
+@pytest.mark.parametrize("sizes,n", [((2, 3, 2), 200), ((2, 20, 2), 200), ((2, 64, 2), 96), ((8, 8, 8), 512)])
+def test_single_block_plans_fit_shared_memory_or_fall_back_to_slices(sizes, n):
+    for itemsize in (4, 8):
+        tiny = plan.plan_tiny(n, sizes[0], sizes[1], sizes[2], itemsize)
+        if tiny.one_block:
+            assert tiny.shared_bytes(itemsize) <= plan.ONE_BLOCK_SMEM_BYTES
+            assert tiny.threads % 32 == 0 and tiny.threads % tiny.lanes == 0 and tiny.lanes & (tiny.lanes - 1) == 0
+        else:
+            assert n * sizes[1] > plan.ONE_BLOCK_MAX_WORK or plan.plan_one_block(n, *sizes, itemsize) is None
+
+
+def test_graph_node_cap_limits_passes_per_graph():
+    assert plan.passes_per_graph(19) == plan.GRAPH_PASSES
+    assert plan.passes_per_graph(100) == plan.MAX_GRAPH_NODES // 100
+    assert plan.passes_per_graph(plan.MAX_GRAPH_NODES + 1) == 0
+    chunked = Network((784, 4096, 4096, 10), "relu", "softmax", "float32")
+    n = 1 << 20  # many row blocks: one pass exceeds the node cap and is counted launch by launch
+    assert plan.launches_per_pass(chunked, n) == plan.eager_launches_per_pass(chunked, n) > plan.MAX_GRAPH_NODES
 
 
 @pytest.mark.parametrize("passes", [0, 1, 63, 64, 129, 20000])
@@ -346,6 +421,31 @@ def test_graph_replay_keeps_python_launches_per_pass_small():
 
 
 @on_gpu
+def test_dense_networks_replay_graphs_with_their_cublas_products(recwarn):
+    from nnx.backends.cuda_program import GraphCaptureWarning
+
+    backend = _cupy_backend()
+    _, graphs = _train_with(backend, (6, 40, 30, 4), 200)
+    net = Network((6, 40, 30, 4), "tanh", "softmax", "float64")
+    assert backend.device.blas_unavailable is None and backend.graph_fallback(net) is None
+    assert backend._replayer.captures == 2 and backend.launches_per_pass(net, 300) == 1 / plan.GRAPH_PASSES
+    assert not [w for w in recwarn.list if issubclass(w.category, GraphCaptureWarning)]
+    _, eager = _train_with(_cupy_backend(graphs=False), (6, 40, 30, 4), 200)
+    assert all(np.array_equal(a, b) for pa, pb in zip(graphs, eager) for a, b in zip(pa, pb))
+
+
+# Single-block plans on the GPU's own barriers and shuffles: hidden slices, 512 threads, width 8.
+@on_gpu
+@pytest.mark.parametrize("sizes,n", [((2, 4, 2), 16), ((2, 4, 2), 1000), ((8, 6, 8), 64), ((2, 20, 2), 200)])
+def test_single_block_plans_match_numpy(sizes, n):
+    model, X, y = _problem(sizes, n=n)
+    assert plan.plan_tiny_net(model.net, n).one_block
+    for passes, tol in ((1, 1e-12), (300, 1e-10)):
+        ref = _fit("numpy", sizes, passes, n=n)
+        assert _rel_err(ref, _fit("cupy", sizes, passes, n=n)) <= tol
+
+
+@on_gpu
 def test_every_kernel_instance_compiles_with_nvrtc():
     from nnx.backends.cupy_backend import CupyDevice
     from nnx.kernels import cuda_sources as src
@@ -354,4 +454,6 @@ def test_every_kernel_instance_compiles_with_nvrtc():
     for source in src.SOURCES:
         for kernel in source.kernels:
             for dtype in ("float32", "float64"):
-                assert device.function(kernel.name, np.dtype(dtype)).kernel.num_regs > 0
+                for width in kernel.widths or (None,):
+                    fn = device.function(kernel.name, np.dtype(dtype), width)
+                    assert fn.num_regs > 0 and fn.local_size_bytes == 0

@@ -200,15 +200,16 @@ def test_moons_h3_20000_passes_end_in_either_phase_of_the_oscillation(on_numpy, 
     ref_odd = tut.moons_tutorial(X, y, 3, 19999, lr=LR, l2=L2, log_every=19999)
     ref_even = tut.moons_tutorial(X, y, 3, 1, lr=LR, l2=L2, log_every=1, params=ref_odd)
     phases = [ref_odd["losses"][19999], ref_even["losses"][1]]
-    # Sanity bound on the reference itself: the two phases the tutorial's run shows.
-    assert abs(phases[0] - 0.0707579) < 1e-6 and abs(phases[1] - 0.0713158) < 1e-6, phases
+    # Sanity bound on the reference itself: the two phases the tutorial's run shows, in
+    # whichever order this CPU's rounding puts them.
+    assert np.allclose(sorted(phases), [0.0707579, 0.0713158], rtol=0, atol=1e-6), phases
 
     model = fit_moons(moons_model(3), *nnx_moons, passes=20000, log_every=1000)
     final = model.history[20000]
     phase = int(np.argmin([abs(final - p) for p in phases]))
     assert abs(final - phases[phase]) <= 1e-6, (final, phases)
     accuracies = [tanh_softmax_accuracy(X, y, r) for r in (ref_odd, ref_even)]
-    assert model.accuracy(*nnx_moons) == accuracies[phase] == accuracies[1]
+    assert model.accuracy(*nnx_moons) == accuracies[phase]
 
 
 def attractor_statistics(model_or_ref, advance, accuracy, window_chunks=50, chunk=100):

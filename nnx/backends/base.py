@@ -16,6 +16,16 @@ import numpy as np
 from ..errors import OutOfMemoryError
 from ..network import GradientDescent, Network, Objective, TrainState
 
+# The Python side of a fit or prediction (the model's lists, the history, the driver's
+# frames): nothing next to any buffer worth refusing a fit over, but part of the figure.
+BOOKKEEPING_BYTES = 1 << 18
+
+
+def validated_targets_bytes(net: Network, n_samples: int) -> int:
+    """Host memory validation takes before any backend sees the data: float64 targets
+    (N, C), one-hot for softmax, built from two arrays of N integer ids."""
+    return 8 * n_samples * (net.n_outputs + 2)
+
 
 @dataclass
 class Data:
@@ -272,21 +282,30 @@ class Backend:
 
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int) -> int:
-        """Peak memory of a fit on this backend: the data in the backend's dtype, the
-        workspace (activations, deltas and scratch, N x each width; gradients), the
-        loss evaluation's forward, and three parameter copies (the model's, the
-        driver's snapshot per interval and its divergence replay)."""
+        """Peak memory of a fit on this backend: the validated targets, the data in the
+        backend's dtype, the workspace (activations, deltas and scratch, N x each width;
+        gradients), the loss evaluation's forward, and three parameter copies (the model's,
+        the driver's snapshot per interval and its divergence replay)."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
         widths = sum(net.layer_sizes[1:])
         data = n_samples * (net.n_inputs + net.n_outputs)
         workspace = 3 * n_samples * widths + 2 * n_params
         loss = n_samples * widths + 3 * n_samples * net.n_outputs
-        return net.np_dtype.itemsize * (data + workspace + loss + 3 * n_params)
+        return (net.np_dtype.itemsize * (data + workspace + loss + 3 * n_params)
+                + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:
-        """Peak memory of a prediction: the inputs and every layer's outputs (N x each width)."""
+        """Peak memory of a prediction: the inputs, every layer's outputs (N x each width)
+        and the softmax's row maxima and sums."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
-        return net.np_dtype.itemsize * (n_samples * (net.n_inputs + sum(net.layer_sizes[1:])) + n_params)
+        outputs = n_samples * (net.n_inputs + sum(net.layer_sizes[1:]) + 2)
+        return net.np_dtype.itemsize * (outputs + n_params) + BOOKKEEPING_BYTES
+
+    def loss_bytes(self, net: Network, n_samples: int) -> int:
+        """Peak memory of ``MLP.loss``: a prediction's, plus the targets (validated, and in
+        the backend's dtype) and the loss's row temporaries (log-sum-exp or squared error)."""
+        targets = n_samples * (4 * net.n_outputs + 3) * net.np_dtype.itemsize
+        return self.predict_bytes(net, n_samples) + targets + validated_targets_bytes(net, n_samples)
 
     def available_bytes(self) -> int | None:
         """Memory free for this backend's arrays now (None where it cannot be known)."""

@@ -13,8 +13,9 @@ graphs so a pass costs a fraction of one launch.
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,17 +45,27 @@ def kernel_args(name: str, dtype: np.dtype, args: tuple) -> tuple:
     return tuple(out)
 
 
+class GraphCaptureWarning(UserWarning):
+    """Passes that should have replayed a captured CUDA graph launch every kernel instead.
+
+    Results are unchanged; the host issues ``launches_per_pass`` launches per pass.
+    """
+
+
 class Device(Protocol):
     xp: Any
 
     def empty(self, shape, dtype) -> Any: ...
     def gemm(self, transa: str, transb: str, a, b, out, beta: float) -> None: ...
-    def launch(self, name: str, dtype: np.dtype, n_items: int, args: tuple, *, one_block: bool = False) -> None: ...
+    def launch(self, name: str, dtype: np.dtype, n_items: int, args: tuple, *, width: int | None = None,
+               one_block: bool = False, threads: int = plan.THREADS, shared_mem: int = 0) -> None: ...
     def ptr(self, a) -> int: ...
 
 
 class DenseProgram:
     """Any dense network: per row block, cuBLAS products and fused bias/activation/head kernels."""
+
+    uses_blas = True
 
     def __init__(self, dev: Device, net: Network, params, X, T, chunks: plan.ChunkPlan):
         self.dev, self.net, self.params, self.X, self.T, self.plan = dev, net, params, X, T, chunks
@@ -66,6 +77,11 @@ class DenseProgram:
         self.grads = [(dev.empty((i, o), dtype), dev.empty(o, dtype)) for i, o in net.layer_shapes()]
         self.ones = dev.empty(chunks.block, dtype)
         self.ones[...] = 1
+
+    @property
+    def launches_per_pass(self) -> int:
+        """Kernel and cuBLAS launches of one ``run_pass``."""
+        return plan.eager_launches_per_pass(self.net, self.plan.n_samples)
 
     def _forward_block(self, start: int, stop: int, local: int) -> None:
         net, dev, rows = self.net, self.dev, stop - start
@@ -137,6 +153,9 @@ class DenseProgram:
 class TinyProgram:
     """One hidden layer, narrow input and output: fused kernels, N x H never stored."""
 
+    uses_blas = False
+    launches_per_pass = 5  # logits, head, gradients, two updates
+
     def __init__(self, dev: Device, net: Network, params, X, T, tiny: plan.TinyPlan):
         self.dev, self.net, self.params, self.X, self.T, self.plan = dev, net, params, X, T, tiny
         self.dtype = dtype = net.np_dtype
@@ -155,7 +174,7 @@ class TinyProgram:
     def _logits(self) -> None:
         p, (W1, b1), (W2, _) = self.plan, *self.params
         self.dev.launch("nnx_tiny_logits", self.dtype, p.slices_h * p.n,
-                        (self.X, W1, b1, W2, self.parts, p.n, p.d, p.h, p.c, p.slices_h, self.act))
+                        (self.X, W1, b1, W2, self.parts, p.n, p.d, p.h, p.c, p.slices_h, self.act), width=p.width)
 
     def _head_rows(self, targets, out, loss, scale: float, mode: int) -> None:
         p = self.plan
@@ -168,7 +187,8 @@ class TinyProgram:
         self._logits()
         self._head_rows(self.T, self.delta, self.delta, scale, src.MODE_DELTA)
         self.dev.launch("nnx_tiny_grads", self.dtype, p.slices_n * p.h,
-                        (self.X, W1, b1, W2, self.delta, self.grad_parts, p.n, p.d, p.h, p.c, p.slices_n, self.act))
+                        (self.X, W1, b1, W2, self.delta, self.grad_parts, p.n, p.d, p.h, p.c, p.slices_n, self.act),
+                        width=p.width)
 
     def run_pass(self, scale: float, lr: float, l2: float) -> None:
         p, (W1, b1), (W2, b2) = self.plan, *self.params
@@ -182,13 +202,14 @@ class TinyProgram:
     def run_passes(self, passes: int, scale: float, lr: float, l2: float) -> None:
         """All ``passes`` inside single-block launches (only for ``plan.one_block``)."""
         p, (W1, b1), (W2, b2) = self.plan, *self.params
+        shared = p.shared_bytes(self.dtype.itemsize)
         done = 0
         while done < passes:
             k = min(plan.ONE_BLOCK_MAX_PASSES, passes - done)
-            self.dev.launch("nnx_tiny_train", self.dtype, plan.THREADS,
-                            (self.X, self.T, W1, b1, W2, b2, self.parts, self.delta, self.grad_parts, p.n, p.d,
-                             p.h, p.c, p.slices_h, p.slices_n, self.act, self.head, scale, lr, l2, k),
-                            one_block=True)
+            self.dev.launch("nnx_tiny_train", self.dtype, p.threads,
+                            (self.X, self.T, W1, b1, W2, b2, p.n, p.d, p.h, p.c, p.slices_h, p.slices_n, p.lanes,
+                             self.act, self.head, scale, lr, l2, k),
+                            width=p.width, one_block=True, threads=p.threads, shared_mem=shared)
             done += k
 
     def head_rows(self, mode: int, out, loss) -> None:
@@ -209,56 +230,89 @@ class TinyProgram:
 class PassReplayer:
     """Runs ``passes`` of a program as replays of captured CUDA graphs.
 
-    The first pass for a configuration runs eagerly (it compiles the kernels and
-    creates the cuBLAS handle, neither of which may happen during capture);
-    then blocks of ``per_graph`` passes (and one graph for the remainder) are
-    captured once and replayed, so launches per pass fall to 1/per_graph. If a
-    capture fails (a driver without the needed graph support, say) the
-    configuration falls back to eager launches: same results, more launches.
+    The first pass for a configuration runs eagerly (it compiles the kernels,
+    which may not happen during capture); then blocks of passes (``per_graph``,
+    fewer when a graph would exceed ``max_nodes`` kernel nodes) are captured
+    once and replayed, so launches per pass fall to 1/per_graph.
+
+    A configuration runs eagerly instead when the caller gives an
+    ``eager_reason`` (the device cannot capture this program), when one pass
+    alone exceeds ``max_nodes``, or when a capture fails with one of
+    ``capture_errors`` (the driver or a library refused it). The last two are
+    recorded per ``tag`` in ``eager_reasons``; a refused capture is reported
+    once per reason with a GraphCaptureWarning. Any other exception raised
+    while capturing ends the capture and propagates: it is a bug, not a
+    reason to run slower. Nothing executes while capturing, so a failed
+    capture leaves the parameters untouched.
     """
 
-    def __init__(self, stream, per_graph: int = plan.GRAPH_PASSES, max_graphs: int = 4):
+    def __init__(self, stream, per_graph: int = plan.GRAPH_PASSES, max_graphs: int = 4, *,
+                 capture_errors: tuple[type[BaseException], ...] = (), max_nodes: int = plan.MAX_GRAPH_NODES):
         self.stream, self.per_graph, self.max_graphs = stream, per_graph, max_graphs
+        self.capture_errors, self.max_nodes = capture_errors, max_nodes
         self._graphs: OrderedDict[tuple, Any] = OrderedDict()
         self._warm: set = set()
-        self._eager: set = set()
+        self._eager: dict[tuple, str] = {}
+        self._warned: set[str] = set()
+        self.eager_reasons: dict[Hashable, str] = {}
         self.captures = 0
 
-    def run(self, key: tuple, run_pass: Callable[[], None], passes: int) -> None:
+    def run(self, key: tuple, run_pass: Callable[[], None], passes: int, *, launches: int,
+            tag: Hashable = None, eager_reason: str | None = None) -> None:
+        """``passes`` calls of ``run_pass`` (``launches`` kernels each) for configuration ``key``."""
         if passes <= 0:
             return
+        per_graph = plan.passes_per_graph(launches, self.per_graph, self.max_nodes)
+        if eager_reason is not None:
+            self._refused(key, tag, eager_reason)
+        elif per_graph == 0:
+            self._eager[key] = self.eager_reasons[tag] = (
+                f"one pass launches {launches} kernels, more than a graph's cap of {self.max_nodes} nodes")
         if key not in self._warm:
             run_pass()
             self._warm.add(key)
             passes -= 1
-        for per_graph, launches in plan.graph_blocks(passes, self.per_graph):
-            graph = None if key in self._eager else self._graph(key, run_pass, per_graph)
-            for _ in range(launches):
+        if key in self._eager:
+            for _ in range(passes):
+                run_pass()
+            return
+        for per, launches_of in plan.graph_blocks(passes, per_graph):
+            graph = self._graph(key, tag, run_pass, per)
+            for _ in range(launches_of):
                 if graph is None:
-                    for _ in range(per_graph):
+                    for _ in range(per):
                         run_pass()
                 else:
                     graph.launch(self.stream)
 
-    def _graph(self, key: tuple, run_pass: Callable[[], None], passes: int):
+    def _refused(self, key: tuple, tag: Hashable, reason: str) -> None:
+        """Run ``key`` eagerly from now on and say why, once per reason."""
+        self._eager[key] = self.eager_reasons[tag] = reason
+        if reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(f"CUDA graphs are off for this network: {reason}. Results are unchanged, but every "
+                          "pass launches each of its kernels from the host.", GraphCaptureWarning, stacklevel=4)
+
+    def _graph(self, key: tuple, tag: Hashable, run_pass: Callable[[], None], passes: int):
         gkey = (key, passes)
         graph = self._graphs.get(gkey)
         if graph is not None:
             self._graphs.move_to_end(gkey)
             return graph
-        # Nothing runs while capturing, so a failed capture leaves the parameters untouched.
         self.stream.begin_capture()
         try:
             for _ in range(passes):
                 run_pass()
-        except Exception:  # noqa: BLE001 - an op refused capture: run this configuration eagerly
-            self._abandon_capture()
-            self._eager.add(key)
-            return None
+        except BaseException as exc:
+            self._end_broken_capture()
+            if isinstance(exc, self.capture_errors):
+                self._refused(key, tag, f"capturing a pass failed ({type(exc).__name__}: {exc})")
+                return None
+            raise
         try:
             graph = self.stream.end_capture()
-        except Exception:  # noqa: BLE001 - the driver invalidated the capture: run eagerly instead
-            self._eager.add(key)
+        except self.capture_errors as exc:
+            self._refused(key, tag, f"the driver rejected the captured graph ({type(exc).__name__}: {exc})")
             return None
         self.captures += 1
         self._graphs[gkey] = graph
@@ -266,11 +320,12 @@ class PassReplayer:
             self._graphs.popitem(last=False)
         return graph
 
-    def _abandon_capture(self) -> None:
+    def _end_broken_capture(self) -> None:
+        """End a capture that an exception interrupted, so the stream can run work again."""
         try:
             self.stream.end_capture()
-        except Exception:  # noqa: BLE001 - the capture is already invalid; ending it is all we need
-            pass
+        except self.capture_errors:
+            pass  # the capture was already invalidated: ending it is all that was needed
 
     def forget(self) -> None:
         """Drop every captured graph (their memory nodes go with them)."""

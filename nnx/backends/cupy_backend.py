@@ -7,9 +7,15 @@ kernels of ``nnx/kernels/*.cu`` (compiled once by NVRTC through
 ends use fused kernels that never store the N x H activations. Launch
 overhead is kept to a small constant per pass: tiny networks run whole passes
 inside one thread block, everything else replays captured CUDA graphs of
-``cuda_plan.GRAPH_PASSES`` passes. Reductions are fixed-order (no atomics), so
-a seed gives the same bits run to run. Op-level methods not overridden here
-run the base reference math unchanged on ``cupy``.
+``cuda_plan.GRAPH_PASSES`` passes, cuBLAS products included (``cuda_blas``:
+nnx's own handle, because CuPy's cuBLAS calls refuse stream capture).
+Reductions are fixed-order (no atomics), so a seed gives the same bits run to
+run. Op-level methods not overridden here run the base reference math
+unchanged on ``cupy``.
+
+NVRTC contracts multiply-adds into FMAs (its default, kept for speed and
+accuracy); the CPU emulation of the kernels in the tests does not, so the two
+agree within the parity tolerances, not bit for bit.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from ..kernels import cuda_sources as src
 from ..network import ACTIVATION_CODES, GradientDescent, Network, Objective, TrainState
+from . import cuda_blas
 from . import cuda_plan as plan
 from .base import Backend, Data
 from .cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
@@ -33,10 +40,33 @@ from .cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
 _CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice; no driver at all reads as cudaErrorInsufficientDriver (35)
 _CUDA_LIBS_HINT = ("install the CUDA 12/13 runtime libraries, e.g. pip install 'cupy-cuda12x[ctk]' or "
                    "'cupy-cuda13x[ctk]', or a CUDA toolkit")
+# The probe's kernel: NVRTC, the CUDA headers CuPy adds to every compile, the math library and a launch.
+_PROBE_SOURCE = r"""
+extern "C" __global__ void nnx_probe(double* x) {
+    x[threadIdx.x] = tanh(x[threadIdx.x]) + 1.0;
+}
+"""
+_PROBE_INPUT = (0.5, -0.25)
+
+
+def _probe_kernel() -> None:
+    """Compile and run a trivial kernel: what every fit needs, checked before a backend is offered."""
+    try:
+        kernel = cupy.RawKernel(_PROBE_SOURCE, "nnx_probe", options=("--std=c++17",))
+        x = cupy.asarray(np.array(_PROBE_INPUT))
+        kernel((1,), (len(_PROBE_INPUT),), (x,))
+        got = np.asarray(cupy.asnumpy(x))
+    except Exception as exc:  # noqa: BLE001 - NVRTC, the header search and the driver raise several types
+        raise BackendUnavailableError(
+            f"CuPy cannot compile or run a CUDA kernel ({type(exc).__name__}: {exc}); {_CUDA_LIBS_HINT}") from exc
+    expected = np.tanh(np.array(_PROBE_INPUT)) + 1.0
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-12, atol=0):
+        raise BackendUnavailableError(f"a test CUDA kernel ran but returned {got.tolist()} instead of "
+                                      f"{expected.tolist()}: the GPU or its driver is not computing correctly")
 
 
 def check() -> None:
-    """Raise BackendUnavailableError (CUDA error chained) unless a device, cuBLAS and NVRTC work."""
+    """Raise BackendUnavailableError (cause chained) unless a device, cuBLAS, NVRTC and a kernel work."""
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except cupy.cuda.runtime.CUDARuntimeError as exc:
@@ -54,6 +84,7 @@ def check() -> None:
         cupy.cuda.nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - the library loaders raise several types
         raise BackendUnavailableError(f"CUDA libraries missing ({exc}); {_CUDA_LIBS_HINT}") from exc
+    _probe_kernel()
 
 
 def create() -> Backend:
@@ -73,13 +104,29 @@ def _module(source: src.CudaSource) -> cupy.RawModule:
     return module
 
 
+def capture_errors() -> tuple[type[BaseException], ...]:
+    """What a refused stream capture raises: CUDA runtime and driver errors, nnx's cuBLAS
+    errors, and CuPy's NotImplementedError for its own cuBLAS calls."""
+    return (cupy.cuda.runtime.CUDARuntimeError, cupy.cuda.driver.CUDADriverError, cuda_blas.CublasError,
+            NotImplementedError)
+
+
 class CupyDevice:
-    """The ``cuda_program`` device interface on CuPy: RawModule kernels and cuBLAS."""
+    """The ``cuda_program`` device interface on CuPy: RawModule kernels and cuBLAS.
+
+    ``bind(stream)`` gives the device its own cuBLAS handle on that stream; the
+    programs' products then go through it and can be captured. Where that
+    handle cannot be had, ``blas_unavailable`` says why and products go through
+    CuPy's cuBLAS, which runs eagerly only.
+    """
 
     xp = cupy
 
     def __init__(self) -> None:
-        self._functions: dict[tuple[str, str], object] = {}
+        self._functions: dict[tuple[str, str, int | None], object] = {}
+        self._blas: cuda_blas.OwnedHandle | None = None
+        self._workspace = None
+        self.blas_unavailable: str | None = None
 
     def empty(self, shape, dtype):
         return cupy.empty(shape, dtype=dtype)
@@ -87,30 +134,69 @@ class CupyDevice:
     def ptr(self, a) -> int:
         return int(a.data.ptr)
 
-    def gemm(self, transa: str, transb: str, a, b, out, beta: float) -> None:
-        # All operands are C-contiguous (row slices, reshapes): cuBLAS writes straight into `out`.
-        importlib.import_module("cupy.cublas").gemm(transa, transb, a, b, out=out, alpha=1.0, beta=beta)
+    def bind(self, stream: cupy.cuda.Stream) -> None:
+        """Create nnx's cuBLAS handle for ``stream`` with its own workspace (never during a capture)."""
+        try:
+            importlib.import_module("cupy.cublas")  # CuPy loads libcublas (through cuda-pathfinder if need be)
+            major = int(cupy.cuda.runtime.runtimeGetVersion()) // 1000
+            library = cuda_blas.CublasLibrary(cuda_blas.loaded_library((major, 13, 12, 11)))
+            workspace = cupy.empty(cuda_blas.WORKSPACE_BYTES, dtype=cupy.uint8)
+            self._blas = cuda_blas.OwnedHandle(library, stream.ptr, workspace.data.ptr, workspace.nbytes)
+        except (ImportError, OSError, AttributeError, cuda_blas.CublasError) as exc:
+            self.blas_unavailable = (f"nnx cannot call cuBLAS directly ({type(exc).__name__}: {exc}) and CuPy's "
+                                     "cuBLAS calls refuse stream capture")
+            return
+        self._workspace = workspace
+        # Destroyed with the device; at interpreter exit the process takes it (CUDA may be torn down first).
+        weakref.finalize(self, _close_quietly, self._blas).atexit = False
 
-    def function(self, name: str, dtype: np.dtype):
+    def blas_version(self) -> int | None:
+        """cuBLAS's version number as the bound handle reports it (None before ``bind``)."""
+        return None if self._blas is None else self._blas.library.version(self._blas.handle)
+
+    def gemm(self, transa: str, transb: str, a, b, out, beta: float) -> None:
+        """out = op(a) @ op(b) + beta * out for C-contiguous operands (row slices, reshapes)."""
+        for x in (a, b, out):
+            if not x.flags.c_contiguous:
+                raise ValueError("gemm: operands must be C-contiguous")
+        if self._blas is None:
+            importlib.import_module("cupy.cublas").gemm(transa, transb, a, b, out=out, alpha=1.0, beta=beta)
+            return
+        if cupy.cuda.get_current_stream().ptr != self._blas.stream_ptr:
+            raise RuntimeError("nnx's cuBLAS handle is bound to the backend's stream; run programs inside it")
+        self._blas.gemm(out.dtype, transa, transb, (a.data.ptr, a.shape), (b.data.ptr, b.shape),
+                        (out.data.ptr, out.shape), beta)
+
+    def function(self, name: str, dtype: np.dtype, width: int | None = None):
+        """The compiled ``RawKernel`` of instance ``name<T>`` (``name<T, width>``)."""
         ctype = src.ELEMENT_TYPES[np.dtype(dtype).name]
-        fn = self._functions.get((name, ctype))
+        fn = self._functions.get((name, ctype, width))
         if fn is None:
             source, spec = src.kernel(name)
-            fn = _module(source).get_function(spec.instance(ctype))
-            self._functions[(name, ctype)] = fn
+            fn = _module(source).get_function(spec.instance(ctype, width))
+            self._functions[(name, ctype, width)] = fn
         return fn
 
-    def launch(self, name: str, dtype, n_items: int, args: tuple, *, one_block: bool = False) -> None:
+    def launch(self, name: str, dtype, n_items: int, args: tuple, *, width: int | None = None,
+               one_block: bool = False, threads: int = plan.THREADS, shared_mem: int = 0) -> None:
         args = kernel_args(name, np.dtype(dtype), args)
         for a in args:
             if isinstance(a, cupy.ndarray) and not a.flags.c_contiguous:
                 raise ValueError(f"{name}: kernels read arrays as flat C-contiguous buffers")
         grid = 1 if one_block else plan.grid_for(n_items)
-        self.function(name, dtype)((grid,), (plan.THREADS,), args)
+        self.function(name, dtype, width)((grid,), (threads,), args, shared_mem=shared_mem)
 
     def free_bytes(self) -> int:
         """Free device memory plus what CuPy's pool holds unused."""
         return int(cupy.cuda.runtime.memGetInfo()[0]) + int(cupy.get_default_memory_pool().free_bytes())
+
+
+def _close_quietly(handle: cuda_blas.OwnedHandle) -> None:
+    """Finalizer: a failure to destroy a handle is no reason to raise during garbage collection."""
+    try:
+        handle.close()
+    except cuda_blas.CublasError:
+        pass
 
 
 class CupyBackend(Backend):
@@ -139,15 +225,30 @@ class CupyBackend(Backend):
         start = time.perf_counter()
         for source in src.SOURCES:
             for kernel in source.kernels:
-                self.device.function(kernel.name, net.np_dtype)
+                for width in kernel.widths or (None,):
+                    self.device.function(kernel.name, net.np_dtype, width)
+        self._ensure_stream()
         cupy.cuda.get_current_stream().synchronize()
         return time.perf_counter() - start
 
     def launches_per_pass(self, net: Network, n_samples: int) -> float:
-        """Host-side launches per pass in a long run (graphs and single-block passes count fractions)."""
+        """Host-side launches per pass in a long run (graphs and single-block passes count fractions).
+
+        Counts every launch where graphs are off, where this network's passes
+        could not be captured (``graph_fallback`` says why) or where one pass
+        exceeds the graph node cap.
+        """
         if not self.fused:
             raise NotImplementedError("the reference math issues one launch per array operation")
-        return plan.launches_per_pass(net, n_samples, graphs=self.graphs, per_graph=self._per_graph)
+        graphs = self.graphs and self.graph_fallback(net) is None
+        return plan.launches_per_pass(net, n_samples, graphs=graphs, per_graph=self._per_graph)
+
+    def graph_fallback(self, net: Network) -> str | None:
+        """Why this network's passes launch every kernel instead of replaying graphs, or None."""
+        if plan.is_tiny(net):
+            return None if self._replayer is None else self._replayer.eager_reasons.get(net)
+        self._ensure_stream()  # binding the cuBLAS handle decides whether products can be captured
+        return self.device.blas_unavailable or self._replayer.eager_reasons.get(net)
 
     # ------------------------------------------------------------------ data
     def to_numpy(self, a) -> np.ndarray:
@@ -176,13 +277,18 @@ class CupyBackend(Backend):
                                       "Use dtype='float32', fewer samples or fewer hidden units, or free GPU "
                                       f"memory held by other arrays or processes ({exc}).") from exc
 
-    @contextlib.contextmanager
-    def _side_stream(self) -> Iterator[cupy.cuda.Stream]:
-        """Run on the backend's own non-blocking stream (graphs need one), ordered after and
-        before the caller's current stream."""
+    def _ensure_stream(self) -> cupy.cuda.Stream:
+        """The backend's own non-blocking stream (graphs need one), its cuBLAS handle and replayer."""
         if self._stream is None:
             self._stream = cupy.cuda.Stream(non_blocking=True)
-            self._replayer = PassReplayer(self._stream, self._per_graph)
+            self.device.bind(self._stream)
+            self._replayer = PassReplayer(self._stream, self._per_graph, capture_errors=capture_errors())
+        return self._stream
+
+    @contextlib.contextmanager
+    def _side_stream(self) -> Iterator[cupy.cuda.Stream]:
+        """Run on the backend's own stream, ordered after and before the caller's current stream."""
+        self._ensure_stream()
         current = cupy.cuda.get_current_stream()
         self._stream.wait_event(current.record())
         try:
@@ -191,13 +297,36 @@ class CupyBackend(Backend):
         finally:
             current.wait_event(self._stream.record())
 
+    # ---------------------------------------------------------------- memory
+    def fit_bytes(self, net: Network, n_samples: int) -> int:
+        """The least a fit needs on the device: the data, the parameters, and either the
+        single-block workspace or the fixed workspace plus one row block (chunks grow
+        to what is free), with the headroom left for cuBLAS and the CUDA context."""
+        n_params = sum((i + 1) * o for i, o in net.layer_shapes())
+        itemsize = net.np_dtype.itemsize
+        base = plan.data_bytes(net, n_samples) + 2 * n_params * itemsize + plan.HEADROOM_BYTES
+        if plan.is_tiny(net):
+            tiny = plan.plan_tiny_net(net, n_samples)
+            return base + (tiny.workspace_elements() + n_samples * (net.n_outputs + 1)) * itemsize
+        block = min(plan.block_rows(net), n_samples)
+        return base + plan.fixed_bytes(net, n_samples) + block * plan.row_bytes(net)
+
+    def predict_bytes(self, net: Network, n_samples: int) -> int:
+        return self.fit_bytes(net, n_samples)
+
+    def available_bytes(self) -> int | None:
+        return self.device.free_bytes()
+
+    def out_of_memory_error(self, what: str, needed: int, available: int, advice: str) -> Exception:
+        return plan.GpuMemoryError(what, needed, available, advice)
+
     # -------------------------------------------------------------- programs
     def _build(self, net: Network, params, X, T, what: str):
         n = int(X.shape[0])
         itemsize = net.np_dtype.itemsize
         free = self.device.free_bytes()
         if plan.is_tiny(net):
-            tiny = plan.plan_tiny(n, net.n_inputs, net.layer_sizes[1], net.n_outputs)
+            tiny = plan.plan_tiny_net(net, n)
             needed = (tiny.workspace_elements() + n * (net.n_outputs + 1)) * itemsize
             if needed + plan.HEADROOM_BYTES > free:
                 raise plan.GpuMemoryError(what, needed + plan.HEADROOM_BYTES, free,
@@ -241,7 +370,9 @@ class CupyBackend(Backend):
             if getattr(program, "fused_passes", False):
                 program.run_passes(passes, scale, lr, l2)
             elif self.graphs:
-                self._replayer.run((serial, scale, lr, l2), lambda: program.run_pass(scale, lr, l2), passes)
+                blocked = self.device.blas_unavailable if program.uses_blas else None
+                self._replayer.run((serial, scale, lr, l2), lambda: program.run_pass(scale, lr, l2), passes,
+                                   launches=program.launches_per_pass, tag=net, eager_reason=blocked)
             else:
                 for _ in range(passes):
                     program.run_pass(scale, lr, l2)
@@ -293,7 +424,7 @@ class CupyBackend(Backend):
     def dense_forward(self, x, W, b, kind: str, out):
         if not (self.fused and _flat(x, W, b, out) and out.shape == (x.shape[0], W.shape[1])):
             return super().dense_forward(x, W, b, kind, out)
-        self.device.gemm("N", "N", x, W, out, 0.0)
+        importlib.import_module("cupy.cublas").gemm("N", "N", x, W, out=out, alpha=1.0, beta=0.0)
         self.device.launch("nnx_bias_activation", out.dtype, out.size,
                            (out, b, out.shape[0], out.shape[1], ACTIVATION_CODES[kind]))
         return out

@@ -1,9 +1,9 @@
 """The Numba backend: the whole training loop compiled, one call per log interval.
 
-``train`` hands a flat description of the network to
-``nnx.kernels.cpu_train.train_passes``, which runs every pass of the interval
-without returning to Python. Each layer takes one of two paths, chosen by its
-smallest dimension:
+``train`` hands a flat description of the network to a compiled entry point
+(``nnx.kernels.cpu_mlp1`` for one hidden layer, ``cpu_train`` for deeper
+networks), which runs every pass of the interval without returning to
+Python. Each layer takes one of two paths, chosen by its smallest dimension:
 
 * fused: ``min(fan_in, fan_out) <= fused_max_dim`` (2 inputs, 2 classes...):
   consecutive such layers form a run that streams blocks of samples through
@@ -11,9 +11,13 @@ smallest dimension:
 * BLAS: layers large in every dimension call ``np.dot`` with the bias,
   activation and derivative fused around the products.
 
-Kernels compile on first use (``cache=True`` keeps them on disk), never at
-``import nnx``; ``warm_up`` compiles them up front and reports the seconds, so
-the CLI and benchmarks can show compile time apart from run time.
+A fit compiles only the entry point its plan names (``_Plan.kernel``), on
+first use, never at ``import nnx``, and Numba caches it in nnx's per-user
+folder (``nnx.cache``); ``warm_up`` compiles it up front and reports the
+seconds, so the CLI and benchmarks show compile time apart from run time. The
+same compiled call returns the loss at the new parameters, so logging costs
+no NumPy forward. Plans (buffers) belong to one fit (``TrainState.scratch``),
+so fits in several threads never share them.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from ..network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
-from .base import Backend, Data
+from .base import BOOKKEEPING_BYTES, Backend, Data, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
 FUSED_MAX_DIM = 8
@@ -38,6 +42,9 @@ MAX_BLOCK = 512
 # Numba's default ``workqueue`` threading layer aborts the process when two threads
 # enter parallel regions at once; nnx runs its parallel kernels one at a time.
 _PARALLEL_LOCK = threading.Lock()
+# One-hidden-layer fits with at most this many samples x hidden units run sample by sample
+# (XOR's 4 x 2): blocks of samples would be all loop set-up and remainder there.
+TINY_MAX_WORK = 256
 # Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
 COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
@@ -245,11 +252,12 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         pg_size = n_params
     if mlp1:
         fast = shapes[0][0] == 2 and shapes[1][1] == 2 and net.output == "softmax" and net.hidden == "tanh"
-        kernel = "train_2x2" if fast else "train_any"
+        tiny = n_samples * shapes[0][1] <= TINY_MAX_WORK
+        kernel = "train_2x2" if fast else "train_tiny" if tiny else "train_any"
         parallel = chunks > 1
     else:
         parallel = max_chunks > 1
-        kernel = "train_passes"
+        kernel = "train_passes" if 1 in [u[0] for u in units] else "train_passes_blas"
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
     buffers = {"theta": (n_params,), "grads": (n_params,), "acts": (n_stored,), "deltas": (n_stored,),
                "scratch": (_max_threads() if max_chunks > 1 else 1, max_scratch),
@@ -282,8 +290,6 @@ class NumbaBackend(Backend):
 
     def __init__(self, fused_max_dim: int = FUSED_MAX_DIM):
         self.fused_max_dim = fused_max_dim
-        self._plan_key = None
-        self._plan: _Plan | None = None
 
     def quiet_floating_point(self):
         return np.errstate(all="ignore")
@@ -326,11 +332,11 @@ class NumbaBackend(Backend):
         (no N x H activations); small problems, where NumPy's forward takes
         microseconds, and deeper networks take the reference forward."""
         n = int(X.shape[0])
-        plan = make_plan(net, n, self.fused_max_dim) if n * max(net.layer_sizes) >= COMPILED_PREDICT_MIN else None
-        if plan is None or not plan.mlp1:
+        if not self._compiled_predict(net, n):  # decided before any buffer is made
             return super().predict_output(net, params, X)
         from ..kernels import cpu_mlp1
 
+        plan = make_plan(net, n, self.fused_max_dim)
         plan.load(params)
         n_in, hidden, n_out = (int(v) for v in plan.sizes)
         XT = np.ascontiguousarray(X.T)
@@ -338,29 +344,40 @@ class NumbaBackend(Backend):
         common = (n, n_in, hidden, n_out, int(plan.codes[0]), plan.head)
         with self.quiet_floating_point():
             if plan.parallel:
-                with _PARALLEL_LOCK:
+                with _parallel_guard():
                     cpu_mlp1.predict_parallel(*common, plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs,
                                               plan.theta, XT, plan.scratch, out)
             else:
                 cpu_mlp1.predict(*common, plan.mlp1_bs, plan.theta, XT, plan.scratch, out)
         return np.ascontiguousarray(out.T)
 
+    def _compiled_predict(self, net: Network, n_samples: int) -> bool:
+        """Whether ``predict_output`` runs the compiled fused forward (one hidden layer, both
+        layers fused, enough work to beat NumPy's forward)."""
+        return (n_samples * max(net.layer_sizes) >= COMPILED_PREDICT_MIN
+                and layer_paths(net, self.fused_max_dim) == ["fused", "fused"])
+
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int) -> int:
-        """The plan's buffers, the data twice (as given and feature-major, padded) and three
-        parameter copies: the loss is computed inside the compiled loop, so no N x H forward."""
+        """The plan's buffers, the data twice (as given and feature-major, padded), three
+        parameter copies and the validated targets: the loss is computed inside the
+        compiled loop, so no N x H forward."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
         padded = -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE
         per_sample = net.n_inputs + net.n_outputs
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+        return (plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+                + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:
-        if n_samples * max(net.layer_sizes) < COMPILED_PREDICT_MIN or layer_paths(net, self.fused_max_dim) != [
-                "fused", "fused"]:
+        if not self._compiled_predict(net, n_samples):
             return super().predict_bytes(net, n_samples)
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs)
+        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs) + BOOKKEEPING_BYTES
+
+    def loss_bytes(self, net: Network, n_samples: int) -> int:
+        """The loss runs the training kernel with no passes: a fit's buffers and data."""
+        return self.fit_bytes(net, n_samples)
 
     def _train(self, net: Network, state: TrainState, data: Data, objective: Objective, lr: float, passes: int,
                want_loss: bool) -> float:
@@ -396,7 +413,7 @@ class NumbaBackend(Backend):
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
                     plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
                     plan.scratch, plan.pg, hyper)
-        with _PARALLEL_LOCK if plan.parallel else contextlib.nullcontext():
+        with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
     def warm_up(self, net: Network, n_samples: int = 8) -> float:
@@ -420,6 +437,25 @@ def l2_penalty(plan: _Plan, l2: float) -> float:
     if not l2:
         return 0.0
     return l2 / 2 * sum(float((w * w).sum()) for w in plan.weights())
+
+
+# Layers that take parallel regions from any number of threads (Numba's own table); under
+# any other (nnx's default, workqueue) parallel kernels run one at a time.
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
+
+
+def _parallel_guard():
+    """What a parallel kernel runs under: the process-wide lock, unless the threading layer
+    takes concurrent parallel regions (an explicit ``NUMBA_THREADING_LAYER`` of tbb, omp,
+    safe or threadsafe), when fits in several threads run their chunked kernels side by side."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()  # the layer in use, once any parallel code has run
+    except ValueError:
+        layer = numba.config.THREADING_LAYER  # the one asked for; "safe" and "threadsafe" load tbb or omp
+        layer = "tbb" if layer in ("safe", "threadsafe") else layer
+    return contextlib.nullcontext() if layer in _THREAD_SAFE_LAYERS else _PARALLEL_LOCK
 
 
 def _configure_threading() -> None:

@@ -1,7 +1,9 @@
 """``nnx bench``: run chosen workloads on chosen backends, print the table, save the run.
 
-The baseline (``tutorial-code``) and the NumPy backend always run alongside the
-chosen backends: every speed-up is quoted against them, measured in the same run.
+The baseline (``tutorial-code``) and the NumPy backend run alongside the chosen
+backends: every speed-up is quoted against them, measured in the same run.
+``--no-references`` leaves them out (at full sizes they take most of a run's
+time) when only the chosen backends' own figures are wanted.
 """
 from __future__ import annotations
 
@@ -63,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"workloads to run, comma-separated or repeated (default: all): {', '.join(WORKLOADS)}")
     parser.add_argument("--backend", "-b", action="append", type=_choices("backend", ALL_TARGETS),
                         help="backends to time (default: every one available here); "
-                             f"{BASELINE} and {REFERENCE} always run as references. Choices: {', '.join(ALL_TARGETS)}")
+                             f"{BASELINE} and {REFERENCE} run as references unless --no-references. "
+                             f"Choices: {', '.join(ALL_TARGETS)}")
+    parser.add_argument("--no-references", action="store_true",
+                        help=f"do not add {BASELINE} and {REFERENCE} to the chosen backends (the slow references: "
+                             "speed-ups over them then read '-')")
     parser.add_argument("--dtype", "-d", action="append", type=_choices("dtype", DTYPES),
                         help="float32 and/or float64 (default: both)")
     sizes = parser.add_mutually_exclusive_group()
@@ -110,7 +116,10 @@ def _select(args: argparse.Namespace) -> tuple[list[Job], dict[str, str]]:
     requested = _flatten(args.backend, ())
     dtypes = _flatten(args.dtype, DTYPES)
     status = available()
-    names = list(dict.fromkeys([BASELINE, REFERENCE, *(requested or ALL_TARGETS)]))
+    references = [] if args.no_references else [BASELINE, REFERENCE]
+    names = list(dict.fromkeys([*references, *(requested or ALL_TARGETS)]))
+    if args.no_references and not requested:
+        names = [name for name in names if name not in (BASELINE, REFERENCE)]
     jobs: list[Job] = []
     skipped: dict[str, str] = {}
     for name in names:

@@ -1,0 +1,331 @@
+"""The GPU check's Python steps (``benchmarks/gpu_check.sh`` runs them, each under a timeout).
+
+``probe``          the environment (GPU, driver, CUDA, CuPy, NVRTC, CPU) as JSON; exits 3, saying
+                   why, when the CuPy backend cannot compile or run a kernel, so the check stops early.
+``prewarm-numba``  compiles the Numba kernels the CPU rows need into the on-disk cache, in the
+                   background while the GPU steps run.
+``smoke``          every kernel compiled (registers, local memory); the single-block, sliced and
+                   dense paths in float32 and float64, 200 passes with graphs, without graphs and
+                   on NumPy (bits and errors), run twice (determinism); CUDA-event timings of
+                   tutorial 003, moons N=4,096 x H=65,536 and the blas-bound net against its bare
+                   cuBLAS products. The JSON is rewritten after every section, so a timeout keeps
+                   what was measured.
+
+Each figure is measured here; ``gpu_results.py`` turns the JSON into ``RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+import nnx
+from nnx.bench.machine import cpu_model, usable_cores
+from nnx.bench.targets import make_data
+from nnx.bench.workloads import WORKLOADS, Case, scaled_lr
+from nnx.initializers import initial_params
+from nnx.network import GradientDescent, Network, Objective, TrainState
+
+PASSES = 200
+TUTORIAL_PASSES = 20_000
+OP_BY_OP_PASSES = 200
+# Parity after 200 passes, relative to each array's largest magnitude (the project's rule).
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+# (name, layer sizes, samples, hidden, head): one network per path of the CuPy backend.
+PATHS = [("single-block", (2, 3, 2), 200, "tanh", "softmax"),
+         ("sliced", (2, 64, 2), 1000, "tanh", "softmax"),
+         ("dense", (6, 40, 30, 4), 300, "relu", "softmax")]
+BLAS_CASE = Case("blas-bound", 65536, (784, 4096, 10), scaled_lr(65536, 4096), data="random")
+MOONS_CASE = next(c for c in WORKLOADS["large-hidden"].cases("full") if c.n_hidden == 65536)
+TUTORIAL_CASE = WORKLOADS["tutorial"].cases("full")[0]
+
+
+def _write(path: Path, document: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ probe
+def probe(out: Path) -> int:
+    """The environment as JSON; 3 when the CuPy backend is unavailable (the reason is printed)."""
+    env: dict = {"python": platform.python_version(), "numpy": np.__version__, "nnx": nnx.__version__,
+                 "cpu": cpu_model(), "cores": usable_cores(), "platform": platform.platform()}
+    try:
+        import numba
+        env["numba"] = numba.__version__
+    except ImportError:
+        env["numba"] = None
+    env["nvidia_smi"] = _nvidia_smi()
+    reason = nnx.available_backends()["cupy"]
+    env["cupy_unavailable"] = reason
+    if reason is None:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        env["gpu"] = {"name": name.decode() if isinstance(name, bytes) else str(name),
+                      "sms": int(props["multiProcessorCount"]),
+                      "memory_gib": round(int(props["totalGlobalMem"]) / 2**30, 1),
+                      "compute_capability": f"{props['major']}.{props['minor']}"}
+        env["cuda_driver"] = _version(cupy.cuda.runtime.driverGetVersion())
+        env["cuda_runtime"] = _version(cupy.cuda.runtime.runtimeGetVersion())
+        env["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+        env["cupy"] = cupy.__version__
+    _write(out, env)
+    print(json.dumps(env, indent=2, default=str))
+    if reason is not None:
+        print(f"CuPy cannot compile or run a CUDA kernel here: {reason}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _nvidia_smi() -> dict | None:
+    fields = "name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit"
+    try:
+        run = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if run.returncode != 0:
+        return {"error": run.stderr.strip() or f"exit status {run.returncode}"}
+    first = run.stdout.strip().splitlines()[0]
+    return dict(zip(fields.split(","), (v.strip() for v in first.split(","))))
+
+
+# --------------------------------------------------------- numba prewarm
+def prewarm_numba() -> int:
+    """Compile (or load) the Numba kernels of 2-H-2 tanh/softmax nets in both dtypes into the cache."""
+    from nnx.backends.numba_backend import NumbaBackend
+
+    backend = NumbaBackend()
+    for dtype in ("float64", "float32"):
+        for sizes in ((2, 3, 2), (2, 4096, 2)):
+            seconds = backend.warm_up(Network(sizes, "tanh", "softmax", dtype), 64)
+            print(f"numba {dtype} {sizes}: {seconds:.1f} s", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------ smoke
+def _params(sizes, dtype, init="normal_fan_in"):
+    return [(W.astype(dtype), b.astype(dtype)) for W, b in initial_params(sizes, init, 0)]
+
+
+def _problem(sizes, n, output, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, sizes[0]))
+    y = rng.integers(0, sizes[-1], n)
+    T = np.eye(sizes[-1])[y] if output == "softmax" else y.reshape(-1, 1).astype(float)
+    return X, T
+
+
+def _train(backend, net, X, T, params, passes, objective, lr):
+    """``passes`` updates from copies of ``params`` (a CPU backend would train the arrays it is given)."""
+    data = backend.prepare_data(net, X, T)
+    state = TrainState(backend.prepare_params(net, [(W.copy(), b.copy()) for W, b in params]))
+    backend.train(net, state, data, objective, GradientDescent(lr), passes)
+    backend.synchronize()
+    return backend.params_to_numpy(state.params)
+
+
+def _rel_err(ref, got) -> float:
+    return max(float(np.max(np.abs(a.astype(np.float64) - b)) / max(float(np.max(np.abs(a))), 1e-300))
+               for pa, pb in zip(ref, got) for a, b in zip(pa, pb))
+
+
+def _same_bits(a, b) -> bool:
+    return all(np.array_equal(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
+
+
+def kernels_section() -> dict:
+    """Compile every module; registers and local memory of every kernel instance."""
+    from nnx.backends.cupy_backend import CupyDevice, _module
+    from nnx.kernels import cuda_sources as src
+
+    device, rows, compile_s = CupyDevice(), [], {}
+    for source in src.SOURCES:
+        start = time.perf_counter()
+        _module(source).get_function(source.name_expressions()[0])  # NVRTC compiles the whole module here
+        compile_s[source.filename] = round(time.perf_counter() - start, 3)
+        for kernel in source.kernels:
+            for dtype in ("float32", "float64"):
+                for width in kernel.widths or (None,):
+                    fn = device.function(kernel.name, np.dtype(dtype), width)
+                    rows.append({"kernel": kernel.instance(src.ELEMENT_TYPES[dtype], width),
+                                 "registers": int(fn.num_regs), "local_bytes": int(fn.local_size_bytes),
+                                 "static_shared_bytes": int(fn.shared_size_bytes),
+                                 "max_threads_per_block": int(fn.max_threads_per_block)})
+    return {"compile_s": compile_s, "instances": rows,
+            "ok": all(r["local_bytes"] == 0 for r in rows)}
+
+
+def _cupy_backend(**switches):
+    from nnx.backends.cupy_backend import CupyBackend
+
+    return CupyBackend(**switches)
+
+
+def paths_section(make_backend=_cupy_backend, passes: int = PASSES) -> list[dict]:
+    """Each path and dtype: graphs vs no graphs (bits), twice (bits), against NumPy (error).
+
+    ``make_backend(**switches)`` builds the backend under test (the CuPy backend; the
+    tests hand in a CPU stand-in to check this script without a GPU).
+    """
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    out = []
+    for name, sizes, n, hidden, output in PATHS:
+        for dtype in ("float32", "float64"):
+            net = Network(sizes, hidden, output, dtype)
+            X, T = _problem(sizes, n, output)
+            objective, lr = Objective("mean", 1e-3), 0.5
+            params = _params(sizes, dtype)
+            graphs_backend = make_backend()
+            graphs = _train(graphs_backend, net, X, T, params, passes, objective, lr)
+            again = _train(make_backend(), net, X, T, params, passes, objective, lr)
+            eager = _train(make_backend(graphs=False), net, X, T, params, passes, objective, lr)
+            ref = _train(NumpyBackend(), net, X, T, params, passes, objective, lr)
+            err = _rel_err(ref, graphs)
+            replayer = getattr(graphs_backend, "_replayer", None)
+            row = {"path": name, "sizes": list(sizes), "n": n, "dtype": dtype, "passes": passes,
+                   "graphs_equal_eager": _same_bits(graphs, eager), "repeat_equal": _same_bits(graphs, again),
+                   "rel_err_vs_numpy": err, "tolerance": TOLERANCE[dtype],
+                   "launches_per_pass": graphs_backend.launches_per_pass(net, n),
+                   "graph_fallback": graphs_backend.graph_fallback(net),
+                   "captures": replayer.captures if replayer is not None else 0}
+            row["ok"] = row["graphs_equal_eager"] and row["repeat_equal"] and err <= TOLERANCE[dtype] \
+                and row["graph_fallback"] is None
+            out.append(row)
+            print(f"  {name} {dtype}: err {err:.2e}, graphs==eager {row['graphs_equal_eager']}, "
+                  f"repeat {row['repeat_equal']}, launches/pass {row['launches_per_pass']:.4g}", flush=True)
+    return out
+
+
+def _events_seconds(run) -> float:
+    """Device time of ``run()`` between two CUDA events on the current stream."""
+    import cupy
+
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+def _timed_train(backend, case: Case, dtype: str, passes: int, timer=_events_seconds) -> dict:
+    """Per-pass device time of ``passes`` passes after ``passes + 1`` untimed ones: those compile the
+    kernels and capture every graph the timed passes replay (one eager pass, then the same blocks)."""
+    net = Network(case.layer_sizes, case.hidden, case.output, dtype)
+    X, _, T = make_data(case)
+    data = backend.prepare_data(net, X, T)
+    state = TrainState(backend.prepare_params(net, _params(case.layer_sizes, dtype, case.init)))
+    objective, optimizer = Objective(case.reduction, case.l2), GradientDescent(case.lr)
+    backend.train(net, state, data, objective, optimizer, passes + 1)
+    backend.synchronize()
+    seconds = timer(lambda: backend.train(net, state, data, objective, optimizer, passes))
+    finite = all(np.isfinite(a).all() for pair in backend.params_to_numpy(state.params) for a in pair)
+    row = {"case": case.id, "dtype": dtype, "passes": passes, "seconds": seconds, "us_per_pass": seconds / passes * 1e6,
+           "finite": bool(finite)}
+    if getattr(backend, "fused", False):
+        row["launches_per_pass"] = backend.launches_per_pass(net, case.n_samples)
+        row["graph_fallback"] = backend.graph_fallback(net)
+    return row
+
+
+def _bare_products_seconds(case: Case, dtype: str, passes: int, xp=None, timer=_events_seconds) -> float:
+    """Time per pass of the pass's matrix products alone (forward, dW, deltas), through ``xp``'s
+    matrix product: CuPy's cuBLAS by default."""
+    if xp is None:
+        import cupy as xp
+    X = xp.asarray(make_data(case)[0], dtype=dtype)
+    Ws = [xp.asarray(W, dtype=dtype) for W, _ in _params(case.layer_sizes, dtype, case.init)]
+    n = case.n_samples
+    acts = [xp.empty((n, w), dtype) for w in case.layer_sizes[1:]]
+    deltas = [xp.full((n, w), 0.01, dtype) for w in case.layer_sizes[1:]]
+    grads = [xp.empty_like(W) for W in Ws]
+
+    def products():
+        for _ in range(passes):
+            a = X
+            for W, out in zip(Ws, acts):
+                a = xp.matmul(a, W, out=out)
+            for layer in range(len(Ws) - 1, -1, -1):
+                a_prev = X if layer == 0 else acts[layer - 1]
+                xp.matmul(a_prev.T, deltas[layer], out=grads[layer])
+                if layer > 0:
+                    xp.matmul(deltas[layer], Ws[layer].T, out=deltas[layer - 1])
+    timer(products)  # cuBLAS heuristics and first-touch, untimed
+    return timer(products) / passes
+
+
+def timings_section(emit, make_backend=_cupy_backend, timer=_events_seconds, xp=None,
+                    cases: tuple[Case, Case, Case] = (TUTORIAL_CASE, MOONS_CASE, BLAS_CASE),
+                    passes: tuple[int, int, int, int] = (TUTORIAL_PASSES, OP_BY_OP_PASSES, 64, 12)) -> dict:
+    """CUDA-event timings; ``emit`` saves what is done so far. (The tests hand in CPU stand-ins
+    for the backend, timer and array module, and small cases.)"""
+    tutorial, moons, blas = cases
+    tutorial_passes, op_passes, moons_passes, blas_passes = passes
+    out: dict = {}
+    for dtype in ("float64", "float32"):
+        out[f"tutorial {dtype}"] = {
+            "cupy": _timed_train(make_backend(), tutorial, dtype, tutorial_passes, timer),
+            "cupy/no-graphs": _timed_train(make_backend(graphs=False), tutorial, dtype, tutorial_passes, timer),
+            "cupy/op-by-op": _timed_train(make_backend(fused=False), tutorial, dtype, op_passes, timer)}
+        emit(out)
+    for dtype in ("float32", "float64"):
+        out[f"moons {moons.id} {dtype}"] = {"cupy": _timed_train(make_backend(), moons, dtype, moons_passes, timer)}
+        emit(out)
+    row = _timed_train(make_backend(), blas, "float32", blas_passes, timer)
+    products = _bare_products_seconds(blas, "float32", blas_passes, xp, timer)
+    out[f"blas-bound {blas.id} float32"] = {
+        "cupy": row, "cupy/products-only": {"us_per_pass": products * 1e6, "passes": blas_passes},
+        "share_of_products": products * 1e6 / row["us_per_pass"]}
+    emit(out)
+    return out
+
+
+def smoke(out: Path) -> int:
+    document: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": {}}
+    sections = [("kernels", kernels_section), ("paths", paths_section),
+                ("timings", lambda: timings_section(lambda partial: _write(out, {**document, "timings": partial})))]
+    for name, run in sections:
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        try:
+            document[name] = run()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic run records every failure and goes on
+            document["errors"][name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            print(document["errors"][name], file=sys.stderr, flush=True)
+        document[f"{name}_s"] = round(time.perf_counter() - start, 2)
+        _write(out, document)
+    failed = bool(document["errors"]) or not document.get("kernels", {}).get("ok", False) \
+        or not all(row["ok"] for row in document.get("paths", []))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("probe", "prewarm-numba", "smoke"))
+    parser.add_argument("--out", type=Path, help="the JSON to write (probe, smoke)")
+    args = parser.parse_args(argv)
+    if args.step == "prewarm-numba":
+        return prewarm_numba()
+    if args.out is None:
+        parser.error(f"{args.step} needs --out")
+    return probe(args.out) if args.step == "probe" else smoke(args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

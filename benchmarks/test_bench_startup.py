@@ -1,0 +1,200 @@
+"""What a user pays besides the passes: cold compiles, cached start-up, ``nnx train`` end
+to end, and per-fit overhead next to the passes themselves.
+
+Every figure a ratio is quoted from is measured in the same test, side by side:
+the tutorial's own NumPy code (``nnx.bench.tutorial_code``) and the backend seam
+beside ``MLP.fit``, the NumPy backend beside the Numba one. Cold compiles run in
+a fresh process with an empty kernel cache (``NNX_CACHE_DIR``), timed from the
+``fit`` call to the end of its first pass; the same process again times the
+warm start (``import nnx`` plus loading the first fit's kernels from the cache).
+
+Sizes follow ``NNX_BENCH_SIZES``: ``tiny`` (CI) runs one cold compile and small
+fits once, untimed; ``quick``/``full`` run every case (the README's figures).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.bench import tutorial_code as tut
+from nnx.network import GradientDescent, Objective, TrainState
+
+from conftest import size_set
+
+pytest.importorskip("pytest_benchmark")
+pytestmark = pytest.mark.skipif(nnx.available_backends()["numba"] is not None, reason="numba unavailable here")
+
+# (id, layer sizes, hidden, output, dtype, samples): one per compiled path
+COLD_CASES = [
+    ("tutorial-float64", (2, 3, 2), "tanh", "softmax", "float64", 200),
+    ("tutorial-float32", (2, 3, 2), "tanh", "softmax", "float32", 200),
+    ("xor-2-2-1", (2, 2, 1), "sigmoid", "sigmoid", "float64", 4),
+    ("moons-2-64-2-chunked", (2, 64, 2), "tanh", "softmax", "float64", 5000),
+    ("deep-fused-2-16-16-2", (2, 16, 16, 2), "tanh", "softmax", "float64", 200),
+    ("deep-chunked-2-256-256-2", (2, 256, 256, 2), "relu", "softmax", "float64", 4000),
+    ("blas-784-256-10", (784, 256, 10), "tanh", "softmax", "float32", 1000),
+]
+COLD_SCRIPT = """
+import json, sys, time
+start = time.perf_counter()
+import numpy as np
+import nnx
+imported = time.perf_counter()
+sizes, hidden, output, dtype, n = json.loads(sys.argv[1])
+rng = np.random.default_rng(0)
+X = rng.normal(size=(n, sizes[0]))
+y = rng.integers(0, sizes[-1], n) if output == "softmax" else rng.uniform(0, 1, (n, sizes[-1]))
+model = nnx.MLP(sizes, hidden=hidden, output=output, dtype=dtype)
+with nnx.use_backend("numba"):
+    fit_start = time.perf_counter()
+    model.fit(X, y, passes=1, log_every=1)
+done = time.perf_counter()
+print(json.dumps({"import_s": imported - start, "fit_s": done - fit_start}))
+"""
+
+
+def _cold_cases():
+    return [c for c in COLD_CASES if size_set() != "tiny" or c[0] == "tutorial-float64"]
+
+
+def _run_cold(case, cache_dir) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    env["NNX_CACHE_DIR"] = str(cache_dir)
+    done = subprocess.run([sys.executable, "-c", COLD_SCRIPT, json.dumps(case[1:])], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("case", _cold_cases(), ids=lambda c: c[0])
+def test_cold_compile_then_cached_start(benchmark, case, tmp_path):
+    """Seconds from ``fit`` to the end of its first pass with an empty cache, then with it full."""
+    cold = benchmark.pedantic(_run_cold, args=(case, tmp_path), rounds=1, iterations=1)
+    warm = min((_run_cold(case, tmp_path) for _ in range(3)), key=lambda r: r["import_s"] + r["fit_s"])
+    benchmark.extra_info.update(
+        cold_fit_s=round(cold["fit_s"], 3), warm_import_s=round(warm["import_s"], 3),
+        warm_fit_s=round(warm["fit_s"], 3), warm_import_and_load_s=round(warm["import_s"] + warm["fit_s"], 3))
+
+
+def _wall(command: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return time.perf_counter() - start
+
+
+TUTORIAL_SCRIPT = ("import nnx.datasets as d, nnx.bench.tutorial_code as t; X, y = d.moons(200, noise=0.2, seed=0); "
+                   "t.moons_tutorial(X, y, 3, 20000, log_every=1000)")
+
+
+def test_nnx_train_end_to_end_against_the_tutorial_code(benchmark, tmp_path):
+    """Wall clock of ``nnx train`` (Python start-up included) on an empty cache and on a warm one,
+    beside the tutorial's own NumPy code doing the same 20,000 passes."""
+    nnx_cmd = shutil.which("nnx")
+    command = [nnx_cmd, "train"] if nnx_cmd else [sys.executable, "-m", "nnx", "train"]
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    env["NNX_CACHE_DIR"] = str(tmp_path)
+    cold = benchmark.pedantic(_wall, args=(command, env), rounds=1, iterations=1)
+    warm = min(_wall(command, env) for _ in range(3))
+    tutorial = min(_wall([sys.executable, "-c", TUTORIAL_SCRIPT], env) for _ in range(2))
+    benchmark.extra_info.update(cold_s=round(cold, 3), warm_s=round(warm, 3), tutorial_code_s=round(tutorial, 3),
+                                cold_over_tutorial=round(cold / tutorial, 2),
+                                tutorial_over_warm=round(tutorial / warm, 2))
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _repeats() -> int:
+    return {"tiny": 1, "quick": 5, "full": 9}[size_set()]
+
+
+def _timed(benchmark, fn, rounds: int) -> float:
+    """Time ``fn`` through pytest-benchmark; the best round in seconds (also when timing is
+    disabled, as with tiny sizes, where the figure is only a smoke check)."""
+    benchmark.pedantic(fn, rounds=rounds, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.min if stats is not None else _best(fn, 1)
+
+
+def test_tutorial_through_fit_against_the_seam(benchmark):
+    """Tutorial 003 (20,000 passes, logging every 1,000) through ``MLP.fit`` next to the
+    backend seam alone, and next to the tutorial's own code."""
+    passes = 20_000 if size_set() != "tiny" else 200
+    X, y = nnx.datasets.moons(200, noise=0.2, seed=0)
+
+    def fit():
+        nnx.MLP([2, 3, 2]).fit(X, y, passes=passes, lr=0.01, l2=0.01, reduction="sum", log_every=1000)
+
+    with nnx.use_backend("numba") as backend:
+        model = nnx.MLP([2, 3, 2])
+        data = backend.prepare_data(model.net, X, np.eye(2)[y])
+        objective, optimizer = Objective("sum", 0.01), GradientDescent(0.01)
+
+        def seam():
+            state = TrainState(backend.prepare_params(model.net, model.params))
+            backend.train(model.net, state, data, objective, optimizer, passes)
+
+        fit()
+        seam()
+        fit_s = _timed(benchmark, fit, _repeats())
+        seam_s = _best(seam, _repeats())
+    tutorial_s = _best(lambda: tut.moons_tutorial(X, y, 3, passes), max(1, _repeats() // 3))
+    benchmark.extra_info.update(passes=passes, fit_passes_per_s=round(passes / fit_s),
+                                seam_passes_per_s=round(passes / seam_s), fit_over_seam=round(fit_s / seam_s, 3),
+                                numba_fit_over_tutorial_code=round(tutorial_s / fit_s, 1))
+
+
+def test_fit_overhead_xor(benchmark):
+    """Tutorial 001 (XOR 2-2-1, 10,000 epochs, default logging) through ``MLP.fit``."""
+    epochs = 10_000 if size_set() != "tiny" else 100
+    X, y = nnx.datasets.xor()
+
+    def fit():
+        nnx.MLP([2, 2, 1], hidden="sigmoid", output="sigmoid", init="uniform").fit(
+            X, y.astype(float), passes=epochs, lr=1.0, reduction="sum")
+
+    with nnx.use_backend("numba"):
+        fit()
+        fit_s = _timed(benchmark, fit, _repeats() * 3)
+    tutorial_s = _best(lambda: tut.xor_tutorial(X, y.reshape(-1, 1).astype(float), 2, epochs), _repeats())
+    benchmark.extra_info.update(epochs=epochs, numba_fit_over_tutorial_code=round(tutorial_s / fit_s, 1))
+
+
+def test_large_hidden_forward_and_short_fit(benchmark):
+    """N = H = 4,096: the compiled fused forward (``predict_proba``) against the NumPy backend's,
+    and a 10-pass fit against its 10 passes alone (what logging and loss evaluation add)."""
+    n = hidden = 4096 if size_set() != "tiny" else 256
+    X, y = nnx.datasets.moons(n, noise=0.2, seed=0)
+    model = nnx.MLP([2, hidden, 2])
+    with nnx.use_backend("numpy"):
+        numpy_s = _best(lambda: model.predict_proba(X), _repeats())
+    with nnx.use_backend("numba") as backend:
+        model.predict_proba(X)
+        predict_s = _timed(benchmark, lambda: model.predict_proba(X), _repeats())
+        settings = dict(lr=1e-5, l2=0.01, reduction="sum")
+        nnx.MLP([2, hidden, 2]).fit(X, y, passes=1, **settings)
+        fit_s = _best(lambda: nnx.MLP([2, hidden, 2]).fit(X, y, passes=10, log_every=10, **settings), _repeats())
+        data = backend.prepare_data(model.net, X, np.eye(2)[y])
+
+        def passes_alone():
+            state = TrainState(backend.prepare_params(model.net, model.params))
+            backend.train(model.net, state, data, Objective("sum", 0.01), GradientDescent(1e-5), 10)
+
+        passes_s = _best(passes_alone, _repeats())
+    benchmark.extra_info.update(n=n, hidden=hidden, numba_forward_over_numpy=round(numpy_s / predict_s, 2),
+                                fit10_over_passes10=round(fit_s / passes_s, 3))
