@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,6 @@ from ..network import Network
 from ..validation import check_network
 from .config import JobConfig
 from .data import Dataset, test_count
-
-# A backend object is shared by every fit in its process and keeps per-network buffers,
-# and Numba's workqueue threads take one parallel call at a time: fits in one process
-# (a Dask worker with several threads) therefore take turns.
-_FIT_LOCK = threading.Lock()
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 # Outcomes that a rerun reuses: the same configuration would give them again.
@@ -113,11 +107,10 @@ def run_job(config: JobConfig, data: Dataset, keep_model: bool = False) -> dict:
     if data.sha256 != config.data_sha256:
         raise ValueError(f"job {config.key[:12]} was given data with hash {data.sha256[:12]}, "
                          f"not its own {config.data_sha256[:12]}")
-    with _FIT_LOCK:
-        try:
-            record, model = _fit(config, data)
-        except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
-            return {"record": failed_record(config, f"{type(exc).__name__}: {exc}"), "model": None}
+    try:
+        record, model = _fit(config, data)
+    except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+        return {"record": failed_record(config, f"{type(exc).__name__}: {exc}"), "model": None}
     return {"record": record, "model": model if keep_model else None}
 
 
