@@ -11,6 +11,15 @@ from .persistence import load
 from .version import __version__
 
 
+
+def __getattr__(name: str):
+    # nnx.sweep (callable: nnx.sweep(...)) loads on first use, keeping `import nnx` light.
+    if name == "sweep":
+        import importlib
+        return importlib.import_module(".sweep", __name__)
+    raise AttributeError(f"module 'nnx' has no attribute {name!r}")
+
+
 __all__ = [
     "MLP",
     "BackendUnavailableError",
@@ -24,5 +33,6 @@ __all__ = [
     "load",
     "metrics",
     "set_backend",
+    "sweep",
     "use_backend",
 ]

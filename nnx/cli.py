@@ -1,5 +1,5 @@
 """The ``nnx`` command: ``nnx train`` reruns the tutorials, ``nnx backends`` says what runs here,
-``nnx bench`` compares backends."""
+``nnx bench`` compares backends, ``nnx sweep`` trains many, ``nnx xor`` answers x ^ y."""
 from __future__ import annotations
 
 import argparse
@@ -114,9 +114,11 @@ def _cache(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import command as bench_command
+    from .sweep import command as sweep_command
+    from . import xor_command
 
     parser = argparse.ArgumentParser(prog="nnx", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="{train,backends,cache,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,backends,cache,bench,sweep,xor}")
     _train_parser(sub)
     sub.add_parser("backends", help="list the backends usable here, what auto picks and the kernel cache")
     cache_parser = sub.add_parser("cache", help="where compiled kernels are cached; `nnx cache clear` empties it",
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.add_arguments(sub.add_parser(
         "bench", help="time workloads per backend and compare them",
         description="Time nnx's benchmark workloads on each backend against the tutorial's NumPy code."))
+    sweep_command.add_arguments(sub.add_parser("sweep", help="train one network per combination of settings"))
+    xor_command.add_arguments(sub.add_parser("xor", help="tutorial 001: train XOR, then answer x ^ y"))
     return parser
 
 
@@ -139,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "bench":
             from .bench import command as bench_command
             return bench_command.run(args)
+        if command in ("sweep", "xor"):
+            return args.run(args)
         return handlers[command](args)
     except (ValueError, BackendUnavailableError, NonFiniteLossError, OutOfMemoryError) as exc:
         print(f"nnx: error: {exc}", file=sys.stderr)
