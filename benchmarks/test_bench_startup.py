@@ -78,7 +78,8 @@ def _run_cold(case, cache_dir) -> dict:
 def test_cold_compile_then_cached_start(benchmark, case, tmp_path):
     """Seconds from ``fit`` to the end of its first pass with an empty cache, then with it full."""
     cold = benchmark.pedantic(_run_cold, args=(case, tmp_path), rounds=1, iterations=1)
-    warm = min((_run_cold(case, tmp_path) for _ in range(3)), key=lambda r: r["import_s"] + r["fit_s"])
+    warm = min((_run_cold(case, tmp_path) for _ in range(max(1, _repeats() // 2))),
+               key=lambda r: r["import_s"] + r["fit_s"])
     benchmark.extra_info.update(
         cold_fit_s=round(cold["fit_s"], 3), warm_import_s=round(warm["import_s"], 3),
         warm_fit_s=round(warm["fit_s"], 3), warm_import_and_load_s=round(warm["import_s"] + warm["fit_s"], 3))
@@ -103,8 +104,8 @@ def test_nnx_train_end_to_end_against_the_tutorial_code(benchmark, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
     env["NNX_CACHE_DIR"] = str(tmp_path)
     cold = benchmark.pedantic(_wall, args=(command, env), rounds=1, iterations=1)
-    warm = min(_wall(command, env) for _ in range(3))
-    tutorial = min(_wall([sys.executable, "-c", TUTORIAL_SCRIPT], env) for _ in range(2))
+    warm = min(_wall(command, env) for _ in range(max(1, _repeats() // 2)))
+    tutorial = min(_wall([sys.executable, "-c", TUTORIAL_SCRIPT], env) for _ in range(max(1, _repeats() // 2)))
     benchmark.extra_info.update(cold_s=round(cold, 3), warm_s=round(warm, 3), tutorial_code_s=round(tutorial, 3),
                                 cold_over_tutorial=round(cold / tutorial, 2),
                                 tutorial_over_warm=round(tutorial / warm, 2))

@@ -78,7 +78,7 @@ def test_readme_commands_work_one_after_the_other(tmp_path):
     shell(install_cmd)
     assert not installed.exists(), f"pip left {installed} behind when it replaced the regular install"
     shell("pytest --collect-only -q -p no:cacheprovider")
-    shell("pytest -q -p no:cacheprovider tests/test_packaging.py")
+    shell("pytest -q -p no:cacheprovider tests/test_datasets.py")
     shell("pip uninstall -y nnx")
     left = [p.name for p in purelib.iterdir() if "nnx" in p.name.lower()]
     assert not left, f"pip uninstall left {left} in {purelib}"
