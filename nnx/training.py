@@ -89,8 +89,8 @@ def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objec
     end = state.updates + passes
     with _InterruptFlag() as interrupt:
         try:
-            if record_start:
-                loss = backend.objective_value(net, state.params, data, objective)
+            if record_start:  # through the fit's own buffers: no second set just for this loss
+                loss = backend.train_and_loss(net, state, data, objective, optimizer, 0)
                 if not math.isfinite(loss):
                     raise _non_finite_start()
                 log(loss)

@@ -39,6 +39,11 @@ class Data:
         return int(self.X.shape[0])
 
 
+def l2_penalty(weights, l2: float) -> float:
+    """l2/2 * sum(W**2) over the weight matrices (biases take no L2): tutorial 003's term."""
+    return l2 / 2 * sum(float((W * W).sum()) for W in weights) if l2 else 0.0
+
+
 class Workspace:
     """Buffers for one network and batch size, reused by every pass.
 
@@ -257,7 +262,8 @@ class Backend:
         """``train``, then ``objective_value`` at the new parameters: the training
         driver's step between logging points. Backends that compute the loss inside
         their compiled loop override this to make it one call."""
-        self.train(net, state, data, objective, optimizer, passes)
+        if passes:
+            self.train(net, state, data, objective, optimizer, passes)
         return self.objective_value(net, state.params, data, objective)
 
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
@@ -265,8 +271,7 @@ class Backend:
         with self.quiet_floating_point():
             logits = self.forward(net, params, data.X, logits=True)[-1]
             total = self.head_loss_sum(net.output, logits, data.T)
-            if objective.l2:
-                total += objective.l2 / 2 * sum(float((W * W).sum()) for W, _ in params)
+            total += l2_penalty([W for W, _ in params], objective.l2)
         return total / data.n_samples
 
     def data_loss(self, net: Network, params, data: Data) -> float:

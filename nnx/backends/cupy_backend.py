@@ -34,7 +34,7 @@ from ..kernels import cuda_sources as src
 from ..network import ACTIVATION_CODES, GradientDescent, Network, Objective, TrainState
 from . import cuda_blas
 from . import cuda_plan as plan
-from .base import Backend, Data
+from .base import Backend, Data, l2_penalty
 from .cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
 
 _CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice; no driver at all reads as cudaErrorInsufficientDriver (35)
@@ -394,8 +394,7 @@ class CupyBackend(Backend):
 
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
         total = self._row_losses(net, params, data)
-        if objective.l2:
-            total += objective.l2 / 2 * sum(float((W * W).sum()) for W, _ in params)
+        total += l2_penalty([W for W, _ in params], objective.l2)
         return total / data.n_samples
 
     def data_loss(self, net: Network, params, data: Data) -> float:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from ..network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
-from .base import BOOKKEEPING_BYTES, Backend, Data, validated_targets_bytes
+from .base import BOOKKEEPING_BYTES, Backend, Data, l2_penalty, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
 FUSED_MAX_DIM = 8
@@ -396,7 +396,7 @@ class NumbaBackend(Backend):
         if not want_loss:
             return float("nan")
         with self.quiet_floating_point():  # an overflowing penalty is a non-finite loss, reported by the driver
-            return (data_loss + l2_penalty(plan, objective.l2)) / data.n_samples
+            return (data_loss + l2_penalty(plan.weights(), objective.l2)) / data.n_samples
 
     def _run(self, plan: _Plan, net: Network, data: Data, objective: Objective, lr: float, passes: int,
              want_loss: bool) -> float:
@@ -436,13 +436,6 @@ class NumbaBackend(Backend):
         self._run(make_plan(net, n_samples, self.fused_max_dim), net, self.prepare_data(net, X, T), Objective(),
                   0.0, 0, want_loss=True)
         return time.perf_counter() - start
-
-
-def l2_penalty(plan: _Plan, l2: float) -> float:
-    """l2/2 * sum(W**2) over every weight matrix (biases take no L2), as the reference computes it."""
-    if not l2:
-        return 0.0
-    return l2 / 2 * sum(float((w * w).sum()) for w in plan.weights())
 
 
 # Layers that take parallel regions from any number of threads (Numba's own table); under
