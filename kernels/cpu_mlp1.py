@@ -25,14 +25,12 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 from numba.extending import overload
 
-from .cpu_activation import RELU, SIGMOID, TANH, activate, grad_times_derivative
-from .cpu_math import (CACHE, _EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
-                       _is32, _pow2, _vexp32, like, vexp, vtanh)
+from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, TANH, activate, activation, derivative,
+                             grad_times_derivative, head_activation)
+from .cpu_math import CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, rational_exp, vexp
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_update import gd_update
-
-HEAD_SOFTMAX, HEAD_SIGMOID = 0, 1
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
@@ -140,32 +138,6 @@ def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     return loss
 
 
-@njit(**_SHARED)
-def _act(code, x):
-    """One hidden activation (``code`` as in ``cpu_activation``), for one value at a time:
-    libm's scalar exp and tanh, which beat the vectorisable versions outside vector loops."""
-    if code == TANH:
-        return math.tanh(x)
-    if code == SIGMOID:
-        return like(x, 1.0) / (like(x, 1.0) + math.exp(-x))
-    if code == RELU:
-        return like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
-    return x
-
-
-@njit(**_SHARED)
-def _act_derivative(code, a):
-    """f' written from the output ``a``, as the tutorials do: 1-a^2, a(1-a), a>0."""
-    one = like(a, 1.0)
-    if code == TANH:
-        return one - a * a
-    if code == SIGMOID:
-        return a * (one - a)
-    if code == RELU:
-        return one if a > 0.0 else like(a, 0.0)
-    return one
-
-
 @njit(**_INNER)
 def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                 hb, z, g, d, m, s, dW1, db1, dW2, db2):
@@ -184,7 +156,7 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             acc = b1[j]
             for k in range(n_in):
                 acc += XT[k, n] * W1[k, j]
-            h[j] = _act(code, acc)
+            h[j] = activation(code, acc, True)
         for c in range(n_out):
             acc = b2[c]
             for j in range(n_hidden):
@@ -207,15 +179,14 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             for c in range(n_out):
                 gg[c] = (gg[c] * inv - TT[c, n]) * scale
         else:
+            out_code = head_activation(head)
             for c in range(n_out):
-                y = _act(SIGMOID, zz[c]) if head == HEAD_SIGMOID else zz[c]
+                y = activation(out_code, zz[c], True)
                 diff = y - TT[c, n]
                 if loss_only:
                     loss += 0.5 * diff * diff
-                elif head == HEAD_SIGMOID:
-                    gg[c] = diff * (y * (like(y, 1.0) - y)) * scale
                 else:
-                    gg[c] = diff * scale
+                    gg[c] = diff * derivative(out_code, y) * scale  # identity: exactly diff * scale
             if loss_only:
                 continue
         for c in range(n_out):
@@ -225,7 +196,7 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             for c in range(n_out):
                 dW2[j, c] += h[j] * gg[c]
                 back += gg[c] * W2[j, c]
-            back *= _act_derivative(code, h[j])
+            back *= derivative(code, h[j])
             db1[j] += back
             for k in range(n_in):
                 dW1[k, j] += XT[k, n] * back
@@ -244,17 +215,10 @@ def _softmax2_grad64(za, zb, ta, tb, scale):
     big = za > zb
     m = za if big else zb
     d = (zb if big else za) - m  # <= 0, or NaN
-    dc = max(d, -746.0)
-    k = np.floor(dc * _LOG2E + 0.5)
-    r = (dc - k * _LN2_HI) - k * _LN2_LO
-    rr = r * r
-    pr = ((_EP0 * rr + _EP1) * rr + _EP2) * r
-    qr = ((_EQ0 * rr + _EQ1) * rr + _EQ2) * rr + _EQ3
-    n = np.int64(k)
+    n, num, b = rational_exp(max(d, -746.0))
     half = n >> 1
-    a = (qr + pr) * _pow2(half) * _pow2(n - half)
+    a = num * _pow2(half) * _pow2(n - half)
     a = 0.0 if d < _EXP_MIN else a
-    b = qr - pr
     inv = 1.0 / (a + b)
     p_big = b * inv
     p_small = a * inv
@@ -310,7 +274,6 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     z0 = z[0]
     z1 = z[1]
     zero = like(W1, 0.0)  # in W1's precision: a float64 literal would make float32 loops float64
-    one = like(W1, 1.0)
     loss = 0.0
     if not loss_only:
         _zero(dW1, db1, dW2, db2)
@@ -331,7 +294,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
             v0 = W2[j, 0]
             v1 = W2[j, 1]
             for n in range(nb):
-                h = vtanh(bj + x0[n0 + n] * w0 + x1[n0 + n] * w1)
+                h = activation(TANH, bj + x0[n0 + n] * w0 + x1[n0 + n] * w1, False)
                 hb[j, n] = h
                 z0[n] += h * v0
                 z1[n] += h * v1
@@ -372,7 +335,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 gb = z1[n]
                 s_h0 += h * ga
                 s_h1 += h * gb
-                dd = (ga * v0 + gb * v1) * (one - h * h)
+                dd = (ga * v0 + gb * v1) * derivative(TANH, h)
                 s_d += dd
                 s_x0 += x0[n0 + n] * dd
                 s_x1 += x1[n0 + n] * dd
@@ -543,9 +506,9 @@ def _predict_rows(XT, r0, r1, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out):
             for c in range(n_out):
                 for n in range(nb):
                     z[c, n] *= s[n]
-        elif head == HEAD_SIGMOID:
+        elif head != HEAD_IDENTITY:
             for c in range(n_out):
-                activate(SIGMOID, z, c, nb)
+                activate(head_activation(head), z, c, nb)
         for c in range(n_out):
             for n in range(nb):
                 out[c, n0 + n] = z[c, n]

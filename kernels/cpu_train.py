@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from .cpu_activation import IDENTITY, grad_times_derivative
+from .cpu_activation import HEAD_SOFTMAX, IDENTITY, grad_times_derivative
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
@@ -28,7 +28,6 @@ from .cpu_update import gd_update
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
-HEAD_SOFTMAX = 0
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
