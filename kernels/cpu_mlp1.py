@@ -5,7 +5,10 @@ Per block of samples (feature-major, vectorised over samples) one sweep over the
 hidden units goes forward (hidden pre-activation, activation, logits), then the
 loss head, then one sweep back (hidden delta, all four gradients). The block's
 hidden activations (H x block) are the only scratch; the N x H activations are
-never stored. Blocks are sized so that scratch stays in L1/L2.
+never stored. Blocks are sized so that scratch stays in L1/L2. With minibatches,
+each update first gathers its samples by index into small feature-major batch
+buffers (the data itself is never copied or permuted), and the optimiser step
+(``cpu_update``) follows every update inside the same call.
 
 Samples split into a fixed number of chunks (from the sizes alone); each chunk
 sums its own partial gradients and the chunks are added in order, so results
@@ -15,7 +18,8 @@ Compile time: each entry point (``train_2x2``, ``train_any`` and their
 ``_parallel`` twins, ``predict``) pulls in only the code its path runs. They
 share one loop, ``_train``, which takes the chunk kernel and the chunk runner
 as first-class functions, so a tutorial-sized fit never compiles the parallel
-runner or the general kernel. Only the entry points are cached on disk.
+runner or the general kernel. The optimiser step is a function pointer, so no
+entry point compiles optimiser code. Only the entry points are cached on disk.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, TANH, activate, activa
 from .cpu_math import CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, rational_exp, vexp
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_update import gd_update
+from .cpu_update import data_pointer
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
@@ -401,85 +405,133 @@ def _side_by_side_any(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT,
                          b2, code, head, scale, scratch, pg, losses)
 
 
+@njit(**_INNER)
+def gather_columns(X, T, order, start, nb, shuffled, granule, XT, TT):
+    """Samples ``order[start:start + nb]`` (``start..start + nb`` unless ``shuffled``) of the
+    sample-major data into the first columns of the feature-major batch buffers ``XT``/``TT``,
+    padded with copies of them to a whole number of ``granule`` columns; returns that number."""
+    n_in = X.shape[1]
+    n_out = T.shape[1]
+    cols = -(-nb // granule) * granule
+    for i in range(nb):
+        r = order[start + i] if shuffled else start + i
+        for k in range(n_in):
+            XT[k, i] = X[r, k]
+        for c in range(n_out):
+            TT[c, i] = T[r, c]
+    for i in range(nb, cols):
+        for k in range(n_in):
+            XT[k, i] = XT[k, i % nb]
+        for c in range(n_out):
+            TT[c, i] = TT[c, i % nb]
+    return cols
+
+
 @njit(**_SHARED)
-def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
-           chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    """The pass loop shared by every entry point; ``side_by_side`` is None for the
-    serial ones (one chunk, on views made once: reshapes and reference counts cost
-    more than a whole tiny pass). Chunks are added in order: the same bits on any
-    thread count."""
+def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+           chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    """The update loop shared by every entry point; ``side_by_side`` is None for the serial
+    ones (one chunk, on views made once: reshapes and reference counts cost more than a
+    whole tiny pass). Chunks are added in order: the same bits on any thread count.
+
+    ``n_updates`` steps (forward and backward on the data or a gathered minibatch, then
+    ``update``), then with ``want_loss`` the summed data loss of all samples: in one go on
+    the full data, or batch-sized range by range through the batch buffers.
+    """
+    batch_rows, granule, order, bounds = batch
+    lrs, update, slots, settings, step0, coef = interval
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
-    lr = hyper[0]
-    l2 = hyper[1]
-    scale = hyper[2]
-    n_rows = XT.shape[1]  # with the padding: the 2x2 kernel masks it, the general one stops at n_samples
+    l2 = hyper[0]
+    mean = hyper[2] != 0.0
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
     dW1, db1, dW2, db2 = _views(grads, n_in, n_hidden, n_out)
     n_p = grads.size
+    n_loss = 0 if not want_loss else 1 if batch_rows == 0 else -(-n_samples // batch_rows)
     loss = 0.0
-    for p in range(passes + 1):
-        loss_only = p == passes
-        if loss_only and not want_loss:
-            break
+    for p in range(n_updates + n_loss):
+        loss_only = p >= n_updates
+        # with the padding: the 2x2 kernel masks it, the general one stops at n_real
+        n_real, n_rows, scale = n_samples, XT.shape[1], hyper[1]
+        if batch_rows > 0:  # XT/TT are the batch buffers
+            start = (p - n_updates) * batch_rows if loss_only else bounds[p]
+            n_real = min(batch_rows, n_samples - start) if loss_only else bounds[p + 1] - start
+            n_rows = gather_columns(X, T, order, start, n_real, not loss_only, granule, XT, TT)
+            hyper[3] = 1.0 / n_real if mean else 1.0  # the batch's scale, in the parameters' dtype
+            scale = hyper[3]
         if side_by_side is None:
-            loss = chunk(XT, TT, n_samples, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+            part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                          hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
             losses = np.empty(n_chunks)
-            side_by_side(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+            side_by_side(loss_only, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                          scale, scratch, pg, losses)
-            loss = 0.0
+            part = 0.0
             for c in range(n_chunks):
-                loss += losses[c]
+                part += losses[c]
             if not loss_only:
                 for i in range(n_p):
                     grads[i] = pg[0, i]
                 for c in range(1, n_chunks):
                     for i in range(n_p):
                         grads[i] += pg[c, i]
-        if not loss_only:
-            gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)
+        if loss_only:
+            loss += part
+        else:
+            update(data_pointer(theta), data_pointer(grads), data_pointer(slots), n_p, slots.shape[0],
+                   data_pointer(w_off), data_pointer(b_off), data_pointer(n_bias), w_off.size, data_pointer(settings),
+                   lrs[p], np.float64(l2), step0 + p + 1, data_pointer(coef))
     return loss
 
 
 # ------------------------------------------------------------- entry points
-# Same arguments for all five: ``passes`` updates of ``theta`` (W1, b1, W2, b2 flat)
-# in place, then, with ``want_loss``, the summed data loss at the new parameters.
-# ``XT``/``TT`` are feature-major, the first ``n_samples`` columns real, the rest
-# (up to a multiple of the block granule) padding for the 2x2 kernel.
+# Same arguments for all five: ``n_updates`` steps of ``theta`` (W1, b1, W2, b2 flat) and
+# the optimiser state ``slots`` in place, then, with ``want_loss``, the summed data loss of
+# all samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the
+# data feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of
+# the block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows,
+# granule, order, bounds)): ``XT``/``TT`` are batch buffers, and update u gathers samples
+# ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most,
+# padded to ``granule``). ``interval`` = (lrs, update, slots, settings, step0, coef):
+# ``update`` is the optimiser step (``cpu_update``), run with ``lrs[u]`` and step
+# ``step0 + u + 1``. ``hyper`` is [l2, full-batch scale, mean?, scratch].
 @njit(**_ENTRY)
-def train_2x2(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-              theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_2x2, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
-
-
-@njit(**_ENTRY)
-def train_2x2_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len,
-                       bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_2x2, _side_by_side_2x2, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
-
-
-@njit(**_ENTRY)
-def train_any(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-              theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_any, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+def train_2x2(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
+              grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_2x2, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                  interval)
 
 
 @njit(**_ENTRY)
-def train_tiny(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_tiny, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+def train_2x2_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+                       theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_2x2, _side_by_side_2x2, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
+                  batch, interval)
 
 
 @njit(**_ENTRY)
-def train_any_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len,
-                       bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_any, _side_by_side_any, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+def train_any(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
+              grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_any, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                  interval)
+
+
+@njit(**_ENTRY)
+def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
+               grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                  interval)
+
+
+@njit(**_ENTRY)
+def train_any_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+                       theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_any, _side_by_side_any, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
+                  batch, interval)
 
 
 # ------------------------------------------------------------------ predict

@@ -133,8 +133,8 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
     end = state.updates + passes
     with _InterruptFlag() as interrupt:
         try:
-            if record_start:  # through the fit's own buffers: no second set just for this loss
-                loss = run.train_and_loss(learning_rates(None, run.optimizer.lr, 0, 0, 1), None)
+            if record_start:  # through the fit's own buffers (its batch size too): no second set for this loss
+                loss = run.train_and_loss(*run.next_interval(0))
                 if not math.isfinite(loss):
                     raise _non_finite_start()
                 if log(loss):
