@@ -405,28 +405,6 @@ def _side_by_side_any(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT,
                          b2, code, head, scale, scratch, pg, losses)
 
 
-@njit(**_INNER)
-def gather_columns(X, T, order, start, nb, shuffled, granule, XT, TT):
-    """Samples ``order[start:start + nb]`` (``start..start + nb`` unless ``shuffled``) of the
-    sample-major data into the first columns of the feature-major batch buffers ``XT``/``TT``,
-    padded with copies of them to a whole number of ``granule`` columns; returns that number."""
-    n_in = X.shape[1]
-    n_out = T.shape[1]
-    cols = -(-nb // granule) * granule
-    for i in range(nb):
-        r = order[start + i] if shuffled else start + i
-        for k in range(n_in):
-            XT[k, i] = X[r, k]
-        for c in range(n_out):
-            TT[c, i] = T[r, c]
-    for i in range(nb, cols):
-        for k in range(n_in):
-            XT[k, i] = XT[k, i % nb]
-        for c in range(n_out):
-            TT[c, i] = TT[c, i % nb]
-    return cols
-
-
 @njit(**_SHARED)
 def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
            chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
@@ -439,7 +417,7 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     the full data, or batch-sized range by range through the batch buffers.
     """
     batch_rows, granule, order, bounds = batch
-    lrs, update, slots, settings, step0, coef = interval
+    lrs, update, addresses, n_slots, step0 = interval
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
     l2 = hyper[0]
     mean = hyper[2] != 0.0
@@ -455,7 +433,16 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
         if batch_rows > 0:  # XT/TT are the batch buffers
             start = (p - n_updates) * batch_rows if loss_only else bounds[p]
             n_real = min(batch_rows, n_samples - start) if loss_only else bounds[p + 1] - start
-            n_rows = gather_columns(X, T, order, start, n_real, not loss_only, granule, XT, TT)
+            # gathered feature-major into the batch buffers, padded to whole blocks with copies
+            # of the batch's first sample (the 2x2 kernel gives them exactly zero gradient)
+            n_rows = -(-n_real // granule) * granule
+            for i in range(n_rows):
+                j = start + (i if i < n_real else 0)
+                r = j if loss_only else order[j]
+                for k in range(n_in):
+                    XT[k, i] = X[r, k]
+                for c in range(n_out):
+                    TT[c, i] = T[r, c]
             hyper[3] = 1.0 / n_real if mean else 1.0  # the batch's scale, in the parameters' dtype
             scale = hyper[3]
         if side_by_side is None:
@@ -477,21 +464,20 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
         if loss_only:
             loss += part
         else:
-            update(data_pointer(theta), data_pointer(grads), data_pointer(slots), n_p, slots.shape[0],
-                   data_pointer(w_off), data_pointer(b_off), data_pointer(n_bias), w_off.size, data_pointer(settings),
-                   lrs[p], np.float64(l2), step0 + p + 1, data_pointer(coef))
+            update(data_pointer(theta), data_pointer(addresses), n_p, n_slots, w_off.size, lrs[p], np.float64(l2),
+                   step0 + p + 1)
     return loss
 
 
 # ------------------------------------------------------------- entry points
 # Same arguments for all five: ``n_updates`` steps of ``theta`` (W1, b1, W2, b2 flat) and
-# the optimiser state ``slots`` in place, then, with ``want_loss``, the summed data loss of
+# the optimiser state in place, then, with ``want_loss``, the summed data loss of
 # all samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the
 # data feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of
 # the block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows,
 # granule, order, bounds)): ``XT``/``TT`` are batch buffers, and update u gathers samples
 # ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most,
-# padded to ``granule``). ``interval`` = (lrs, update, slots, settings, step0, coef):
+# padded to ``granule``). ``interval`` = (lrs, update, addresses, n_slots, step0):
 # ``update`` is the optimiser step (``cpu_update``), run with ``lrs[u]`` and step
 # ``step0 + u + 1``. ``hyper`` is [l2, full-batch scale, mean?, scratch].
 @njit(**_ENTRY)

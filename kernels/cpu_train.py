@@ -312,11 +312,11 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     every step on ``X``/``T`` (``XT``/``TT`` feature-major where fused runs read them), the
     loss in one more forward. Minibatches: step u on the samples ``order[bounds[u]:bounds[u +
     1]]`` gathered into the batch buffers, and the loss range by range through the same
-    buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, slots,
-    settings, step0, coef); ``hyper`` is [l2, full-batch scale, mean?, scratch].
+    buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
+    n_slots, step0); ``hyper`` is [l2, full-batch scale, mean?, scratch].
     """
     batch_rows, order, bounds, bx, bxt, bt, btt = batch
-    lrs, update, slots, settings, step0, coef = interval
+    lrs, update, addresses, n_slots, step0 = interval
     n_layers = sizes.size - 1
     n_samples = X.shape[0]
     n_in = sizes[0]
@@ -394,9 +394,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XTc, TTc,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
-        update(data_pointer(theta), data_pointer(grads), data_pointer(slots), theta.size, slots.shape[0],
-               data_pointer(w_off), data_pointer(b_off), data_pointer(sizes[1:]), w_off.size,
-               data_pointer(settings), lrs[p], l2, step0 + p + 1, data_pointer(coef))
+        update(data_pointer(theta), data_pointer(addresses), theta.size, n_slots, w_off.size, lrs[p], l2, step0 + p + 1)
     return loss
 
 

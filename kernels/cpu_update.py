@@ -10,7 +10,7 @@ never on biases) is added to their gradients first.
 
 Compile time: each step is a C-callable function (``updater``), compiled on first
 use for one family and dtype and cached on disk, and the training kernels call it
-through a function pointer (``UPDATER_TYPE``). So no training kernel compiles
+through a function pointer (``UPDATER_TYPE``, arrays passed by address). So no training kernel compiles
 optimiser code it does not run, a kernel compiles once for every optimiser, and a
 fit with plain gradient descent compiles the same update it always did. The
 settings (``kernel_hyper``), the learning rate and the step count are runtime
@@ -55,14 +55,18 @@ def family(optimizer) -> str:
 
 
 def signature(dtype: str):
-    """update(theta, grads, slots, n_params, n_slots, w_off, b_off, n_bias, n_layers, hyper, lr, l2, step,
-    coef): pointers to the flat arrays, ``hyper`` float64[7] (``settings``), ``lr`` this update's
-    learning rate, ``l2`` the tutorial's L2, ``step`` the 1-based count of updates with these slots."""
-    f = types.CPointer(_DTYPES[dtype])
-    i64 = types.CPointer(types.int64)
-    return types.void(f, f, f, types.int64, types.int64, i64, i64, i64, types.int64,
-                      types.CPointer(types.float64), types.float64, types.float64, types.int64, f)
+    """update(theta, addresses, n_params, n_slots, n_layers, lr, l2, step): ``theta`` points to the
+    flat parameters, ``addresses`` to the int64 addresses of the other arrays (``ADDRESSES``);
+    ``lr`` is this update's learning rate, ``l2`` the tutorial's L2, ``step`` the 1-based count
+    of updates made with the slots. Addresses rather than a pointer argument per array keep the
+    call, which every training kernel compiles, small."""
+    return types.void(types.CPointer(_DTYPES[dtype]), types.CPointer(types.int64), types.int64, types.int64,
+                      types.int64, types.float64, types.float64, types.int64)
 
+
+# What ``addresses`` holds, in order: the gradients, the slots (n_slots x n_params) and ``coef``
+# in the parameters' dtype; w_off, b_off, n_bias (int64, a value per layer); ``settings`` (float64).
+ADDRESSES = ("grads", "slots", "w_off", "b_off", "n_bias", "settings", "coef")
 
 # The type training kernels take the update as: one function-pointer type per dtype.
 UPDATER_TYPE = {dtype: types.FunctionType(signature(dtype)) for dtype in _DTYPES}
@@ -70,10 +74,30 @@ UPDATER_TYPE = {dtype: types.FunctionType(signature(dtype)) for dtype in _DTYPES
 
 @intrinsic
 def data_pointer(typingctx, arr):
-    """The pointer to a contiguous array's first element (what the update functions take)."""
+    """The pointer to a contiguous array's first element."""
     def codegen(context, builder, sig, args):
         return context.make_array(sig.args[0])(context, builder, args[0]).data
     return types.CPointer(arr.dtype)(arr), codegen
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """``address`` as a pointer of ``like``'s type (a pointer), or to ``like`` (a number class)."""
+    ptr = like if isinstance(like, types.CPointer) else types.CPointer(like.instance_type)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(address, like), codegen
+
+
+@njit(inline="always")
+def _arrays(theta_p, addresses_p, n, n_slots, n_layers):
+    """(theta, grads, slots, w_off, b_off, n_bias, settings, coef) from an update's arguments."""
+    a = carray(addresses_p, 7)
+    return (carray(theta_p, n), carray(_pointer(a[0], theta_p), n), carray(_pointer(a[1], theta_p), (n_slots, n)),
+            carray(_pointer(a[2], np.int64), n_layers), carray(_pointer(a[3], np.int64), n_layers),
+            carray(_pointer(a[4], np.int64), n_layers), carray(_pointer(a[5], np.float64), N_SETTINGS),
+            carray(_pointer(a[6], theta_p), N_COEF))
 
 
 @njit(inline="always", error_model="numpy")
@@ -85,12 +109,10 @@ def _add_l2(theta, grads, w_off, b_off, n_layers, l2):
                 grads[i] += l2 * theta[i]
 
 
-def _gd(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_layers, hyper_p, lr_, l2_, step,
-        coef_p):
+def _gd(theta_p, addresses_p, n, n_slots, n_layers, lr_, l2_, step):
     """theta += (grads + l2 W) * -lr over weights, theta += grads * -lr over biases: the
     tutorial's order (dW += l2 W, dW *= -lr, W += dW)."""
-    theta, grads, coef = carray(theta_p, n), carray(grads_p, n), carray(coef_p, N_COEF)
-    w_off, b_off, n_bias = carray(w_off_p, n_layers), carray(b_off_p, n_layers), carray(n_bias_p, n_layers)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
     coef[0] = lr_
     coef[1] = l2_
     neg_lr = -coef[0]
@@ -108,19 +130,17 @@ def _gd(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_lay
             theta[i] += grads[i] * neg_lr
 
 
-def _sgd(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_layers, hyper_p, lr, l2_, step,
-         coef_p):
+def _sgd(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
     """SGD with momentum and/or weight decay: g += wd p; buf = g at step 1, else
     momentum buf + (1 - dampening) g; g = g + momentum buf (Nesterov) or buf; p += g * -lr."""
-    theta, grads, coef = carray(theta_p, n), carray(grads_p, n), carray(coef_p, N_COEF)
-    slots, hyper = carray(slots_p, (n_slots, n)), carray(hyper_p, N_SETTINGS)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
     coef[0] = -lr
     coef[1] = hyper[0]
     coef[2] = 1.0 - hyper[1]
     coef[3] = hyper[3]
     coef[4] = l2_
     neg_lr, momentum, keep, wd = coef[0], coef[1], coef[2], coef[3]
-    _add_l2(theta, grads, carray(w_off_p, n_layers), carray(b_off_p, n_layers), n_layers, coef[4])
+    _add_l2(theta, grads, w_off, b_off, n_layers, coef[4])
     first = step == 1
     if momentum == 0.0:  # weight decay alone
         for i in range(n):
@@ -138,12 +158,10 @@ def _sgd(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_la
         theta[i] = p + g * neg_lr
 
 
-def _adam(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_layers, hyper_p, lr, l2_, step,
-          coef_p):
+def _adam(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
     """Adam and AdamW (decoupled decay: p *= 1 - lr wd first), AMSGrad too:
     m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
-    theta, grads, coef = carray(theta_p, n), carray(grads_p, n), carray(coef_p, N_COEF)
-    slots, hyper = carray(slots_p, (n_slots, n)), carray(hyper_p, N_SETTINGS)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
     b1, b2, wd = hyper[0], hyper[1], hyper[3]
     decoupled = hyper[6] == OPT_ADAMW
     t = float(step)
@@ -159,7 +177,7 @@ def _adam(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_l
     decay, wd_g, b1_, c1, b2_, c2, root, eps, step_size = (coef[0], coef[1], coef[2], coef[3], coef[4], coef[5],
                                                            coef[6], coef[7], coef[8])
     coef[0] = l2_
-    _add_l2(theta, grads, carray(w_off_p, n_layers), carray(b_off_p, n_layers), n_layers, coef[0])
+    _add_l2(theta, grads, w_off, b_off, n_layers, coef[0])
     amsgrad = hyper[4] != 0.0
     if not amsgrad:  # the common case in one vectorised sweep (no conditional store)
         for i in range(n):
@@ -185,12 +203,10 @@ def _adam(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_l
         theta[i] = p - step_size * (m / (math.sqrt(v) / root + eps))
 
 
-def _rmsprop(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_layers, hyper_p, lr, l2_, step,
-             coef_p):
+def _rmsprop(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
     """RMSprop: sq = alpha sq + (1 - alpha) g^2; avg = sqrt(sq - ga^2) + eps (centred, ga the
     running mean of g) or sqrt(sq) + eps; p -= lr buf with buf = momentum buf + g / avg, or lr g / avg."""
-    theta, grads, coef = carray(theta_p, n), carray(grads_p, n), carray(coef_p, N_COEF)
-    slots, hyper = carray(slots_p, (n_slots, n)), carray(hyper_p, N_SETTINGS)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
     coef[0] = -lr
     coef[1] = hyper[0]
     coef[2] = 1.0 - hyper[0]
@@ -199,7 +215,7 @@ def _rmsprop(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, 
     coef[5] = hyper[4]
     coef[6] = l2_
     neg_lr, alpha, c, eps, momentum, wd = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
-    _add_l2(theta, grads, carray(w_off_p, n_layers), carray(b_off_p, n_layers), n_layers, coef[6])
+    _add_l2(theta, grads, w_off, b_off, n_layers, coef[6])
     centered = hyper[3] != 0.0
     if momentum == 0.0 and not centered:  # the common case in one vectorised sweep
         for i in range(n):
@@ -231,8 +247,7 @@ def _rmsprop(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, 
             theta[i] = p + neg_lr * (g / avg)
 
 
-def _none(theta_p, grads_p, slots_p, n, n_slots, w_off_p, b_off_p, n_bias_p, n_layers, hyper_p, lr, l2_, step,
-          coef_p):
+def _none(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
     """No step: the update handed to a call that makes none (a loss alone)."""
 
 

@@ -106,6 +106,10 @@ class _Plan:
     slots: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def n_bias(self) -> np.ndarray:
+        return self.sizes[1:]
+
+    @property
     def first_fused(self) -> bool:
         return bool(self.unit_kind[0] == 1)
 
@@ -510,22 +514,25 @@ class NumbaBackend(Backend):
         n = data.n_samples
         scale = 1.0 if objective.reduction == "sum" else 1.0 / n
         hyper = np.array([objective.l2, scale, objective.reduction == "mean", 0.0], dtype=net.np_dtype)
-        family = "none" if optimizer is None else cpu_update.family(optimizer)
-        update = cpu_update.updater(family if lrs.size else "none", net.dtype)
+        # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
+        update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
         settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
         order, bounds = _NO_INDEX, _NO_INDEX
         if plan.batched and batches is not None:  # (a loss alone may come with the fit's batches or none)
             order, bounds = _kernel_array(batches.order, np.int64), _kernel_array(batches.bounds, np.int64)
         batch_rows = plan.rows if plan.batched else 0
         slots = plan.slots if plan.slots is not None else plan.optimizer_slots(0)
-        interval = (_kernel_array(lrs, np.float64), update, slots, settings, step, plan.coef)
+        arrays = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
+                  "n_bias": plan.n_bias, "settings": settings, "coef": plan.coef}  # alive through the call
+        addresses = np.array([arrays[name].ctypes.data for name in cpu_update.ADDRESSES], dtype=np.int64)
+        interval = (_kernel_array(lrs, np.float64), update, addresses, slots.shape[0], step)
         XT, TT = plan.feature_major(data)
         if plan.mlp1:
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
                     plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
-                    plan.w_off, plan.b_off, plan.sizes[1:], hyper, data.X, data.T,
+                    plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
                     (batch_rows, MLP1_GRANULE, order, bounds), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
@@ -548,14 +555,11 @@ class NumbaBackend(Backend):
         benchmarks call this before timing so compile time is reported apart from
         run time.
         """
-        from ..kernels import cpu_update
-
         start = time.perf_counter()
         X = np.zeros((n_samples, net.n_inputs), net.np_dtype)
         T = np.zeros((n_samples, net.n_outputs), net.np_dtype)
         self._run(make_plan(net, n_samples, self.fused_max_dim), net, self.prepare_data(net, X, T), Objective(),
-                  None, _NO_LRS, None, 0, want_loss=True)
-        cpu_update.updater(cpu_update.family(optimizer if optimizer is not None else SGD(0.01)), net.dtype)
+                  optimizer if optimizer is not None else SGD(0.01), _NO_LRS, None, 0, want_loss=True)
         return time.perf_counter() - start
 
 
