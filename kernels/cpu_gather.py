@@ -63,13 +63,14 @@ def _columns(X_p, T_p, order_p, bounds_p, XT_p, TT_p, hyper_p, meta_p, n_in, n_o
 
 def _rows(X_p, T_p, order_p, bounds_p, bx_p, bxt_p, bt_p, btt_p, hyper_p, meta_p, n_in, n_out, p, n_updates,
           batch_rows, feature_major_x, feature_major_t, n_data, mean):
-    """Step ``p``'s rows sample-major into ``bx``/``bt``, and feature-major into ``bxt``/``btt``
-    where a fused first layer or a fused head reads them."""
+    """Step ``p``'s rows into the first rows of ``bx``/``bt`` (``batch_rows`` x features), and
+    into the first columns of ``bxt``/``btt`` (features x ``batch_rows``) where a fused first
+    layer or a fused head reads them feature-major."""
     hyper, meta = carray(hyper_p, 4), carray(meta_p, 2)
     start, nb = _batch(p, n_updates, batch_rows, bounds_p, n_data, mean, hyper, meta)
     shuffled = p < n_updates
     X, T, order = carray(X_p, (n_data, n_in)), carray(T_p, (n_data, n_out)), carray(order_p, start + nb)
-    bx, bt = carray(bx_p, (nb, n_in)), carray(bt_p, (nb, n_out))
+    bx, bt = carray(bx_p, (batch_rows, n_in)), carray(bt_p, (batch_rows, n_out))
     for i in range(nb):
         r = order[start + i] if shuffled else start + i
         for k in range(n_in):
@@ -77,12 +78,12 @@ def _rows(X_p, T_p, order_p, bounds_p, bx_p, bxt_p, bt_p, btt_p, hyper_p, meta_p
         for c in range(n_out):
             bt[i, c] = T[r, c]
     if feature_major_x:
-        bxt = carray(bxt_p, (n_in, nb))
+        bxt = carray(bxt_p, (n_in, batch_rows))
         for i in range(nb):
             for k in range(n_in):
                 bxt[k, i] = bx[i, k]
     if feature_major_t:
-        btt = carray(btt_p, (n_out, nb))
+        btt = carray(btt_p, (n_out, batch_rows))
         for i in range(nb):
             for c in range(n_out):
                 btt[c, i] = bt[i, c]

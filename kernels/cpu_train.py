@@ -287,27 +287,28 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     with ``lrs[u]`` and step ``step0 + u + 1``); with ``want_loss``, the summed data loss of
     all samples at the new parameters.
 
-    ``batch`` = (batch_rows, order, bounds, bx, bxt, bt, btt, gather, meta). Full batch (``batch_rows`` 0):
-    every step on ``X``/``T`` (``XT``/``TT`` feature-major where fused runs read them), the
-    loss in one more forward. Minibatches: step u on the samples ``order[bounds[u]:bounds[u +
-    1]]`` gathered into the batch buffers (by the compiled gather at address ``gather``,
-    ``cpu_gather``), and the loss range by range through the same
-    buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
+    ``batch`` = (batch_rows, order, bounds, data_X, data_T, gather, meta). Full batch
+    (``batch_rows`` 0): ``X``/``T`` are the data (``XT``/``TT`` feature-major where fused runs
+    read them), every step on all of it and the loss in one more forward. Minibatches:
+    ``X``, ``XT``, ``T``, ``TT`` are batch buffers (``batch_rows`` rows), step u gathers the
+    samples ``order[bounds[u]:bounds[u + 1]]`` of ``data_X``/``data_T`` into them (by the
+    compiled gather at address ``gather``, ``cpu_gather``), and the loss goes range by range
+    through the same buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
     n_slots, step0), ``update`` the address of the optimiser step (``cpu_update``); ``hyper``
-    is [l2, full-batch scale, mean?, this step's scale], ``meta`` [this step's rows, -].
+    is [l2, full-batch scale, mean?, this step's scale], ``meta`` [this step's rows, -]: the
+    kernel reads both each step (a minibatch's gather writes them), so a step's data is
+    always the same arrays cut to ``meta[0]`` rows.
     """
-    batch_rows, order, bounds, bx, bxt, bt, btt, gather, meta = batch
+    batch_rows, order, bounds, data_X, data_T, gather, meta = batch
     lrs, update, addresses, n_slots, step0 = interval
     n_layers = sizes.size - 1
-    n_samples = X.shape[0]
+    n_samples = data_X.shape[0]
     n_in = sizes[0]
     n_out = sizes[n_layers]
     n_units = unit_kind.size
     l2 = np.float64(hyper[0])
     mean = hyper[2] != 0.0
     last = n_layers - 1
-    fused_in = unit_kind[0] == UNIT_FUSED
-    fused_head = unit_kind[n_units - 1] == UNIT_FUSED
     # modes as runtime values: a literal argument would compile each callee once per value
     forward, backward, head_pass, loss_pass = (np.int64(MODE_FORWARD), np.int64(MODE_BACKWARD),
                                                np.int64(MODE_HEAD), np.int64(MODE_LOSS))
@@ -315,19 +316,14 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     loss = 0.0
     for p in range(n_updates + n_loss):
         final = p >= n_updates
-        Xc, XTc, Tc, TTc = X, XT, T, TT
-        if batch_rows > 0:  # meta[0] and hyper[3] say how many rows and at what scale
-            c_call(gather, (X, T, order, bounds, bx, bxt, bt, btt, hyper, meta, n_in, n_out, p, n_updates, batch_rows,
-                            np.int64(fused_in), np.int64(fused_head), n_samples, np.int64(mean)))
-            nb = meta[0]
-            Xc = bx[:nb * n_in].reshape((nb, n_in))
-            Tc = bt[:nb * n_out].reshape((nb, n_out))
-            if fused_in:
-                XTc = bxt[:nb * n_in].reshape((n_in, nb))
-            if fused_head:
-                TTc = btt[:nb * n_out].reshape((n_out, nb))
-        scale = hyper[3]  # the full data's (set before the call) or the batch's
-        n = Xc.shape[0]
+        if batch_rows > 0:  # into X, XT, T, TT (the batch buffers); meta[0], hyper[3]: rows and scale
+            c_call(gather, (data_X, data_T, order, bounds, X, XT, T, TT, hyper, meta, n_in, n_out, p, n_updates,
+                            batch_rows, np.int64(unit_kind[0] == UNIT_FUSED),
+                            np.int64(unit_kind[n_units - 1] == UNIT_FUSED), n_samples, np.int64(mean)))
+        n = meta[0]  # rows this step: every sample (set before the call) or the batch's
+        scale = hyper[3]
+        Xc = X[:n]
+        Tc = T[:n]
         for u in range(n_units):
             t0 = unit_t0[u]
             t1 = unit_t1[u]
@@ -338,10 +334,10 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 code = IDENTITY if t0 == last else codes[t0]
                 rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code)
             elif t1 < last:
-                fused_unit(forward, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XTc, TTc,
+                fused_unit(forward, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
-        if not fused_head:
+        if unit_kind[n_units - 1] == UNIT_BLAS:
             part = rows_head(head, _stored(acts, act_off, sizes, last, n), Tc,
                              _stored(deltas, act_off, sizes, last, n), scale, final)
             if final:
@@ -349,8 +345,8 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 continue
         elif final:
             u = n_units - 1
-            loss += fused_unit(loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, Xc, XTc,
-                               TTc, acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
+            loss += fused_unit(loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, Xc, XT,
+                               TT, acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                                scratch, pg, pg_off, scale)
             continue
         for u in range(n_units - 1, -1, -1):
@@ -371,7 +367,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                                          codes[t0 - 1])
             else:
                 mode = head_pass if t1 == last else backward
-                fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XTc, TTc,
+                fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         c_call(update, (theta, addresses, theta.size, n_slots, w_off.size, lrs[p], l2, step0 + p + 1))

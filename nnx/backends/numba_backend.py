@@ -52,6 +52,9 @@ COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
 PARALLEL_MIN_WORK = 1 << 20
 MAX_CHUNKS = 16
+# Updates between logging points unless a fit asks otherwise (MLP.fit's log_every): an
+# interval's minibatch indices are counted for this many updates.
+DEFAULT_LOG_EVERY = 1000
 # Scalars of one optimiser step (nnx.kernels.cpu_update.N_COEF; kept here so memory checks
 # never import the kernels).
 N_COEF = 9
@@ -147,6 +150,14 @@ class _Plan:
             TT = np.ascontiguousarray(T.T) if self.head_fused else dummy
         self._bound = (data, XT, TT)
         return XT, TT
+
+    def batch_buffers(self, net: Network) -> tuple[np.ndarray, ...]:
+        """(X, XT, T, TT) of a minibatch plan of ``cpu_train``: its batch buffers, rows x features and
+        (where fused layers read them) features x rows; placeholders where nothing reads them."""
+        n_in, n_out, rows = net.n_inputs, net.n_outputs, self.rows
+        dummy = np.zeros((1, 1), self.theta.dtype)
+        return (self.bx.reshape((rows, n_in)), self.bxt.reshape((n_in, rows)) if self.first_fused else dummy,
+                self.bt.reshape((rows, n_out)), self.btt.reshape((n_out, rows)) if self.head_fused else dummy)
 
     def optimizer_slots(self, n_slots: int) -> np.ndarray:
         """The flat optimiser state buffer for ``n_slots`` arrays (kept while the count holds)."""
@@ -454,9 +465,9 @@ class NumbaBackend(Backend):
         """The plan's buffers (N rows, or batch-sized with minibatches), the optimiser state
         (flat here, and per array in the fit's state with two copies: the interval's snapshot
         and the divergence replay), the data (and its feature-major copy, full batch only),
-        the minibatch order (an epoch's permutation and an interval's indices, up to an
-        epoch) and the validated targets: the loss is computed inside the compiled loop,
-        so no N x H forward."""
+        the minibatch order (an epoch's permutation and the indices of an interval of the
+        default 1,000 updates) and the validated targets: the loss is computed inside the
+        compiled loop, so no N x H forward."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
         itemsize = net.np_dtype.itemsize
         per_sample = net.n_inputs + net.n_outputs
@@ -466,7 +477,7 @@ class NumbaBackend(Backend):
             order = 0
         else:
             data = n_samples * per_sample
-            order = 8 * (2 * n_samples + 2 * -(-n_samples // batch_size) + 2)
+            order = 8 * (n_samples + (DEFAULT_LOG_EVERY + 1) * (min(batch_size, n_samples) + 1))
         return (plan + itemsize * (data + n_slots * n_params + 3 * n_params * (1 + n_slots)) + order
                 + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
@@ -541,11 +552,13 @@ class NumbaBackend(Backend):
                     (batch_rows, MLP1_GRANULE, order, bounds, gather, meta), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
+            X, T = data.X, data.T
+            if plan.batched:  # the kernel works in the batch buffers, cut to each step's rows
+                X, XT, T, TT = plan.batch_buffers(net)
             args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
-                    plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
-                    plan.scratch, plan.pg, hyper,
-                    (batch_rows, order, bounds, plan.bx, plan.bxt, plan.bt, plan.btt, gather, meta), interval)
+                    plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas,
+                    plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, gather, meta), interval)
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
