@@ -21,7 +21,10 @@ from tolerances import params_error
 numba = pytest.importorskip("numba", reason="numba is not installed")
 
 from nnx.backends.numba_backend import FUSED_MAX_DIM, NumbaBackend, layer_paths, make_plan  # noqa: E402
+from nnx.kernels.cpu_activation import activate, activation, derivative, grad_times_derivative  # noqa: E402
 from nnx.kernels.cpu_math import vexp, vsigmoid, vtanh  # noqa: E402
+from nnx.kernels.cpu_train import rows_head  # noqa: E402
+from nnx.network import ACTIVATION_CODES, HEAD_CODES  # noqa: E402
 
 ALL_BLAS, ALL_FUSED = 0, 10**9
 
@@ -303,3 +306,85 @@ def test_broken_numba_is_unavailable_with_the_reason():
     assert done.returncode == 0, done.stderr
     reason, auto = json.loads(done.stdout)
     assert "0.50.0 is too old" in reason and auto == "numpy"
+
+
+# ------------------------------------------------- one code table, no identity fall-through
+@numba.njit(error_model="numpy")
+def _activation_values(code, libm, x, out, slope):
+    for i in range(x.size):
+        out[i] = activation(code, x[i], libm)
+        slope[i] = derivative(code, out[i])
+
+
+@numba.njit(error_model="numpy")
+def _rows(code, x):
+    v = x.copy().reshape((1, x.size))
+    activate(code, v, 0, x.size)
+    g = np.ones((1, x.size))
+    grad_times_derivative(code, g, 0, v, 0, x.size)
+    return v[0], g[0]
+
+
+# Each activation name's value and derivative (from the output), as the tutorials write them.
+FORMULAS = {
+    "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda a: a * (1 - a)),
+    "tanh": (np.tanh, lambda a: 1 - a * a),
+    "relu": (lambda x: np.maximum(x, 0), lambda a: (a > 0).astype(float)),
+    "identity": (lambda x: x, np.ones_like),
+}
+
+
+@pytest.mark.parametrize("name", list(FORMULAS))
+def test_every_activation_code_of_the_table_computes_that_activation(name):
+    """Codes come from nnx.network.ACTIVATION_CODES; the kernels' helpers and row loops agree with the name."""
+    assert set(FORMULAS) == set(ACTIVATION_CODES)
+    x = np.linspace(-4, 4, 101)
+    f, df = FORMULAS[name]
+    for libm in (False, True):
+        out, slope = np.empty_like(x), np.empty_like(x)
+        _activation_values(ACTIVATION_CODES[name], libm, x, out, slope)
+        assert np.allclose(out, f(x), rtol=1e-14, atol=1e-15) and np.allclose(slope, df(f(x)), atol=1e-14)
+    v, g = _rows(ACTIVATION_CODES[name], x)
+    assert np.allclose(v, f(x), rtol=1e-14, atol=1e-15) and np.allclose(g, df(f(x)), atol=1e-14)
+
+
+def test_an_unknown_activation_code_gives_nan_never_the_identity():
+    unknown = max(ACTIVATION_CODES.values()) + 1
+    x = np.linspace(-1, 1, 8)
+    out, slope = np.empty_like(x), np.empty_like(x)
+    _activation_values(unknown, False, x, out, slope)
+    assert np.isnan(out).all() and np.isnan(slope).all()
+    v, g = _rows(unknown, x)
+    assert np.isnan(v).all() and np.isnan(g).all()
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid", "identity"])
+def test_every_head_code_of_the_table_computes_that_head(head):
+    """The loss head each HEAD_CODES entry selects: its gradient (y - T) [* y (1 - y)] and its loss."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(6, 3))
+    T = np.eye(3)[[0, 1, 2, 0, 1, 2]] if head == "softmax" else rng.uniform(0.1, 0.9, (6, 3))
+    D = np.empty_like(Z)
+    loss = rows_head(HEAD_CODES[head], Z, T, D, 1.0, True)
+    if head == "softmax":
+        y = np.exp(Z - Z.max(axis=1, keepdims=True))
+        y /= y.sum(axis=1, keepdims=True)
+        want_loss, want_delta = -(T * np.log(y)).sum(), y - T
+    else:
+        y = 1 / (1 + np.exp(-Z)) if head == "sigmoid" else Z
+        want_loss = 0.5 * ((y - T) ** 2).sum()
+        want_delta = (y - T) * (y * (1 - y)) if head == "sigmoid" else y - T
+    assert np.allclose(D, want_delta, rtol=1e-13, atol=1e-15) and loss == pytest.approx(want_loss, rel=1e-13)
+
+
+def test_an_unknown_head_code_gives_nan_never_the_identity():
+    Z = np.linspace(-1, 1, 6).reshape(2, 3)
+    D = np.zeros_like(Z)
+    loss = rows_head(max(HEAD_CODES.values()) + 1, Z, np.zeros_like(Z), D, 1.0, True)
+    assert np.isnan(D).all() and np.isnan(loss)
+
+
+def test_the_backend_refuses_names_outside_the_table_before_any_kernel_runs():
+    for net in (Network((2, 3, 2), "swish"), Network((2, 3, 2), "tanh", "softmin")):
+        with pytest.raises(ValueError, match="unknown (activation|output head)"):
+            make_plan(net, 10)
