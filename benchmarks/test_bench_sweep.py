@@ -25,7 +25,7 @@ import pytest
 import nnx
 from nnx.bench.machine import pin_threads, usable_cores
 from nnx.sweep.axes import Axes
-from nnx.sweep.job import build_model
+from nnx.sweep.job import build_model, fit_arguments
 from nnx.sweep.runner import plan
 
 from conftest import size_set
@@ -99,8 +99,7 @@ def _single_runs(settings: dict, threads: int) -> list[float]:
             if hasattr(backend, "warm_up"):
                 backend.warm_up(model.net)
             start = time.perf_counter()
-            model.fit(data.X, data.y, passes=config.passes, lr=config.lr, l2=config.l2, reduction=config.reduction,
-                      log_every=config.passes)
+            model.fit(data.X, data.y, **fit_arguments(config, data.n_samples))
             seconds.append(time.perf_counter() - start)
     return seconds
 

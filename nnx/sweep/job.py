@@ -17,10 +17,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..backends import use_backend
+from ..batching import updates_per_epoch
 from ..errors import NonFiniteLossError
 from ..model import MLP
 from ..network import Network
 from ..validation import check_network
+from . import trainers
 from .config import JobConfig
 from .data import Dataset, test_count
 
@@ -63,6 +65,25 @@ def network(config: JobConfig, data: Dataset) -> Network:
 
 def training_samples(config: JobConfig, data: Dataset) -> int:
     return data.n_samples - (0 if config.test_size is None else test_count(config.test_size, data.n_samples))
+
+
+def optimizer_slots(config: JobConfig) -> int:
+    """State arrays per parameter the job's optimiser keeps (momentum, moments), for the memory check."""
+    return len(trainers.job_optimizer(config.optimizer, config.lr).slots())
+
+
+def total_updates(config: JobConfig, n_train: int) -> int:
+    """Updates the fit makes: its passes, or its epochs of ``ceil(N / batch_size)`` updates each."""
+    return config.passes if config.epochs is None else config.epochs * updates_per_epoch(n_train, config.batch_size)
+
+
+def fit_arguments(config: JobConfig, n_train: int) -> dict:
+    """``MLP.fit``'s arguments for a configuration trained on ``n_train`` samples: silent, with the
+    loss logged once, at the end."""
+    return dict(passes=config.passes, epochs=config.epochs, optimizer=trainers.job_optimizer(config.optimizer,
+                                                                                             config.lr),
+                schedule=trainers.job_schedule(config.schedule), batch_size=config.batch_size, l2=config.l2,
+                reduction=config.reduction, log_every=total_updates(config, n_train), verbose=0)
 
 
 @contextlib.contextmanager
@@ -122,8 +143,7 @@ def _fit(config: JobConfig, data: Dataset) -> tuple[dict, MLP]:
         status, message = OK, None
         start = time.perf_counter()
         try:
-            model.fit(X, y, passes=config.passes, lr=config.lr, l2=config.l2, reduction=config.reduction,
-                      log_every=config.passes)
+            model.fit(X, y, **fit_arguments(config, X.shape[0]))
         except NonFiniteLossError as exc:
             status, message = DIVERGED, str(exc)
         seconds = time.perf_counter() - start

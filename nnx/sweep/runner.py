@@ -17,7 +17,7 @@ from . import data, preflight
 from .axes import Axes
 from .config import JobConfig
 from .executor import Executor, JobFunction, Task
-from .job import FAILED, network, run_job, training_samples
+from .job import FAILED, network, optimizer_slots, run_job, total_updates, training_samples
 from .records import SweepRecords
 from .store import ResultStore, pending_record
 from .table import job_label
@@ -55,7 +55,9 @@ def job_cost(config: JobConfig, dataset: data.Dataset) -> float:
     """Multiply-adds of one fit, near enough to start the largest jobs first."""
     sizes = config.layer_sizes(dataset.n_features, dataset.n_classes)
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    return float(config.passes) * dataset.n_samples * weights
+    rows = training_samples(config, dataset)
+    batch = rows if config.batch_size is None else min(config.batch_size, rows)
+    return float(total_updates(config, rows)) * batch * weights
 
 
 def plan(axes: Axes) -> tuple[list[JobConfig], dict[str, data.Dataset]]:
@@ -124,8 +126,8 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
         try:
             executor.start(tasks)
             needs = executor.call(preflight.memory_needs, [
-                (t.key, t.config.backend, network(t.config, t.data), training_samples(t.config, t.data))
-                for t in tasks])
+                (t.key, t.config.backend, network(t.config, t.data), training_samples(t.config, t.data),
+                 t.config.batch_size, optimizer_slots(t.config)) for t in tasks])
             preflight.refuse_too_large(needs, {t.key: job_label(t.config.as_dict(), varying) for t in tasks})
             for t in tasks:
                 t.memory = needs[t.key]["need"]
