@@ -10,15 +10,16 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, OutOfMemoryError
+from ..errors import BackendUnavailableError, OutOfMemoryError, PerformanceWarning
 from .api import SCHEDULERS, make_executor
 from .axes import BACKENDS, FULL_BATCH, Axes
 from .config import TUTORIAL_HIDDEN, TUTORIAL_SETTINGS
 from .executor import SchedulerUnavailableError, default_workers
 from .job import FAILED
-from .runner import SweepInterrupted, run_sweep
+from .runner import SweepInterrupted, notes, run_sweep
 from . import table
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -188,8 +189,10 @@ def run(args: argparse.Namespace) -> int:
 
     keep_models = args.save_models or args.plot is not None
     try:
-        records = run_sweep(axes, executor, out=args.out, keep_models=keep_models, progress=progress,
-                            on_plan=on_plan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)  # printed below, with the table
+            records = run_sweep(axes, executor, out=args.out, keep_models=keep_models, progress=progress,
+                                on_plan=on_plan)
     except SweepInterrupted as stop:
         print(f"\nnnx sweep: {stop}. To finish the rest (finished jobs are skipped), run again: "
               f"{_resume_hint()}", file=sys.stderr)
@@ -200,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     print(table.table(records, varying, markdown=args.markdown))
     for line in table.problems(records, varying):
         print(line)
+    for note in notes(records):
+        print(f"note: {note}")
     csv_path, json_path = records.summary
     print(f"\nresults: {records.out}/jobs/ (one JSON per job); summary: {csv_path}, {json_path}")
     if args.plot is not None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import PerformanceWarning
 from . import data, preflight
 from .axes import Axes
 from .config import JobConfig
@@ -60,6 +62,11 @@ def job_cost(config: JobConfig, dataset: data.Dataset) -> float:
     return float(total_updates(config, rows)) * batch * weights
 
 
+def notes(records) -> list[str]:
+    """The distinct notes of slower paths in ``records`` (``PerformanceWarning``s from the fits)."""
+    return list(dict.fromkeys(note for r in records for note in r.get("notes") or ()))
+
+
 def plan(axes: Axes) -> tuple[list[JobConfig], dict[str, data.Dataset]]:
     """The sweep's configurations and its data sets by hash (each loaded once, here)."""
     by_spec = {spec: data.load(spec) for spec in axes.data_specs()}
@@ -104,8 +111,14 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
             records.summary = store.write_summary(list(records))
         return records
 
+    said: set[str] = set()
+
     def on_result(task: Task, result: dict) -> None:
         record = result["record"]
+        for note in notes([record]):  # a slower path a worker took, said here once
+            if note not in said:
+                said.add(note)
+                warnings.warn(note, PerformanceWarning, stacklevel=3)
         model = result.get("model") if record["status"] != FAILED else None
         with _interrupt_deferred():  # stored and counted, or neither
             if store is not None:

@@ -82,13 +82,20 @@ class ResultStore:
             writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             for record in records:
-                writer.writerow({k: "" if v is None else v for k, v in record.items()})
+                writer.writerow({k: _cell(v) for k, v in record.items()})
         document = {"configurations": len(records), "counts": dict(Counter(r["status"] for r in records)),
                     "records": records}
         with atomic_write(json_path, "w") as handle:
             json.dump(document, handle, indent=1, allow_nan=False)
             handle.write("\n")
         return csv_path, json_path
+
+
+def _cell(value) -> str:
+    """A CSV cell: None empty, a list (a record's notes) joined."""
+    if value is None:
+        return ""
+    return " | ".join(map(str, value)) if isinstance(value, list) else value
 
 
 def pending_record(key: str, config: dict) -> dict:
