@@ -258,3 +258,22 @@ def test_spirals_and_xor_sources():
     assert data.n_classes == 3
     xor = configs_of(dataset="xor", hidden=2, passes=1)[0]
     assert xor.samples == 4 and xor.noise is None
+
+
+def test_memory_check_counts_the_batch_and_the_optimiser_state():
+    """A minibatch needs its rows' activations, not all samples'; Adam keeps two arrays per parameter."""
+    from nnx.sweep.job import network, optimizer_slots
+    from nnx.sweep.preflight import memory_needs
+
+    configs, datasets = plan(Axes.of(hidden=4096, samples=4096, passes=1, backend="numpy",
+                                     optimizer=["sgd", "adam"], batch_size=[None, 32]))
+    jobs = [(c.key, "numpy", network(c, datasets[c.data_sha256]), c.samples, c.batch_size, optimizer_slots(c))
+            for c in configs]
+    needs = {(c.optimizer, c.batch_size): memory_needs(jobs)[c.key]["need"] for c in configs}
+    assert [optimizer_slots(c) for c in configs] == [0, 0, 2, 2]
+    params = (2 * 4096 + 4096) + (4096 * 2 + 2)
+    for optimizer in ("sgd", "adam"):
+        # The N x H activations of full batch against 32 x H: at least (4096 - 32) x 4096 float64 apart.
+        assert needs[optimizer, None] - needs[optimizer, 32] >= (4096 - 32) * 4096 * 8
+    for batch in (None, 32):
+        assert needs["adam", batch] - needs["sgd", batch] >= 2 * params * 8  # two moments, float64

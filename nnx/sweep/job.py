@@ -82,10 +82,10 @@ def total_updates(config: JobConfig, n_train: int) -> int:
 def fit_arguments(config: JobConfig, n_train: int) -> dict:
     """``MLP.fit``'s arguments for a configuration trained on ``n_train`` samples: silent, with the
     loss logged once, at the end."""
-    return dict(passes=config.passes, epochs=config.epochs, optimizer=trainers.job_optimizer(config.optimizer,
-                                                                                             config.lr),
-                schedule=trainers.job_schedule(config.schedule), batch_size=config.batch_size, l2=config.l2,
-                reduction=config.reduction, log_every=total_updates(config, n_train), verbose=0)
+    return dict(passes=config.passes, epochs=config.epochs, batch_size=config.batch_size,
+                optimizer=trainers.job_optimizer(config.optimizer, config.lr),
+                schedule=trainers.job_schedule(config.schedule), l2=config.l2, reduction=config.reduction,
+                log_every=total_updates(config, n_train), verbose=0)
 
 
 @contextlib.contextmanager
