@@ -105,7 +105,7 @@ def test_axes_multiply_in_order_without_repeats():
     (dict(optimizer=["sgd:momentum=-1"]), "optimizer 'sgd:momentum=-1': SGD momentum must be a finite number"),
     (dict(optimizer=["sgd:nesterov=True"]), "nesterov=True needs momentum > 0"),
     (dict(optimizer=["adam:beta1=0.8"]), "Adam has no setting 'beta1'; its settings are lr, betas, eps"),
-    (dict(optimizer=["adam:lr=0.01"], lr=[0.01, 0.1]), "the learning rate is given twice ('adam:lr=0.01' and --lr 0.1)"),
+    (dict(optimizer=["adam:lr=0.01"], lr=[0.01, 0.1]), "the learning rate is given twice ('adam:lr=0.01' and lr 0.1)"),
     (dict(optimizer=[nnx.optim.RMSprop(lr=0.05)], lr=0.01), "the learning rate is given twice"),
     (dict(schedule=["cosine:T_max=0"]), "schedule 'cosine:T_max=0': Cosine T_max must be a positive integer"),
     (dict(schedule=["cosin"]), "Did you mean 'cosine'?"),

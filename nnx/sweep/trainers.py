@@ -18,7 +18,7 @@ from dataclasses import MISSING, fields
 
 from ..optim import OPTIMIZERS, SGD, Constant, Optimizer, Schedule, Sequential
 from ..optim.schedules import SCHEDULES
-from ..optim.spec import _parse, parse_optimizer, parse_schedule
+from ..optim.spec import parse_optimizer, parse_schedule, parse_spec
 from .config import PLAIN_OPTIMIZER, TUTORIAL_SETTINGS
 
 # An lr that every optimiser accepts, to check a spec's other settings before the lr is known.
@@ -70,7 +70,7 @@ def optimizer_text(value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"optimizer: give a name such as 'adam' or 'sgd:momentum=0.9', or an nnx.optim optimiser; "
                         f"got {type(value).__name__}")
-    cls, settings = _parse(value, OPTIMIZERS, "optimizer")
+    cls, settings = parse_spec(value, OPTIMIZERS, "optimizer")
     _check_settings(value, cls, settings, "optimizer")
     try:
         optimizer = cls(**{"lr": _CHECK_LR, **settings})
@@ -81,7 +81,7 @@ def optimizer_text(value) -> str:
 
 def resolve_optimizer(text: str, lr: float | None) -> Optimizer:
     """The optimiser a canonical ``text`` and an lr value of the sweep (None: none given) stand for."""
-    cls, settings = _parse(text, OPTIMIZERS, "optimizer")
+    cls, settings = parse_spec(text, OPTIMIZERS, "optimizer")
     if lr is None and cls is SGD and "lr" not in settings:
         lr = TUTORIAL_SETTINGS["lr"]  # PyTorch's SGD has no default lr: the tutorial's applies
     try:
@@ -107,16 +107,10 @@ def schedule_spec(schedule: Schedule) -> str:
 
 def build_schedule(text: str) -> Schedule:
     """The schedule a text names, sequential ones included (``sequential:schedules=(...),milestones=(...)``)."""
-    cls, settings = _parse(text, SCHEDULES, "schedule")
+    cls, settings = parse_spec(text, SCHEDULES, "schedule")
     _check_settings(text, cls, settings, "schedule")
-    if cls is not Sequential:
-        return parse_schedule(text)
-    parts = settings.get("schedules", ())
-    if not isinstance(parts, (tuple, list)) or not all(isinstance(p, str) for p in parts):
-        raise ValueError(f"schedule {text!r}: schedules must be a list of schedule texts, such as "
-                         "('warmup:total_iters=100', 'cosine:T_max=900')")
     try:
-        return Sequential(**{**settings, "schedules": tuple(build_schedule(p) for p in parts)})
+        return parse_schedule(text)
     except (TypeError, ValueError) as exc:
         raise _named(text, exc, "schedule") from None
 
