@@ -3,7 +3,8 @@
 ``nnx_tiny_train`` is the one kernel whose threads share memory: its phases
 hand activations, deltas, partial gradients, a minibatch's sample indices and
 the next update's record to each other through shared memory, separated by
-``__syncthreads()``, and its lanes combine sums by warp shuffles. ``cuda_emulation.build_race_checker`` compiles the real source with
+``__syncthreads()``, and its lanes combine sums by warp shuffles.
+``cuda_emulation.build_race_checker`` compiles the real source with
 ``-fsanitize=thread`` and runs the block as the GPU does (one thread per CUDA
 thread, a barrier per ``__syncthreads``), so a missing barrier shows as a data
 race report even when the numbers happen to come out right. The last test

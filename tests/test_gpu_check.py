@@ -310,7 +310,8 @@ def test_results_md_is_generated_from_the_folder_alone(tmp_path):
     assert len(merged["benchmarks"]) == 6 and "nnx bench -b cupy ; nnx bench -b numba" == merged["nnx"]["command"]
     assert "`nnx_tiny_train<double, 2>` | 64 | 0 |" in text
     assert "## Optimisers: 1 intervals under a cosine schedule" in text
-    assert "| dense | 6-40-30-4, N=300 | adam amsgrad | 32 | float32 | 10 | True | True | 0.00e+00 | 0.0001 | 0 |" in text
+    assert ("| dense | 6-40-30-4, N=300 | adam amsgrad | 32 | float32 | 10 | True | True | 0.00e+00 | 0.0001 | 0 |"
+            in text)
     assert re.search(r"\| minibatch N200-2x3x2 float64 \| cupy \| [\d.e+-]+ \| 14 \|", text)
     assert re.search(rf"\| large-hidden \| N4096-2x16384x2 \| float32 \| cupy \| 3k \|.*\| {moons:.3g}x \|", text)
     assert "CPU rows (numba): " in text and "16 threads" in text
