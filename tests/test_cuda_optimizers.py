@@ -121,7 +121,7 @@ def _run_kernels(device, optimizer, params, grads, lrs, l2, first_step, dtype, n
     ``first_step`` updates made with a fresh (zero) state; the gradient arrives as n_parts partial sums."""
     W0, b0 = params
     rec = UpdateRecord(device, dtype, 1)
-    rec.load_interval(np.asarray(lrs, np.float64), None, first_step)
+    rec.load_interval(np.asarray(lrs, np.float64), None, first_step, 10)
     W, b = device.empty(W0.shape, dtype), device.empty(b0.shape, dtype)
     W[...], b[...] = W0, b0
     state = {name: (device.empty(W0.shape, dtype), device.empty(b0.shape, dtype)) for name in optimizer.slots()}
@@ -214,7 +214,7 @@ def test_the_update_record_follows_the_interval(device):
     rec = UpdateRecord(device, np.float64, 2)
     lrs = np.array([0.3, 0.2, 0.1])
     batches = Batches(np.array([4, 0, 2, 1, 3], np.int64), np.array([0, 2, 4, 5], np.int64), 2)
-    rec.load_interval(lrs, batches, 6)
+    rec.load_interval(lrs, batches, 6, 5)
     rec.bind_optimizer(optimizer.kernel_hyper(), [])
     for u in range(3):
         device.launch("nnx_begin_update", np.float64, 1, (rec.lrs, rec.bounds, rec.hyper, rec.counters, rec.coef,

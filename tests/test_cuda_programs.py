@@ -577,3 +577,22 @@ def test_launch_count_formula_matches_the_programs(device, monkeypatch, sizes, n
                                                                                              else "nnx_tiny_logits"])
     assert plan.launches_per_pass(net, n, batch_rows=batch) == steady
     assert plan.launches_per_pass(net, n, graphs=False, batch_rows=batch) == len(device.launches)
+
+
+@pytest.mark.parametrize("order,bounds,max_size,updates,problem", [
+    (np.arange(20), [0, 10, 20], 8, 2, "a batch of 10 rows exceeds max_size 8"),
+    (np.array([0, 1, 25]), [0, 3], 3, 1, r"sample indices must lie in \[0, 20\)"),
+    (np.arange(4), [0, 2, 2, 4], 2, 3, "must rise from 0"),
+    (np.arange(4), [0, 2, 4], 2, 3, "3 learning rates but 2 batches"),
+])
+def test_batches_the_kernels_cannot_take_are_refused_before_any_launch(device, order, bounds, max_size, updates,
+                                                                        problem):
+    from nnx.batching import Batches
+
+    net, data, params = _problem((2, 16, 16, 2), "relu", "softmax", "float64", 20)
+    state = _state(params, Adam())
+    batches = Batches(np.asarray(order, np.int64), np.asarray(bounds, np.int64), max_size)
+    with pytest.raises(ValueError, match=f"invalid minibatches for the CUDA kernels: {problem}"):
+        _run(_trainer(device, net, data, state.params), state, Objective(), Adam(), np.full(updates, 0.01), batches)
+    assert device.launches == [] and state.step == 0
+    assert params_error(state.params, params) == 0

@@ -130,6 +130,24 @@ def _set_scale(dev: Device, coef, scale: float) -> None:
     dev.upload(coef, values)
 
 
+def _check_batches(batches, order: np.ndarray, updates: int, n_samples: int) -> None:
+    """ValueError unless ``batches`` describes ``updates`` non-empty batches of at most
+    ``max_size`` rows of the ``n_samples`` samples, back to back over ``order``."""
+    bounds = np.asarray(batches.bounds)
+    sizes = np.diff(bounds)
+    problem = None
+    if bounds.size != updates + 1:
+        problem = f"{updates} learning rates but {bounds.size - 1} batches"
+    elif bounds[0] != 0 or bounds[-1] != order.size or (sizes <= 0).any():
+        problem = "batch bounds must rise from 0 to the order's length"
+    elif sizes.max(initial=0) > batches.max_size:
+        problem = f"a batch of {int(sizes.max())} rows exceeds max_size {batches.max_size}"
+    elif order.size and (order.min() < 0 or order.max() >= n_samples):
+        problem = f"sample indices must lie in [0, {n_samples})"
+    if problem is not None:
+        raise ValueError(f"invalid minibatches for the CUDA kernels: {problem}")
+
+
 class UpdateRecord:
     """The device memory a fit's updates read (the layout in ``nnx_common.cuh``).
 
@@ -165,16 +183,17 @@ class UpdateRecord:
         self.order = self.dev.empty(samples, np.int64)
         self.generation += 1
 
-    def load_interval(self, lrs: np.ndarray, batches, step: int) -> None:
+    def load_interval(self, lrs: np.ndarray, batches, step: int, n_samples: int) -> None:
         """Upload an interval's learning rates (and batches) and start its counters at
-        ``step`` updates made with the optimiser's state."""
+        ``step`` updates made with the optimiser's state. Batches are checked first: the kernels
+        index X with them and size their buffers by ``batches.max_size``."""
         n = int(lrs.size)
         order = None if batches is None else np.ascontiguousarray(batches.order, np.int64)
+        if batches is not None:
+            _check_batches(batches, order, n, n_samples)
         self._grow(n, 1 if order is None else max(1, order.size))
         self.dev.upload(self.lrs[:n], np.ascontiguousarray(lrs, np.float64))
         if batches is not None:
-            if batches.bounds.size != n + 1:
-                raise ValueError(f"{n} learning rates but {batches.bounds.size - 1} batches")
             self.dev.upload(self.bounds[:n + 1], np.ascontiguousarray(batches.bounds, np.int64))
             if order.size:
                 self.dev.upload(self.order[:order.size], order)
@@ -542,7 +561,7 @@ class Trainer:
         program = self.program(rows, len(names))
         config = StepConfig(int(optimizer.code), len(names), float(l2), bool(mean), batches is not None)
         rec = self.record
-        rec.load_interval(lrs, batches, step)
+        rec.load_interval(lrs, batches, step, self.n)
         rec.bind_optimizer(optimizer.kernel_hyper(), [slots[name] for name in names])
         passes = int(lrs.size)
         if program.fused_passes:
