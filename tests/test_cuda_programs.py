@@ -582,7 +582,7 @@ def test_launch_count_formula_matches_the_programs(device, monkeypatch, sizes, n
 @pytest.mark.parametrize("order,bounds,max_size,updates,problem", [
     (np.arange(20), [0, 10, 20], 8, 2, "a batch of 10 rows exceeds max_size 8"),
     (np.array([0, 1, 25]), [0, 3], 3, 1, r"sample indices must lie in \[0, 20\)"),
-    (np.arange(4), [0, 2, 2, 4], 2, 3, "must rise from 0"),
+    (np.arange(4), [0, 2, 2, 4], 2, 3, "batch bounds must rise from 0"),
     (np.arange(4), [0, 2, 4], 2, 3, "3 learning rates but 2 batches"),
 ])
 def test_batches_the_kernels_cannot_take_are_refused_before_any_launch(device, order, bounds, max_size, updates,
