@@ -113,13 +113,16 @@ class StepConfig:
     batched: bool
 
 
+def _counters(**values: int) -> np.ndarray:
+    """An update record's counters (``src.COUNTERS`` by name; the rest 0)."""
+    return np.array([values.get(name, 0) for name in src.COUNTERS], np.int64)
+
+
 def _fixed_record(dev: Device, dtype: np.dtype, rows: int) -> tuple[Any, Any]:
     """Counters and coefficients for work outside training (losses, predictions, gradients):
     a batch of all ``rows`` rows, scale 1."""
     counters, coef = dev.empty(len(src.COUNTERS), np.int64), dev.empty(src.COEF_COUNT, dtype)
-    values = np.zeros(len(src.COUNTERS), np.int64)
-    values[src.COUNTERS.index("len")] = rows
-    dev.upload(counters, values)
+    dev.upload(counters, _counters(len=rows))
     _set_scale(dev, coef, 1.0)
     return counters, coef
 
@@ -197,8 +200,8 @@ class UpdateRecord:
             self.dev.upload(self.bounds[:n + 1], np.ascontiguousarray(batches.bounds, np.int64))
             if order.size:
                 self.dev.upload(self.order[:order.size], order)
-        self.dev.upload(self.counters, np.array([0, step, 0, 0], np.int64))
-        self.dev.upload(self.spare_counters, np.zeros(len(src.COUNTERS), np.int64))
+        self.dev.upload(self.counters, _counters(step=step))
+        self.dev.upload(self.spare_counters, _counters())
 
     def bind_optimizer(self, hyper: np.ndarray, slots: list[list[tuple[Any, Any]]]) -> None:
         """The optimiser's settings and its state arrays (per state name, per layer (W, b))."""
