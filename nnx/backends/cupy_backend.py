@@ -1,17 +1,22 @@
 """The CuPy backend: the whole training loop on an NVIDIA GPU.
 
-Data moves to the device once per ``fit`` and parameters stay there. Matrix
-products go to cuBLAS; the elementwise work around them runs in the fused
-kernels of ``nnx/kernels/*.cu`` (compiled once by NVRTC through
-``cupy.RawModule``, cached by CuPy); networks with one hidden layer and narrow
-ends use fused kernels that never store the N x H activations. Launch
-overhead is kept to a small constant per pass: tiny networks run whole passes
-inside one thread block, everything else replays captured CUDA graphs of
-``cuda_plan.GRAPH_PASSES`` passes, cuBLAS products included (``cuda_blas``:
-nnx's own handle, because CuPy's cuBLAS calls refuse stream capture).
-Reductions are fixed-order (no atomics), so a seed gives the same bits run to
-run. Op-level methods not overridden here run the base reference math
-unchanged on ``cupy``.
+Data moves to the device once per ``fit``; parameters and the optimiser's
+state (``TrainState.slots``) stay there. Matrix products go to cuBLAS; the
+elementwise work runs in the fused kernels of ``nnx/kernels/*.cu`` (compiled
+once by NVRTC through ``cupy.RawModule``, cached by CuPy); networks with one
+hidden layer and narrow ends use fused kernels that never store the N x H
+activations. Every optimiser the kernels implement (``compiles``: an exact
+class of ``cuda_sources.COMPILED_OPTIMIZERS``) runs on the device, on full
+batches or minibatches; any other runs the base reference loop. Each update
+reads its learning rate, batch and step from device memory
+(``cuda_program.UpdateRecord``), so launch overhead stays a small constant
+per update: tiny networks run whole intervals inside one thread block,
+everything else replays CUDA graphs of ``cuda_plan.GRAPH_PASSES`` updates,
+captured once per fit and reused across steps, schedules and intervals,
+cuBLAS products included (``cuda_blas``: nnx's own handle, because CuPy's
+cuBLAS calls refuse stream capture). Reductions are fixed-order (no atomics),
+so a seed gives the same bits run to run. Op-level methods not overridden
+here run the base reference math unchanged on ``cupy``.
 
 NVRTC contracts multiply-adds into FMAs (its default, kept for speed and
 accuracy); the CPU emulation of the kernels in the tests does not, so the two
