@@ -1,4 +1,5 @@
-"""Every named workload, timed on every backend, dtype and size of the chosen size set.
+"""Every named workload, timed on every backend, dtype and size of the chosen size set
+(a minibatch workload's pass is an epoch, and a round its fixed number of epochs).
 
 Each benchmark also runs the ``tutorial-code`` baseline and, where installed,
 the PyTorch/JAX peers as parameters of the same test, so one run holds every
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from nnx.bench.runner import Measurement, calibrate
+from nnx.bench.runner import Measurement, passes_per_round
 from nnx.bench.targets import ALL_TARGETS, GPU_TARGETS, applies, available, make_target, runs_case
 from nnx.bench.workloads import WORKLOADS, Case
 
@@ -26,7 +27,7 @@ def _params(workload: str) -> list:
     params = []
     w = WORKLOADS[workload]
     for case in w.cases(size_set()):
-        for dtype in DTYPES:
+        for dtype in DTYPES if case.dtypes is None else case.dtypes:
             for name in ALL_TARGETS:
                 if not applies(name, w):
                     continue
@@ -59,9 +60,9 @@ def _bench(benchmark, bench_config, target_name: str, dtype: str, case: Case) ->
     target = make_target(target_name, case, dtype, bench_config.threads["requested"])
     start = time.perf_counter()
     warm = target.warm_up()  # compile and first touch, never timed
-    passes = 1
+    passes = case.epochs or 1
     if not benchmark.disabled:
-        passes = calibrate(target.run, target.reset, bench_config.min_time, warm["first_pass_s"])
+        passes = passes_per_round(case, target.run, target.reset, bench_config.min_time, warm["first_pass_s"])
     warmup_s = time.perf_counter() - start
     benchmark.group = f"{case.workload} {case.id} {dtype}"  # the same groups as nnx bench's saved runs
     benchmark.extra_info.update({"workload": case.workload, "case": case.id, "backend": target_name,
@@ -104,4 +105,14 @@ def test_xor(benchmark, bench_config, target_name, dtype, case):
 
 @pytest.mark.parametrize("target_name, dtype, case", _params("crossover"))
 def test_crossover(benchmark, bench_config, target_name, dtype, case):
+    _bench(benchmark, bench_config, target_name, dtype, case)
+
+
+@pytest.mark.parametrize("target_name, dtype, case", _params("minibatch"))
+def test_minibatch(benchmark, bench_config, target_name, dtype, case):
+    _bench(benchmark, bench_config, target_name, dtype, case)
+
+
+@pytest.mark.parametrize("target_name, dtype, case", _params("mnist-shaped"))
+def test_mnist_shaped(benchmark, bench_config, target_name, dtype, case):
     _bench(benchmark, bench_config, target_name, dtype, case)

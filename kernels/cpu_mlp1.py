@@ -29,12 +29,12 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 from numba.extending import overload
 
-from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, TANH, activate, activation, derivative,
-                             grad_times_derivative, head_activation)
-from .cpu_math import CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, rational_exp, vexp
+from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, derivative, grad_times_derivative,
+                             head_activation)
+from .cpu_math import CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, rational_exp, vexp, vtanh
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_update import data_pointer
+from .cpu_ccall import c_call
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
@@ -278,6 +278,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     z0 = z[0]
     z1 = z[1]
     zero = like(W1, 0.0)  # in W1's precision: a float64 literal would make float32 loops float64
+    one = like(W1, 1.0)
     loss = 0.0
     if not loss_only:
         _zero(dW1, db1, dW2, db2)
@@ -298,7 +299,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
             v0 = W2[j, 0]
             v1 = W2[j, 1]
             for n in range(nb):
-                h = activation(TANH, bj + x0[n0 + n] * w0 + x1[n0 + n] * w1, False)
+                h = vtanh(bj + x0[n0 + n] * w0 + x1[n0 + n] * w1)
                 hb[j, n] = h
                 z0[n] += h * v0
                 z1[n] += h * v1
@@ -339,7 +340,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 gb = z1[n]
                 s_h0 += h * ga
                 s_h1 += h * gb
-                dd = (ga * v0 + gb * v1) * derivative(TANH, h)
+                dd = (ga * v0 + gb * v1) * (one - h * h)  # tanh' from the output, inline: this kernel is tanh's
                 s_d += dd
                 s_x0 += x0[n0 + n] * dd
                 s_x1 += x1[n0 + n] * dd
@@ -416,7 +417,7 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     ``update``), then with ``want_loss`` the summed data loss of all samples: in one go on
     the full data, or batch-sized range by range through the batch buffers.
     """
-    batch_rows, granule, order, bounds = batch
+    batch_rows, granule, order, bounds, gather, meta = batch
     lrs, update, addresses, n_slots, step0 = interval
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
     l2 = hyper[0]
@@ -428,23 +429,12 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     loss = 0.0
     for p in range(n_updates + n_loss):
         loss_only = p >= n_updates
-        # with the padding: the 2x2 kernel masks it, the general one stops at n_real
-        n_real, n_rows, scale = n_samples, XT.shape[1], hyper[1]
-        if batch_rows > 0:  # XT/TT are the batch buffers
-            start = (p - n_updates) * batch_rows if loss_only else bounds[p]
-            n_real = min(batch_rows, n_samples - start) if loss_only else bounds[p + 1] - start
-            # gathered feature-major into the batch buffers, padded to whole blocks with copies
-            # of the batch's first sample (the 2x2 kernel gives them exactly zero gradient)
-            n_rows = -(-n_real // granule) * granule
-            for i in range(n_rows):
-                j = start + (i if i < n_real else 0)
-                r = j if loss_only else order[j]
-                for k in range(n_in):
-                    XT[k, i] = X[r, k]
-                for c in range(n_out):
-                    TT[c, i] = T[r, c]
-            hyper[3] = 1.0 / n_real if mean else 1.0  # the batch's scale, in the parameters' dtype
-            scale = hyper[3]
+        if batch_rows > 0:  # XT/TT are the batch buffers; meta and hyper[3] say what is in them
+            c_call(gather, (X, T, order, bounds, XT, TT, hyper, meta, n_in, n_out, XT.shape[1], p, n_updates,
+                            batch_rows, granule, X.shape[0], np.int64(mean)))
+        # real samples, columns with the padding (the 2x2 kernel masks it, the general one stops
+        # at n_real) and the loss scale: the full data's (set before the call) or the batch's
+        n_real, n_rows, scale = meta[0], meta[1], hyper[3]
         if side_by_side is None:
             part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                          hb, z, g, d, m, s, dW1, db1, dW2, db2)
@@ -464,22 +454,22 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
         if loss_only:
             loss += part
         else:
-            update(data_pointer(theta), data_pointer(addresses), n_p, n_slots, w_off.size, lrs[p], np.float64(l2),
-                   step0 + p + 1)
+            c_call(update, (theta, addresses, n_p, n_slots, w_off.size, lrs[p], np.float64(l2), step0 + p + 1))
     return loss
 
 
 # ------------------------------------------------------------- entry points
 # Same arguments for all five: ``n_updates`` steps of ``theta`` (W1, b1, W2, b2 flat) and
-# the optimiser state in place, then, with ``want_loss``, the summed data loss of
-# all samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the
-# data feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of
-# the block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows,
-# granule, order, bounds)): ``XT``/``TT`` are batch buffers, and update u gathers samples
-# ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most,
-# padded to ``granule``). ``interval`` = (lrs, update, addresses, n_slots, step0):
-# ``update`` is the optimiser step (``cpu_update``), run with ``lrs[u]`` and step
-# ``step0 + u + 1``. ``hyper`` is [l2, full-batch scale, mean?, scratch].
+# the optimiser state in place, then, with ``want_loss``, the summed data loss of all
+# samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the data
+# feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of the
+# block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows, granule,
+# order, bounds, gather, meta)): ``XT``/``TT`` are batch buffers, and update u gathers samples
+# ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most, padded
+# to ``granule``) with the compiled gather at address ``gather`` (``cpu_gather``).
+# ``interval`` = (lrs, update, addresses, n_slots, step0): ``update`` is the address of the
+# optimiser step (``cpu_update``), run with ``lrs[u]`` and step ``step0 + u + 1``. ``hyper``
+# is [l2, full-batch scale, mean?, this step's scale]; ``meta`` [this step's samples, columns].
 @njit(**_ENTRY)
 def train_2x2(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
               grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):

@@ -26,7 +26,7 @@ from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
-from .cpu_update import data_pointer
+from .cpu_ccall import c_call
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
@@ -279,27 +279,6 @@ def column_sums(D, out):
             out[j] += D[r, j]
 
 
-@njit(**_OPTS)
-def gather_rows(X, T, order, start, nb, shuffled, feature_major_x, feature_major_t, bx, bxt, bt, btt):
-    """Samples ``order[start:start + nb]`` (``start..start + nb`` unless ``shuffled``) of the
-    sample-major data into the batch buffers: sample-major, and feature-major where a fused
-    first layer (``bxt``) or a fused head (``btt``) reads them."""
-    n_in = X.shape[1]
-    n_out = T.shape[1]
-    for i in range(nb):
-        r = order[start + i] if shuffled else start + i
-        for k in range(n_in):
-            bx[i * n_in + k] = X[r, k]
-        for c in range(n_out):
-            bt[i * n_out + c] = T[r, c]
-        if feature_major_x:
-            for k in range(n_in):
-                bxt[k * nb + i] = X[r, k]
-        if feature_major_t:
-            for c in range(n_out):
-                btt[c * nb + i] = T[r, c]
-
-
 @njit(**_SHARED)
 def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
            unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg,
@@ -308,14 +287,16 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     with ``lrs[u]`` and step ``step0 + u + 1``); with ``want_loss``, the summed data loss of
     all samples at the new parameters.
 
-    ``batch`` = (batch_rows, order, bounds, bx, bxt, bt, btt). Full batch (``batch_rows`` 0):
+    ``batch`` = (batch_rows, order, bounds, bx, bxt, bt, btt, gather, meta). Full batch (``batch_rows`` 0):
     every step on ``X``/``T`` (``XT``/``TT`` feature-major where fused runs read them), the
     loss in one more forward. Minibatches: step u on the samples ``order[bounds[u]:bounds[u +
-    1]]`` gathered into the batch buffers, and the loss range by range through the same
+    1]]`` gathered into the batch buffers (by the compiled gather at address ``gather``,
+    ``cpu_gather``), and the loss range by range through the same
     buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
-    n_slots, step0); ``hyper`` is [l2, full-batch scale, mean?, scratch].
+    n_slots, step0), ``update`` the address of the optimiser step (``cpu_update``); ``hyper``
+    is [l2, full-batch scale, mean?, this step's scale], ``meta`` [this step's rows, -].
     """
-    batch_rows, order, bounds, bx, bxt, bt, btt = batch
+    batch_rows, order, bounds, bx, bxt, bt, btt, gather, meta = batch
     lrs, update, addresses, n_slots, step0 = interval
     n_layers = sizes.size - 1
     n_samples = X.shape[0]
@@ -334,19 +315,18 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     loss = 0.0
     for p in range(n_updates + n_loss):
         final = p >= n_updates
-        Xc, XTc, Tc, TTc, scale = X, XT, T, TT, hyper[1]
-        if batch_rows > 0:
-            start = (p - n_updates) * batch_rows if final else bounds[p]
-            nb = min(batch_rows, n_samples - start) if final else bounds[p + 1] - start
-            gather_rows(X, T, order, start, nb, not final, fused_in, fused_head, bx, bxt, bt, btt)
+        Xc, XTc, Tc, TTc = X, XT, T, TT
+        if batch_rows > 0:  # meta[0] and hyper[3] say how many rows and at what scale
+            c_call(gather, (X, T, order, bounds, bx, bxt, bt, btt, hyper, meta, n_in, n_out, p, n_updates, batch_rows,
+                            np.int64(fused_in), np.int64(fused_head), n_samples, np.int64(mean)))
+            nb = meta[0]
             Xc = bx[:nb * n_in].reshape((nb, n_in))
             Tc = bt[:nb * n_out].reshape((nb, n_out))
             if fused_in:
                 XTc = bxt[:nb * n_in].reshape((n_in, nb))
             if fused_head:
                 TTc = btt[:nb * n_out].reshape((n_out, nb))
-            hyper[3] = 1.0 / nb if mean else 1.0  # the batch's scale, in the parameters' dtype
-            scale = hyper[3]
+        scale = hyper[3]  # the full data's (set before the call) or the batch's
         n = Xc.shape[0]
         for u in range(n_units):
             t0 = unit_t0[u]
@@ -394,7 +374,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XTc, TTc,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
-        update(data_pointer(theta), data_pointer(addresses), theta.size, n_slots, w_off.size, lrs[p], l2, step0 + p + 1)
+        c_call(update, (theta, addresses, theta.size, n_slots, w_off.size, lrs[p], l2, step0 + p + 1))
     return loss
 
 

@@ -10,7 +10,7 @@ never on biases) is added to their gradients first.
 
 Compile time: each step is a C-callable function (``updater``), compiled on first
 use for one family and dtype and cached on disk, and the training kernels call it
-through a function pointer (``UPDATER_TYPE``, arrays passed by address). So no training kernel compiles
+by address (``cpu_ccall``, arrays passed by address too). So no training kernel compiles
 optimiser code it does not run, a kernel compiles once for every optimiser, and a
 fit with plain gradient descent compiles the same update it always did. The
 settings (``kernel_hyper``), the learning rate and the step count are runtime
@@ -30,6 +30,7 @@ from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic
 
 from ..optim.optimizers import SGD, Adam, AdamW, RMSprop
+from .cpu_ccall import c_signature
 from .cpu_math import CACHE, FASTMATH
 
 # Families of update: each its own compiled function. Plain SGD (no momentum, no weight
@@ -59,26 +60,15 @@ def signature(dtype: str):
     flat parameters, ``addresses`` to the int64 addresses of the other arrays (``ADDRESSES``);
     ``lr`` is this update's learning rate, ``l2`` the tutorial's L2, ``step`` the 1-based count
     of updates made with the slots. Addresses rather than a pointer argument per array keep the
-    call, which every training kernel compiles, small."""
-    return types.void(types.CPointer(_DTYPES[dtype]), types.CPointer(types.int64), types.int64, types.int64,
-                      types.int64, types.float64, types.float64, types.int64)
+    call, which every training kernel compiles, small (``cpu_ccall.c_call``)."""
+    i64 = types.int64
+    return c_signature(types.void, types.Array(_DTYPES[dtype], 1, "C"), types.Array(i64, 1, "C"), i64, i64, i64,
+                       types.float64, types.float64, i64)
 
 
 # What ``addresses`` holds, in order: the gradients, the slots (n_slots x n_params) and ``coef``
 # in the parameters' dtype; w_off, b_off, n_bias (int64, a value per layer); ``settings`` (float64).
 ADDRESSES = ("grads", "slots", "w_off", "b_off", "n_bias", "settings", "coef")
-
-# The type training kernels take the update as: one function-pointer type per dtype.
-UPDATER_TYPE = {dtype: types.FunctionType(signature(dtype)) for dtype in _DTYPES}
-
-
-@intrinsic
-def data_pointer(typingctx, arr):
-    """The pointer to a contiguous array's first element."""
-    def codegen(context, builder, sig, args):
-        return context.make_array(sig.args[0])(context, builder, args[0]).data
-    return types.CPointer(arr.dtype)(arr), codegen
-
 
 @intrinsic
 def _pointer(typingctx, address, like):
@@ -112,14 +102,18 @@ def _add_l2(theta, grads, w_off, b_off, n_layers, l2):
 def _gd(theta_p, addresses_p, n, n_slots, n_layers, lr_, l2_, step):
     """theta += (grads + l2 W) * -lr over weights, theta += grads * -lr over biases: the
     tutorial's order (dW += l2 W, dW *= -lr, W += dW)."""
-    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
+    a = carray(addresses_p, 7)  # only what it reads: a small function, quick to compile
+    theta, grads, coef = carray(theta_p, n), carray(_pointer(a[0], theta_p), n), carray(_pointer(a[6], theta_p), 2)
+    offsets = carray(_pointer(a[2], np.int64), n_layers)
+    ends = carray(_pointer(a[3], np.int64), n_layers)
+    n_bias = carray(_pointer(a[4], np.int64), n_layers)
     coef[0] = lr_
     coef[1] = l2_
     neg_lr = -coef[0]
     l2 = coef[1]
     for layer in range(n_layers):
-        w0 = w_off[layer]
-        b0 = b_off[layer]
+        w0 = offsets[layer]
+        b0 = ends[layer]
         if l2 != 0.0:
             for i in range(w0, b0):
                 theta[i] += (grads[i] + l2 * theta[i]) * neg_lr

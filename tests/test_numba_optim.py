@@ -25,6 +25,7 @@ numba = pytest.importorskip("numba", reason="numba is not installed")
 
 from nnx.backends.numba_backend import NumbaBackend, make_plan  # noqa: E402
 from nnx.kernels import cpu_update  # noqa: E402
+from nnx.kernels.cpu_ccall import c_call  # noqa: E402
 
 ONE_EPOCH_TOL = 1e-12
 MANY_EPOCH_TOL = 1e-10
@@ -162,15 +163,14 @@ def test_float32_minibatches_stay_float32_and_close(path):
 # ------------------------------------------------------------ the step itself
 @numba.njit
 def _call(update, theta, addresses, n_slots, n_layers, lr, l2, step):
-    update(cpu_update.data_pointer(theta), cpu_update.data_pointer(addresses), theta.size, n_slots, n_layers, lr, l2,
-           step)
+    c_call(update, (theta, addresses, theta.size, n_slots, n_layers, lr, l2, step))
 
 
 def _step(update, theta, grads, slots, w_off, b_off, n_bias, settings, lr, l2, step, coef):
     """One call of a compiled update, its arrays passed by address as the training kernels pass them."""
     arrays = dict(grads=grads, slots=slots, w_off=w_off, b_off=b_off, n_bias=n_bias, settings=settings, coef=coef)
     addresses = np.array([arrays[name].ctypes.data for name in cpu_update.ADDRESSES], np.int64)
-    _call(update, theta, addresses, slots.shape[0], w_off.size, lr, l2, step)
+    _call(update.address, theta, addresses, slots.shape[0], w_off.size, lr, l2, step)
 
 
 STEP_OPTIMIZERS = [SGD(0.1, weight_decay=0.01), SGD(0.1, momentum=0.9), SGD(0.1, momentum=0.8, dampening=0.3),

@@ -509,11 +509,13 @@ class NumbaBackend(Backend):
              lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool) -> float:
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked."""
-        from ..kernels import cpu_mlp1, cpu_train, cpu_update
+        from ..kernels import cpu_gather, cpu_mlp1, cpu_train, cpu_update
 
         n = data.n_samples
         scale = 1.0 if objective.reduction == "sum" else 1.0 / n
-        hyper = np.array([objective.l2, scale, objective.reduction == "mean", 0.0], dtype=net.np_dtype)
+        # [l2, full-batch scale, mean?, this step's scale]; meta: [this step's samples, columns]
+        # (the kernels read both each step; a minibatch's gather rewrites them)
+        hyper = np.array([objective.l2, scale, objective.reduction == "mean", scale], dtype=net.np_dtype)
         # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
         update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
         settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
@@ -521,26 +523,29 @@ class NumbaBackend(Backend):
         if plan.batched and batches is not None:  # (a loss alone may come with the fit's batches or none)
             order, bounds = _kernel_array(batches.order, np.int64), _kernel_array(batches.bounds, np.int64)
         batch_rows = plan.rows if plan.batched else 0
+        # the minibatch gather, compiled on the first minibatch fit only (never called with full batches)
+        gather = cpu_gather.gatherer("columns" if plan.mlp1 else "rows", net.dtype).address if batch_rows else 0
         slots = plan.slots if plan.slots is not None else plan.optimizer_slots(0)
         arrays = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
                   "n_bias": plan.n_bias, "settings": settings, "coef": plan.coef}  # alive through the call
         addresses = np.array([arrays[name].ctypes.data for name in cpu_update.ADDRESSES], dtype=np.int64)
-        interval = (_kernel_array(lrs, np.float64), update, addresses, slots.shape[0], step)
+        interval = (_kernel_array(lrs, np.float64), update.address, addresses, slots.shape[0], step)
         XT, TT = plan.feature_major(data)
+        meta = np.array([n, XT.shape[1]], dtype=np.int64)
         if plan.mlp1:
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
                     plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
                     plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
-                    (batch_rows, MLP1_GRANULE, order, bounds), interval)
+                    (batch_rows, MLP1_GRANULE, order, bounds, gather, meta), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
             args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
                     plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
-                    plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, plan.bx, plan.bxt, plan.bt, plan.btt),
-                    interval)
+                    plan.scratch, plan.pg, hyper,
+                    (batch_rows, order, bounds, plan.bx, plan.bxt, plan.bt, plan.btt, gather, meta), interval)
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 

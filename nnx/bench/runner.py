@@ -99,6 +99,15 @@ def calibrate(run: Callable[[int], None], reset: Callable[[], None], min_time: f
     return passes
 
 
+def passes_per_round(case: Case, run: Callable[[int], None], reset: Callable[[], None], min_time: float,
+                     first_pass_s: float) -> int:
+    """A minibatch workload's fixed epochs per round (its figure is quoted for that run
+    length), else the calibrated count (``calibrate``)."""
+    if case.epochs is not None:
+        return case.epochs
+    return calibrate(run, reset, min_time, first_pass_s)
+
+
 def time_rounds(run: Callable[[int], None], reset: Callable[[], None], passes: int, rounds: int) -> list[float]:
     """Round times in seconds; ``reset`` runs between rounds, outside the clock."""
     times = []
@@ -126,7 +135,7 @@ def measure_together(case: Case, dtype: str, names: Iterable[str], *, min_time: 
             target = make_target(name, case, dtype, threads)
             start = time.perf_counter()
             warm = target.warm_up()
-            passes = calibrate(target.run, target.reset, min_time, warm["first_pass_s"])
+            passes = passes_per_round(case, target.run, target.reset, min_time, warm["first_pass_s"])
             entries.append((name, target, warm, passes, time.perf_counter() - start, []))
         except Exception as exc:  # noqa: BLE001 - reported through ``failed``
             if failed is None:
@@ -162,10 +171,11 @@ class Job:
 
 
 def plan(cases: Iterable[Case], targets: Iterable[str], dtypes: Iterable[str]) -> list[Job]:
-    """Every (case, target, dtype) to run, in workload order; GPU-only sizes on GPU targets only."""
+    """Every (case, target, dtype) to run, in workload order; GPU-only sizes on GPU targets only,
+    a case with its own dtypes in those only."""
     targets, dtypes = list(targets), list(dtypes)
     return [Job(case, name, dtype) for case in cases for dtype in dtypes for name in targets
-            if runs_case(name, case)]
+            if runs_case(name, case) and (case.dtypes is None or dtype in case.dtypes)]
 
 
 def groups(jobs: list[Job]) -> list[tuple[Case, str, list[str]]]:

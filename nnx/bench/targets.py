@@ -13,6 +13,7 @@ products of a pass, the BLAS/cuBLAS ceiling) and the PyTorch/JAX peers (``peers.
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -20,8 +21,9 @@ import numpy as np
 from .. import datasets
 from ..backends import available_backends, use_backend
 from ..initializers import initial_params
+from ..batching import Batches, BatchStream
 from ..network import Network, Objective, TrainState
-from ..optim import SGD
+from ..optim import OPTIMIZERS
 from . import peers
 from .tutorial_code import moons_tutorial, xor_tutorial
 from .workloads import Case, Workload
@@ -60,6 +62,19 @@ def make_data(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         T = y.reshape(-1, 1).astype(np.float64)
     return X, y, T
+
+
+def minibatches(case: Case, epochs: int) -> Batches:
+    """The batches of ``epochs`` epochs of a minibatch case: each epoch a permutation drawn
+    as ``fit`` draws it (seed 0), split into batches of ``case.batch_size``, the last one
+    smaller. Every target of the case trains on these same batches."""
+    stream = BatchStream(np.random.Generator(np.random.PCG64(0)), case.n_samples, case.batch_size, True)
+    return stream.take(epochs * case.updates_per_pass)
+
+
+def make_optimizer(case: Case):
+    """The case's optimiser (``nnx.optim``) at its lr."""
+    return OPTIMIZERS[case.optimizer](lr=case.lr)
 
 
 class Target:
@@ -135,26 +150,39 @@ def _backend(name: str):
 
 
 class BackendTarget(Target):
-    """An nnx backend at its loop-level seam: data and parameters prepared once, outside timing."""
+    """An nnx backend at its loop-level seam: data and parameters prepared once, outside timing.
+
+    Minibatch cases train with the case's optimiser (its state reset with the parameters)
+    on batches drawn once, outside timing, for the round's epochs (``minibatches``)."""
 
     def __init__(self, name: str, case: Case, dtype: str):
         self.label = name
         self.device = "gpu" if name in GPU_TARGETS else "cpu"
         self.backend = _backend(name)
+        self.case = case
         self.net = Network(case.layer_sizes, case.hidden, case.output, dtype)
         X, _, T = make_data(case)
         params = [(W.astype(dtype), b.astype(dtype)) for W, b in initial_params(case.layer_sizes, case.init, 0)]
         self.params0 = self.backend.prepare_params(self.net, params)
         self.data = self.backend.prepare_data(self.net, X, T)
         self.objective = Objective(case.reduction, case.l2)
-        self.optimizer = SGD(case.lr)
-        self.state = TrainState(self.backend.copy_params(self.params0))
+        self.optimizer = make_optimizer(case)
+        self.intervals = {}
+        if case.batch_size is not None:  # drawn here, never inside a timed round
+            self.intervals = {epochs: minibatches(case, epochs) for epochs in {1, case.epochs}}
+        zeros = [(np.zeros_like(W), np.zeros_like(b)) for W, b in params]
+        self.state = TrainState(self.backend.copy_params(self.params0),
+                                slots={name: self.backend.prepare_params(self.net, [(W.copy(), b.copy()) for W, b in zeros])
+                                       for name in self.optimizer.slots()})
 
     def warm_up(self) -> dict:
         compile_s = None
         warm = getattr(self.backend, "warm_up", None)
         if warm is not None:
-            compile_s = float(warm(self.net, self.data.n_samples))
+            rows = self.case.batch_size or self.data.n_samples  # a minibatch plan compiles the same kernel
+            takes_optimizer = "optimizer" in inspect.signature(warm).parameters
+            compile_s = float(warm(self.net, min(rows, self.data.n_samples),
+                                   **({"optimizer": self.optimizer} if takes_optimizer else {})))
         record = super().warm_up()
         record["compile_s"] = compile_s
         return record
@@ -162,15 +190,24 @@ class BackendTarget(Target):
     def reset(self) -> None:
         """The initial parameters copied into the same arrays: a backend that binds its work
         to the arrays (the CuPy backend's programs and captured graphs, keyed by pointer)
-        reuses it in every round instead of rebuilding it inside the timing."""
+        reuses it in every round instead of rebuilding it inside the timing. The optimiser
+        state starts at zero again."""
         for (W, b), (W0, b0) in zip(self.state.params, self.params0):
             W[...] = W0
             b[...] = b0
-        self.state = TrainState(self.state.params)
+        for pairs in self.state.slots.values():
+            for W, b in pairs:
+                W[...] = 0
+                b[...] = 0
+        self.state = TrainState(self.state.params, slots=self.state.slots)
         self.backend.synchronize()
 
     def run(self, passes: int) -> None:
-        self.backend.train(self.net, self.state, self.data, self.objective, self.optimizer, passes)
+        batches = None
+        if self.case.batch_size is not None:
+            batches = self.intervals.get(passes) or minibatches(self.case, passes)
+        lrs = np.full(passes * self.case.updates_per_pass, self.optimizer.lr)
+        self.backend.train(self.net, self.state, self.data, self.objective, self.optimizer, lrs, batches)
         self.backend.synchronize()
 
     def finite(self) -> bool:
@@ -243,7 +280,10 @@ def available() -> dict[str, str | None]:
 
 def applies(name: str, workload: Workload) -> bool:
     """Products-only variants belong to blas-bound, launch variants to the launch-bound
-    workloads, peers to tutorial, large-hidden and blas-bound."""
+    workloads, peers to tutorial, large-hidden, blas-bound and the minibatch workloads;
+    the tutorials' own code (full-batch gradient descent) to the full-batch workloads."""
+    if name == BASELINE:
+        return all(case.batch_size is None for cases in workload.sizes.values() for case in cases)
     if name in PRODUCTS_ONLY:
         return workload.products_only
     if name in LAUNCH_VARIANTS:

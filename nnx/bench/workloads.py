@@ -46,11 +46,24 @@ class Case:
     reduction: str = "sum"
     data: str = "moons"  # moons | xor | random (seeded Gaussian inputs, uniform labels)
     gpu_only: bool = False
+    # Minibatch workloads: the optimiser (a name in nnx.optim.OPTIMIZERS, at ``lr``), the
+    # batch size, the epochs one round times (a "pass" is then an epoch: ceil(N / batch)
+    # updates), and the dtypes they run in (None: every dtype asked for).
+    optimizer: str = "sgd"
+    batch_size: int | None = None
+    epochs: int | None = None
+    dtypes: tuple[str, ...] | None = None
 
     @property
     def id(self) -> str:
-        """Stable id, e.g. ``N200-2x3x2``."""
-        return f"N{self.n_samples}-" + "x".join(str(w) for w in self.layer_sizes)
+        """Stable id, e.g. ``N200-2x3x2`` (``N200-2x3x2-adam-b32`` with minibatches)."""
+        base = f"N{self.n_samples}-" + "x".join(str(w) for w in self.layer_sizes)
+        return base if self.batch_size is None else f"{base}-{self.optimizer}-b{self.batch_size}"
+
+    @property
+    def updates_per_pass(self) -> int:
+        """Updates in one timed pass: 1 full-batch update, or an epoch of minibatches."""
+        return 1 if self.batch_size is None else -(-self.n_samples // self.batch_size)
 
     @property
     def n_hidden(self) -> int:
@@ -65,7 +78,8 @@ class Case:
                 "outputs": self.n_classes}
 
     def flops_per_pass(self) -> int:
-        """Matrix-product FLOPs of one full-batch pass (see the module docstring)."""
+        """Matrix-product FLOPs of one full-batch pass, or one epoch of minibatches: the same
+        products over the same N samples (see the module docstring)."""
         n = self.n_samples
         total = 0
         for layer, (fan_in, fan_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
@@ -172,8 +186,27 @@ def _crossover() -> Workload:
                     launch_bound=True)
 
 
+def _minibatch() -> Workload:
+    def case(epochs):
+        return Case("minibatch", 200, (2, 3, 2), lr=0.01, l2=0.0, reduction="mean", optimizer="adam", batch_size=32,
+                    epochs=epochs)
+    return Workload("minibatch", "moons N=200, 2-3-2 tanh/softmax, Adam (lr 0.01), batches of 32 (7 updates an "
+                                 "epoch), mean loss: 2,000 epochs a round; a pass is an epoch",
+                    {"tiny": (case(5),), "quick": (case(2000),), "full": (case(2000),)}, peers=True)
+
+
+def _mnist_shaped() -> Workload:
+    def case(n, epochs):
+        return Case("mnist-shaped", n, (784, 256, 10), lr=1e-3, l2=0.0, reduction="mean", data="random",
+                    optimizer="adam", batch_size=128, epochs=epochs, dtypes=("float32",))
+    return Workload("mnist-shaped", "N=60,000 seeded Gaussian inputs, 784-256-10 tanh/softmax, float32, Adam "
+                                    "(lr 1e-3), batches of 128 (469 updates), mean loss: one epoch a round",
+                    {"tiny": (case(512, 1),), "quick": (case(60_000, 1),), "full": (case(60_000, 1),)}, peers=True)
+
+
 WORKLOADS: dict[str, Workload] = {w.name: w for w in
-                                  (_tutorial(), _sweep(), _large_hidden(), _blas_bound(), _xor(), _crossover())}
+                                  (_tutorial(), _sweep(), _large_hidden(), _blas_bound(), _xor(), _crossover(),
+                                   _minibatch(), _mnist_shaped())}
 
 
 def get_workload(name: str) -> Workload:
