@@ -123,7 +123,7 @@ INVALID_VALUES = [
     (("--batch-size", "0"), "--batch-size must be an integer >= 1; got 0"),
     (("--optimizer", "adan"), "unknown optimizer 'adan'; expected one of sgd, adam, adamw, rmsprop. Did you mean "
                                "'adam'?"),
-    (("--optimizer", "adam:lr=0.1", "--lr", "0.2"), "the learning rate is given twice ('adam:lr=0.1' and --lr 0.2); give it once"),
+    (("--optimizer", "adam:lr=0.1", "--lr", "0.2"), "the learning rate is given twice ('adam:lr=0.1' and lr 0.2); give it once"),
     (("--optimizer", "sgd:nesterov=True"), "SGD nesterov=True needs momentum > 0 and dampening=0 (as in PyTorch)"),
     (("--schedule", "cosine:T_max=0"), "Cosine T_max must be a positive integer; got 0"),
     (("--schedule", "cosine:T_max"), "cannot read the settings of schedule 'cosine:T_max' (settings must be given "

@@ -126,9 +126,10 @@ def test_optimiser_matches_pytorchs_formulas(backend, case):
     _close(_fit(cls(**settings)), reference(kind, settings, [settings["lr"]] * STEPS))
 
 
-def test_tutorial_l2_adds_to_the_weight_gradient_only_with_any_optimiser(backend):
-    settings = {"lr": 0.05, "betas": (0.8, 0.9)}
-    _close(_fit(Adam(**settings), l2=0.1), reference("adam", settings, [0.05] * STEPS, l2=0.1))
+@pytest.mark.parametrize("kind,cls,settings", [("sgd", SGD, {"lr": 0.1}), ("adam", Adam, {"lr": 0.05, "betas": (0.8, 0.9)})],
+                         ids=["sgd", "adam"])
+def test_tutorial_l2_adds_to_the_weight_gradient_only_with_any_optimiser(backend, kind, cls, settings):
+    _close(_fit(cls(**settings), l2=0.1), reference(kind, settings, [settings["lr"]] * STEPS, l2=0.1))
 
 
 SCHEDULES = [

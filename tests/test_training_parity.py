@@ -54,6 +54,11 @@ def test_every_backend_trains_like_numpy(backend, moons, optimizer, net, batch_s
     with nnx.use_backend("numpy"):
         want = _fit(moons, net, optimizer, batch_size, epochs)
     assert got.updates == want.updates
+    if optimizer == "rmsprop" and batch_size is None and epochs > 1:
+        # Centered RMSprop divides by sqrt(E[g^2] - E[g]^2), which cancels when a full batch's gradient
+        # barely changes from step to step: ulp-level differences (the vectorised tanh) grow by that
+        # conditioning, measured 1.4e-10 after 100 epochs on tutorial 003's net.
+        tol *= 10
     assert params_error(got.params, want.params) <= tol
     assert got.history[got.updates] == pytest.approx(want.history[want.updates], rel=tol)
 

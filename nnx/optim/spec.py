@@ -1,6 +1,6 @@
 """Optimisers and schedules named on the command line: ``adam``, ``adam:lr=0.01,amsgrad=True``,
-``cosine:T_max=2000``. Values are Python literals; the names are those of ``OPTIMIZERS`` and
-``SCHEDULES``."""
+``cosine:T_max=2000``, ``sequential:schedules=('warmup:total_iters=100','cosine:T_max=900'),milestones=(100,)``.
+Values are Python literals; the names are those of ``OPTIMIZERS`` and ``SCHEDULES``."""
 from __future__ import annotations
 
 import ast
@@ -10,7 +10,8 @@ from .optimizers import OPTIMIZERS, Optimizer
 from .schedules import SCHEDULES, Schedule, Sequential
 
 
-def _parse(text: str, table: dict, what: str) -> tuple[type, dict]:
+def parse_spec(text: str, table: dict, what: str) -> tuple[type, dict]:
+    """The class ``text`` names in ``table`` and its settings, unchecked (``what`` names it in errors)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{what} must be a name such as {next(iter(table))!r}, optionally with settings "
                          f"name:key=value,...; got {text!r}")
@@ -33,10 +34,10 @@ def _parse(text: str, table: dict, what: str) -> tuple[type, dict]:
 
 def parse_optimizer(text: str, default_lr: float | None = None) -> Optimizer:
     """The optimiser ``text`` names; ``default_lr`` applies when the text sets no lr."""
-    cls, settings = _parse(text, OPTIMIZERS, "optimizer")
+    cls, settings = parse_spec(text, OPTIMIZERS, "optimizer")
     if default_lr is not None:
         if "lr" in settings and settings["lr"] != default_lr:
-            raise ValueError(f"the learning rate is given twice ({text!r} and --lr {default_lr:g}); give it once")
+            raise ValueError(f"the learning rate is given twice ({text!r} and lr {default_lr:g}); give it once")
         settings["lr"] = default_lr
     try:
         return cls(**settings)
@@ -45,9 +46,14 @@ def parse_optimizer(text: str, default_lr: float | None = None) -> Optimizer:
 
 
 def parse_schedule(text: str) -> Schedule:
-    cls, settings = _parse(text, SCHEDULES, "schedule")
+    """The schedule ``text`` names; a sequential one lists its parts as texts."""
+    cls, settings = parse_spec(text, SCHEDULES, "schedule")
     if cls is Sequential:
-        raise ValueError("a sequential schedule is built in Python: nnx.optim.Sequential([...], milestones=[...])")
+        parts = settings.get("schedules", ())
+        if not isinstance(parts, (tuple, list)) or not all(isinstance(p, str) for p in parts):
+            raise ValueError(f"schedule {text!r}: schedules must be a list of schedule texts, such as "
+                             "('warmup:total_iters=100', 'cosine:T_max=900')")
+        settings["schedules"] = tuple(parse_schedule(p) for p in parts)
     try:
         return cls(**settings)
     except TypeError as exc:
