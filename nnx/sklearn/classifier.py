@@ -1,0 +1,120 @@
+"""``MLPClassifier``: softmax + cross-entropy over the classes, or sigmoids for multilabel targets."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import column_or_1d
+
+from .base import NNXEstimator
+
+_MULTILABEL = "multilabel-indicator"
+
+
+def _label_list(labels) -> str:
+    shown = ", ".join(map(repr, labels[:10].tolist()))
+    return shown + (", ..." if len(labels) > 10 else "")
+
+
+class MLPClassifier(ClassifierMixin, NNXEstimator):
+    """A multilayer perceptron classifier trained by nnx on NumPy, Numba or CuPy.
+
+    Labels may be of any type NumPy can sort (strings, bools, integers with
+    gaps, ...): ``classes_`` lists them and ``predict`` returns them. Two or more
+    classes train a softmax head (one output per class, cross-entropy); a 2-D
+    0/1 indicator ``y`` trains one sigmoid per label (multilabel).
+
+    Parameters (stored unchanged, checked in ``fit``):
+
+    hidden_layer_sizes : hidden widths, e.g. ``(100,)`` or ``(64, 32)``; ``()`` for none.
+    activation : ``"relu"``, ``"tanh"``, ``"sigmoid"`` (or ``"logistic"``), ``"identity"``.
+    optimizer, optimizer_params : the optimiser by name and its settings besides the rate.
+    learning_rate : the step size.
+    l2 : L2 penalty ``l2/2 * sum(W**2)`` on the weights (not the biases), added to the mean loss.
+    batch_size : samples per update; ``"full"`` (or None) for full-batch gradient descent.
+    max_epochs : epochs per ``fit`` (``partial_fit`` runs one).
+    init : ``"auto"`` (He for ReLU, Glorot otherwise) or an nnx initialiser name.
+    backend : ``"auto"`` (nnx's own choice) or ``"numpy"``, ``"numba"``, ``"cupy"``.
+    dtype : ``"float64"`` or ``"float32"``.
+    random_state : None, an int or a ``RandomState``: the same int gives the same model on every backend.
+    verbose : print the loss after each epoch.
+    warm_start : ``fit`` continues from the fitted network instead of starting afresh.
+    """
+
+    def _prepare_targets(self, y, *, first: bool, classes=None):
+        kind = type_of_target(y, input_name="y")
+        if kind == _MULTILABEL:
+            return self._multilabel_targets(y, first=first, classes=classes)
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if first:
+            found = np.unique(y) if classes is None else self._given_classes(classes, y)
+            if len(found) < 2:
+                raise ValueError(f"MLPClassifier needs samples of at least 2 classes; got 1 class "
+                                 f"({_label_list(found)})")
+            self.classes_ = found
+            vars(self).pop("_multilabel_dtype", None)
+        elif self._is_multilabel():
+            raise ValueError("y holds one label per sample, but the estimator was fitted on multilabel "
+                             "(indicator) targets; call fit to start afresh")
+        ids = np.searchsorted(self.classes_, y)
+        ids = np.minimum(ids, len(self.classes_) - 1)
+        unseen = self.classes_[ids] != y
+        if unseen.any():
+            raise ValueError(f"y has labels not in classes_ ({_label_list(np.unique(y[unseen]))}); classes_ is "
+                             f"fixed by the first fit ({_label_list(self.classes_)}); pass every label in "
+                             "`classes=` on the first partial_fit, or call fit to start afresh")
+        return ids, "softmax", len(self.classes_)
+
+    def _given_classes(self, classes, y) -> np.ndarray:
+        found = np.unique(np.asarray(classes))
+        if len(found) != len(np.asarray(classes).ravel()):
+            raise ValueError(f"classes= lists a label more than once: {_label_list(np.asarray(classes).ravel())}")
+        return found
+
+    def _multilabel_targets(self, y, *, first: bool, classes=None):
+        y = np.asarray(y)
+        if first:
+            self.classes_ = np.arange(y.shape[1])
+            self._multilabel_dtype = y.dtype
+        elif not self._is_multilabel() or y.shape[1] != len(self.classes_):
+            raise ValueError(f"y is a multilabel indicator with {y.shape[1]} labels, which does not match the "
+                             "targets of the first fit; call fit to start afresh")
+        return y.astype(np.float64), "sigmoid", y.shape[1]
+
+    def _is_multilabel(self) -> bool:
+        return hasattr(self, "_multilabel_dtype")
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over ``X, y``. The first call must list every label in ``classes`` (later
+        batches may lack some), unless ``fit`` ran before; later calls may omit it."""
+        first = not hasattr(self, "model_")
+        if first and classes is None and type_of_target(y, input_name="y") != _MULTILABEL:
+            raise ValueError("classes must be passed on the first call to partial_fit: every label the "
+                             "classifier will ever see, e.g. classes=np.unique(y_all)")
+        if not first and classes is not None:
+            given = np.unique(np.asarray(classes))
+            if not np.array_equal(given, self.classes_):
+                raise ValueError(f"classes={_label_list(given)} differs from classes_ of the first call "
+                                 f"({_label_list(self.classes_)}); call fit to start afresh")
+        return self._partial_fit(X, y, classes=classes)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, one column per entry of ``classes_`` (per label for multilabel)."""
+        return self._outputs(X)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class per sample (0/1 per label at 0.5 for multilabel)."""
+        proba = self.predict_proba(X)
+        if self._is_multilabel():
+            return (proba >= 0.5).astype(self._multilabel_dtype)
+        return self.classes_[proba.argmax(axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
