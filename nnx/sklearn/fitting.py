@@ -58,6 +58,8 @@ def train_epochs(model: MLP, X: np.ndarray, T: np.ndarray, settings: Settings, e
         model.fit(X, T, passes=epochs, lr=settings.learning_rate, l2=settings.l2, reduction="mean", log_every=1,
                   verbose=settings.verbose > 0)
     except NonFiniteLossError as exc:
+        if exc.pass_number == 0:  # non-finite before any update: nnx's own message says why
+            raise
         epoch = exc.pass_number - start
         raise NonFiniteLossError(
             f"the training loss became non-finite (NaN or infinity) in epoch {epoch}: training diverged. Lower "
