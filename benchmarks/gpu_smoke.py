@@ -32,7 +32,8 @@ from nnx.bench.machine import cpu_model, usable_cores
 from nnx.bench.targets import make_data
 from nnx.bench.workloads import WORKLOADS, Case, scaled_lr
 from nnx.initializers import initial_params
-from nnx.network import GradientDescent, Network, Objective, TrainState
+from nnx.network import Network, Objective, TrainState
+from nnx.optim import SGD
 
 PASSES = 200
 TUTORIAL_PASSES = 20_000
@@ -134,7 +135,7 @@ def _train(backend, net, X, T, params, passes, objective, lr):
     """``passes`` updates from copies of ``params`` (a CPU backend would train the arrays it is given)."""
     data = backend.prepare_data(net, X, T)
     state = TrainState(backend.prepare_params(net, [(W.copy(), b.copy()) for W, b in params]))
-    backend.train(net, state, data, objective, GradientDescent(lr), passes)
+    backend.train(net, state, data, objective, SGD(lr), passes)
     backend.synchronize()
     return backend.params_to_numpy(state.params)
 
@@ -231,7 +232,7 @@ def _timed_train(backend, case: Case, dtype: str, passes: int, timer=_events_sec
     X, _, T = make_data(case)
     data = backend.prepare_data(net, X, T)
     state = TrainState(backend.prepare_params(net, _params(case.layer_sizes, dtype, case.init)))
-    objective, optimizer = Objective(case.reduction, case.l2), GradientDescent(case.lr)
+    objective, optimizer = Objective(case.reduction, case.l2), SGD(case.lr)
     backend.train(net, state, data, objective, optimizer, passes + 1)
     backend.synchronize()
     seconds = timer(lambda: backend.train(net, state, data, objective, optimizer, passes))

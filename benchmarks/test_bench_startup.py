@@ -25,7 +25,8 @@ import pytest
 
 import nnx
 from nnx.bench import tutorial_code as tut
-from nnx.network import GradientDescent, Objective, TrainState
+from nnx.network import Objective, TrainState
+from nnx.optim import SGD
 
 from conftest import size_set
 
@@ -144,7 +145,7 @@ def test_tutorial_through_fit_against_the_seam(benchmark):
     with nnx.use_backend("numba") as backend:
         model = nnx.MLP([2, 3, 2])
         data = backend.prepare_data(model.net, X, np.eye(2)[y])
-        objective, optimizer = Objective("sum", 0.01), GradientDescent(0.01)
+        objective, optimizer = Objective("sum", 0.01), SGD(0.01)
 
         def seam():
             state = TrainState(backend.prepare_params(model.net, model.params))
@@ -194,7 +195,7 @@ def test_large_hidden_forward_and_short_fit(benchmark):
 
         def passes_alone():
             state = TrainState(backend.prepare_params(model.net, model.params))
-            backend.train(model.net, state, data, Objective("sum", 0.01), GradientDescent(1e-5), 10)
+            backend.train(model.net, state, data, Objective("sum", 0.01), SGD(1e-5), 10)
 
         passes_s = _best(passes_alone, _repeats())
     benchmark.extra_info.update(n=n, hidden=hidden, numba_forward_over_numpy=round(numpy_s / predict_s, 2),

@@ -3,9 +3,11 @@
 Pick the backend with ``NNX_BACKEND`` (numpy, numba, cupy, auto), ``set_backend``
 or, for a block, ``with use_backend(name):``.
 """
-from . import datasets, metrics
+from . import datasets, metrics, optim
 from .backends import available_backends, explain_backend, get_backend, set_backend, use_backend
-from .errors import BackendUnavailableError, GpuMemoryError, NonFiniteLossError, OutOfMemoryError
+from .early_stopping import EarlyStopping
+from .errors import (BackendUnavailableError, GpuMemoryError, NonFiniteLossError, OutOfMemoryError,
+                     PerformanceWarning)
 from .model import MLP
 from .persistence import load
 from .version import __version__
@@ -24,15 +26,18 @@ def __getattr__(name: str):
 __all__ = [
     "MLP",
     "BackendUnavailableError",
+    "EarlyStopping",
     "GpuMemoryError",
     "NonFiniteLossError",
     "OutOfMemoryError",
+    "PerformanceWarning",
     "available_backends",
     "datasets",
     "explain_backend",
     "get_backend",
     "load",
     "metrics",
+    "optim",
     "set_backend",
     "sweep",
     "use_backend",

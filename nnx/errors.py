@@ -42,3 +42,7 @@ class GpuMemoryError(OutOfMemoryError):
     """The GPU lacks the memory a fit or prediction needs; nothing was changed."""
 
     device = "GPU memory"
+
+
+class PerformanceWarning(UserWarning):
+    """Work runs on a slower path than usual (same results); said once per cause."""

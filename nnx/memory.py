@@ -146,10 +146,11 @@ def _describe(net: Network, n_samples: int, backend: Backend) -> str:
             f"(backend {backend.name!r})")
 
 
-def check_fit(backend: str | Backend, net: Network, n_samples: int, what: str = "training") -> None:
+def check_fit(backend: str | Backend, net: Network, n_samples: int, what: str = "training", *,
+              batch_size: int | None = None, n_slots: int = 0) -> None:
     """Raise ``OutOfMemoryError`` (with the figures) when the fit cannot complete here."""
     found = _backend(backend)
-    _check(found, found.fit_bytes(net, n_samples), f"{what} {_describe(net, n_samples, found)}")
+    _check(found, found.fit_bytes(net, n_samples, batch_size, n_slots), f"{what} {_describe(net, n_samples, found)}")
 
 
 def check_predict(backend: str | Backend, net: Network, n_samples: int, what: str = "prediction") -> None:

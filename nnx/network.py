@@ -61,31 +61,21 @@ class Objective:
     l2: float = 0.0
 
 
-@dataclass(frozen=True)
-class GradientDescent:
-    """Plain full-batch gradient descent: W -= lr * dW.
-
-    Optimisers with state (momentum, Adam) will be further dataclasses with
-    their state kept in ``TrainState.optimizer_state``; a backend's loop-level
-    override handles the optimisers it knows and defers the rest to the base
-    loop.
-    """
-
-    lr: float
-
-
 @dataclass
 class TrainState:
     """Everything a training loop carries from one pass to the next.
 
     ``params`` are backend-native arrays, updated in place. ``updates`` counts
-    the passes done so far, so schedules and resumed runs stay aligned.
-    ``scratch`` holds a backend's buffers for this fit (plans, workspaces): they
+    the model's updates (the history's keys); ``step`` counts the updates made
+    with the current optimiser state (Adam's t, a schedule's position).
+    ``slots`` is that state: per slot name (``optimizer.slots()``), arrays shaped
+    like ``params``, backend-native and updated in place. ``scratch`` holds a backend's buffers for this fit (plans, workspaces): they
     belong to the fit, never to the process-wide backend object, so fits in
     several threads never share them. It is never saved.
     """
 
     params: list[tuple[object, object]]
     updates: int = 0
-    optimizer_state: dict | None = None
+    step: int = 0
+    slots: dict[str, list[tuple[object, object]]] = field(default_factory=dict)
     scratch: dict = field(default_factory=dict, repr=False)

@@ -14,11 +14,13 @@ import math
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .backends.base import Backend, Data
+from .batching import Batches, BatchStream
 from .errors import NonFiniteLossError
-from .network import GradientDescent, Network, Objective, TrainState
-
+from .network import Network, Objective, TrainState
+from .optim import Optimizer, Schedule, learning_rates
 
 class _InterruptFlag:
     """Ctrl-C handling for one fit (main thread only; other threads keep Python's).
@@ -50,19 +52,61 @@ class _InterruptFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _locate_divergence(backend: Backend, net: Network, snapshot, data: Data, objective: Objective,
-                       optimizer: GradientDescent, start: int, stop: int, scratch: dict) -> tuple[int, list]:
-    """Replay an interval one pass at a time from its snapshot to find the first bad pass.
+@dataclass
+class FitRun:
+    """What one fit trains with: the backend, the state it updates, the data, the objective,
+    the optimiser and its schedule, and the minibatch stream (None: full batch)."""
 
-    The replay reuses the fit's buffers (``scratch``): a second set would double a
-    diverging fit's memory beyond what was checked before it started."""
-    state = TrainState(backend.copy_params(snapshot), updates=start, scratch=scratch)
-    last_finite = backend.copy_params(snapshot)
-    while state.updates < stop:
-        if not math.isfinite(backend.train_and_loss(net, state, data, objective, optimizer, 1)):
-            return state.updates, last_finite
-        last_finite = backend.copy_params(state.params)
-    return stop, last_finite
+    backend: Backend
+    net: Network
+    state: TrainState
+    data: Data
+    objective: Objective
+    optimizer: Optimizer
+    schedule: Schedule | None = None
+    stream: BatchStream | None = None
+    updates_per_epoch: int = 1
+
+    def next_interval(self, count: int) -> tuple:
+        """The learning rates and batches of the next ``count`` updates."""
+        lrs = learning_rates(self.schedule, self.optimizer.lr, self.state.step, count, self.updates_per_epoch)
+        return lrs, (self.stream.take(count) if self.stream is not None else None)
+
+    def train_and_loss(self, lrs, batches: Batches | None) -> float:
+        return self.backend.train_and_loss(self.net, self.state, self.data, self.objective, self.optimizer, lrs,
+                                           batches)
+
+    def snapshot(self) -> tuple:
+        """Everything an interval changes, to put back (a second Ctrl-C, a divergence replay)."""
+        copy = self.backend.copy_params
+        stream = self.stream.snapshot() if self.stream is not None else None
+        return (copy(self.state.params), {k: copy(v) for k, v in self.state.slots.items()}, self.state.step,
+                self.state.updates, stream)
+
+    def restore(self, snap: tuple, *, stream: bool = True) -> None:
+        params, slots, self.state.step, self.state.updates, stream_state = snap
+        self.state.params[:] = params
+        for name, pairs in slots.items():
+            self.state.slots[name][:] = pairs
+        if stream and stream_state is not None:
+            self.stream.restore(stream_state)
+
+
+def _locate_divergence(run: FitRun, snap: tuple, lrs, batches: Batches | None, stop: int) -> int:
+    """Replay an interval one update at a time from its snapshot to find the first bad update,
+    leaving the state after the last good one. The replay reuses the fit's buffers
+    (``state.scratch``): a second set would double a diverging fit's memory beyond what was
+    checked before it started."""
+    run.restore(snap, stream=False)
+    start = run.state.updates
+    good = run.snapshot()
+    for u in range(stop - start):
+        one = None if batches is None else batches.select(u, u + 1)
+        if not math.isfinite(run.train_and_loss(lrs[u:u + 1], one)):
+            run.restore(good, stream=False)
+            return start + u + 1
+        good = run.snapshot()
+    return stop
 
 
 def _non_finite_start() -> NonFiniteLossError:
@@ -72,54 +116,52 @@ def _non_finite_start() -> NonFiniteLossError:
         "trained.", 0)
 
 
-def run_fit(backend: Backend, net: Network, state: TrainState, data: Data, objective: Objective,
-            optimizer: GradientDescent, passes: int, log_every: int, history: dict[int, float],
-            on_log: Callable[[int, float], None] | None = None, record_start: bool = False) -> bool:
-    """Train ``state`` for ``passes`` passes, logging into ``history`` every ``log_every``.
+def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
+            on_log: Callable[[int, float], bool | None] | None = None, record_start: bool = False) -> bool:
+    """Train ``run.state`` for ``passes`` updates, logging into ``history`` every ``log_every``.
 
-    Returns whether Ctrl-C ended the fit early; ``state`` is then at a logging
+    ``on_log(updates, loss)`` may return True to end the fit there (early stopping).
+    Returns whether Ctrl-C ended the fit early; the state is then at a logging
     point (the one reached after the first Ctrl-C, or the last one before a
     second Ctrl-C)."""
+    state = run.state
 
-    def log(loss: float) -> None:
+    def log(loss: float) -> bool:
         history[state.updates] = loss
-        if on_log is not None:
-            on_log(state.updates, loss)
+        return bool(on_log(state.updates, loss)) if on_log is not None else False
 
     end = state.updates + passes
     with _InterruptFlag() as interrupt:
         try:
             if record_start:  # through the fit's own buffers: no second set just for this loss
-                loss = backend.train_and_loss(net, state, data, objective, optimizer, 0)
+                loss = run.train_and_loss(learning_rates(None, run.optimizer.lr, 0, 0, 1), None)
                 if not math.isfinite(loss):
                     raise _non_finite_start()
-                log(loss)
+                if log(loss):
+                    return False
         except KeyboardInterrupt:
             return True
         while state.updates < end:
             if interrupt.raised:
                 return True
-            start = state.updates
-            snapshot = None
+            snap = None
             try:
-                snapshot = backend.copy_params(state.params)
-                loss = backend.train_and_loss(net, state, data, objective, optimizer, min(log_every, end - start))
+                snap = run.snapshot()
+                lrs, batches = run.next_interval(min(log_every, end - state.updates))
+                loss = run.train_and_loss(lrs, batches)
                 if not math.isfinite(loss):
-                    bad_pass, last_finite = _locate_divergence(
-                        backend, net, snapshot, data, objective, optimizer, start, state.updates, state.scratch)
-                    state.params[:] = last_finite
-                    state.updates = bad_pass - 1
+                    bad = _locate_divergence(run, snap, lrs, batches, state.updates)
                     raise NonFiniteLossError(
-                        f"the loss became non-finite at pass {bad_pass} (lr={optimizer.lr:g}); training stopped "
-                        f"and the model keeps the parameters after pass {bad_pass - 1}. Lower the learning rate "
-                        "or use reduction='mean'.", bad_pass)
+                        f"the loss became non-finite at pass {bad} (lr={lrs[bad - 1 - snap[3]]:g}); training "
+                        f"stopped and the model keeps the parameters after pass {bad - 1}. Lower the learning "
+                        "rate or use reduction='mean'.", bad)
             except KeyboardInterrupt:  # a second Ctrl-C: back to the last logging point, now
-                if snapshot is not None:
-                    state.params[:] = snapshot
-                state.updates = start
+                if snap is not None:
+                    run.restore(snap)
                 return True
             try:
-                log(loss)
+                if log(loss):
+                    return False
             except KeyboardInterrupt:  # the logging point is reached; stop here
                 return True
     return interrupt.raised

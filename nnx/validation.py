@@ -207,3 +207,58 @@ def check_fit_settings(passes, lr, l2, reduction, log_every, *, names: Mapping[s
         l2=check_non_negative_finite(l2, name("l2")),
         reduction=check_reduction(reduction),
     )
+
+
+DEFAULT_PASSES = 1000
+DEFAULT_LR = 0.01
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How long and with what a fit trains: exactly one of ``passes``/``epochs``, the optimiser
+    (plain gradient descent when none was given), its schedule and the minibatch settings."""
+
+    passes: int | None
+    epochs: int | None
+    optimizer: object
+    schedule: object
+    batch_size: int | None
+    shuffle: bool
+
+
+def check_training_options(n_samples: int, passes, epochs, lr, optimizer, schedule, batch_size, shuffle,
+                           early_stopping, has_validation: bool) -> TrainingOptions:
+    """The length, optimiser, schedule, batching and early-stopping arguments of ``fit``."""
+    from .early_stopping import EarlyStopping
+    from .optim import SGD, Optimizer, Schedule
+
+    if passes is not None and epochs is not None:
+        raise ValueError("give passes (updates) or epochs (passes over the data), not both")
+    if epochs is not None:
+        epochs = check_count(epochs, "epochs", minimum=0)
+    elif passes is None:
+        passes = DEFAULT_PASSES
+    else:
+        passes = check_count(passes, "passes", minimum=0)
+    if optimizer is None:
+        optimizer = SGD(DEFAULT_LR if lr is None else check_positive_finite(lr, "lr"))
+    elif not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an nnx.optim optimiser such as nnx.optim.Adam(lr=1e-3); "
+                        f"got {type(optimizer).__name__}")
+    elif lr is not None and lr != optimizer.lr:
+        raise ValueError(f"lr={lr!r} conflicts with the optimiser's own lr={optimizer.lr!r}; give the learning "
+                         "rate once, in the optimiser")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an nnx.optim schedule such as nnx.optim.Cosine(T_max=1000); "
+                        f"got {type(schedule).__name__}")
+    if batch_size is not None:
+        batch_size = min(check_count(batch_size, "batch_size", minimum=1), n_samples)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle must be True or False; got {shuffle!r}")
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be nnx.EarlyStopping(...); got {type(early_stopping).__name__}")
+        if early_stopping.monitor == "val_loss" and not has_validation:
+            raise ValueError("EarlyStopping(monitor='val_loss') needs validation_data=(X_val, y_val); or use "
+                             "monitor='loss'")
+    return TrainingOptions(passes, epochs, optimizer, schedule, batch_size, bool(shuffle))

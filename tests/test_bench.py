@@ -21,7 +21,8 @@ from nnx.bench.targets import (ALL_TARGETS, BASELINE, BackendTarget, ProductsOnl
 from nnx.errors import BackendUnavailableError
 from nnx.bench.workloads import SIZE_SETS, WORKLOADS, Case, get_workload, scaled_lr
 from nnx.initializers import initial_params
-from nnx.network import GradientDescent, Network, Objective, TrainState
+from nnx.network import Network, Objective, TrainState
+from nnx.optim import SGD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +99,7 @@ def test_flop_count_matches_the_products_a_pass_performs(case):
     X, _, T = make_data(case) if case.workload != "deep" else (np.ones((12, 5)), None, np.eye(3)[np.arange(12) % 3])
     data = backend.prepare_data(net, X, T)
     state = TrainState(backend.prepare_params(net, initial_params(case.layer_sizes, case.init, 0)))
-    backend.train(net, state, data, Objective(case.reduction, case.l2), GradientDescent(case.lr), 3)
+    backend.train(net, state, data, Objective(case.reduction, case.l2), SGD(case.lr), 3)
     assert backend.xp.flops == 3 * case.flops_per_pass()
 
 

@@ -19,7 +19,8 @@ from nnx.backends import cuda_blas
 from nnx.backends import cuda_plan as plan
 from nnx.backends.cuda_program import DenseProgram
 from nnx.backends.numpy_backend import NumpyBackend
-from nnx.network import GradientDescent, Network, Objective, TrainState
+from nnx.network import Network, Objective, TrainState
+from nnx.optim import SGD
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the reference cuBLAS")
 REF = NumpyBackend()
@@ -115,7 +116,7 @@ def test_dense_programs_through_the_cublas_calls_match_numpy(kernels, handle, mo
     for _ in range(50):
         program.run_pass(1.0 / n, 0.5, 1e-3)
     state = TrainState([(W.copy(), b.copy()) for W, b in params])
-    REF.train(net, state, data, Objective("mean", 1e-3), GradientDescent(0.5), 50)
+    REF.train(net, state, data, Objective("mean", 1e-3), SGD(0.5), 50)
     for (W, b), (W2, b2) in zip(state.params, program.params):
         assert np.max(np.abs(W - W2)) <= 1e-10 * np.max(np.abs(W)) and np.max(np.abs(b - b2)) <= 1e-10 * np.max(
             np.abs(b))

@@ -21,7 +21,8 @@ from nnx.backends import cuda_plan as plan
 from nnx.backends.cuda_program import DenseProgram, GraphCaptureWarning, PassReplayer, TinyProgram, kernel_args
 from nnx.backends.numpy_backend import NumpyBackend
 from nnx.kernels import cuda_sources as src
-from nnx.network import GradientDescent, Network, Objective, TrainState
+from nnx.network import Network, Objective, TrainState
+from nnx.optim import SGD
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the kernel emulation")
 
@@ -69,7 +70,7 @@ def _rel_err(a_params, b_params) -> float:
 
 def _reference(net, data, params, passes, objective, lr):
     state = TrainState(_copy(params))
-    REF.train(net, state, data, objective, GradientDescent(lr), passes)
+    REF.train(net, state, data, objective, SGD(lr), passes)
     return state.params
 
 

@@ -21,7 +21,8 @@ import pytest
 
 from nnx.backends import cuda_plan as plan
 from nnx.backends.numpy_backend import NumpyBackend
-from nnx.network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
+from nnx.network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
+from nnx.optim import SGD
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the race checker")
 
@@ -77,7 +78,7 @@ def test_single_block_kernel_has_no_data_race_and_matches_numpy(checker, sizes, 
     assert run.returncode == 0, run.stderr[:3000]
     got = np.fromfile(out, dtype=np.float64)
     state = TrainState([(W.copy(), b.copy()) for W, b in params])
-    REF.train(net, state, REF.prepare_data(net, X, T), Objective("mean", 1e-3), GradientDescent(0.5), PASSES)
+    REF.train(net, state, REF.prepare_data(net, X, T), Objective("mean", 1e-3), SGD(0.5), PASSES)
     want = np.concatenate([a.ravel() for pair in state.params for a in pair])
     assert got.shape == want.shape
     assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))

@@ -18,7 +18,8 @@ import nnx
 from nnx import backends
 from nnx.backends import cuda_plan as plan
 from nnx.errors import BackendUnavailableError
-from nnx.network import GradientDescent, Network, Objective, TrainState
+from nnx.network import Network, Objective, TrainState
+from nnx.optim import SGD
 
 CUPY_REASON = nnx.available_backends()["cupy"]
 _needs_gpu = pytest.mark.skipif(CUPY_REASON is not None, reason=f"cupy backend unavailable here: {CUPY_REASON}")
@@ -331,7 +332,7 @@ def _train_with(backend, sizes, passes, n=300, dtype="float64"):
     T = np.eye(sizes[-1])[y]
     data = backend.prepare_data(net, X, T)
     state = TrainState(backend.prepare_params(net, model.params))
-    backend.train(net, state, data, Objective("mean", 1e-3), GradientDescent(0.5), passes)
+    backend.train(net, state, data, Objective("mean", 1e-3), SGD(0.5), passes)
     return state, backend.params_to_numpy(state.params)
 
 

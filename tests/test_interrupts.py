@@ -62,16 +62,17 @@ def _press_in_interval(backend, monkeypatch, *, interval: int, presses: int):
     real_train, real_train_and_loss = backend.train, backend.train_and_loss
     calls = []
 
-    def train_and_loss(net, state, data, objective, optimizer, passes):
+    def train_and_loss(net, state, data, objective, optimizer, lrs, batches):
+        passes = len(lrs)
         if passes == 0:  # the starting loss, not an interval
-            return real_train_and_loss(net, state, data, objective, optimizer, passes)
+            return real_train_and_loss(net, state, data, objective, optimizer, lrs, batches)
         calls.append(passes)
         if len(calls) != interval:
-            return real_train_and_loss(net, state, data, objective, optimizer, passes)
-        real_train(net, state, data, objective, optimizer, passes // 2)
+            return real_train_and_loss(net, state, data, objective, optimizer, lrs, batches)
+        real_train(net, state, data, objective, optimizer, lrs[:passes // 2], None)
         for _ in range(presses):
             signal.raise_signal(signal.SIGINT)
-        return real_train_and_loss(net, state, data, objective, optimizer, passes - passes // 2)
+        return real_train_and_loss(net, state, data, objective, optimizer, lrs[passes // 2:], None)
 
     monkeypatch.setattr(backend, "train_and_loss", train_and_loss)
     return calls

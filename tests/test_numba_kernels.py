@@ -14,7 +14,8 @@ import pytest
 
 import nnx
 from nnx.backends.numpy_backend import NumpyBackend
-from nnx.network import GradientDescent, Network, Objective, TrainState
+from nnx.network import Network, Objective, TrainState
+from nnx.optim import SGD
 from tolerances import params_error
 
 numba = pytest.importorskip("numba", reason="numba is not installed")
@@ -39,7 +40,7 @@ def problem(net: Network, n: int, seed: int = 0):
 def train(backend, net, X, T, params, passes, objective=Objective("sum", 0.01), lr=0.01):
     data = backend.prepare_data(net, X, T)
     state = TrainState(backend.prepare_params(net, [(W.copy(), b.copy()) for W, b in params]))
-    backend.train(net, state, data, objective, GradientDescent(lr), passes)
+    backend.train(net, state, data, objective, SGD(lr), passes)
     assert state.updates == passes
     return backend.params_to_numpy(state.params)
 
@@ -109,7 +110,7 @@ def test_consecutive_intervals_equal_one_long_interval():
     data = backend.prepare_data(net, X, T)
     state = TrainState(backend.prepare_params(net, [(W.copy(), b.copy()) for W, b in params]))
     for _ in range(4):
-        backend.train(net, state, data, Objective("sum", 0.01), GradientDescent(0.01), 5)
+        backend.train(net, state, data, Objective("sum", 0.01), SGD(0.01), 5)
     assert state.updates == 20
     once = train(backend, net, X, T, params, 20)
     assert all(np.array_equal(a, b) for pa, pb in zip(backend.params_to_numpy(state.params), once)
@@ -119,7 +120,8 @@ def test_consecutive_intervals_equal_one_long_interval():
 # ----------------------------------------------------------- determinism
 DETERMINISM_SCRIPT = textwrap.dedent("""
     import hashlib, json, numpy as np
-    from nnx.network import Network, Objective, GradientDescent, TrainState
+    from nnx.network import Network, Objective, TrainState
+    from nnx.optim import SGD
     from nnx.backends import get_backend
     backend = get_backend()
     out = []
@@ -129,7 +131,7 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
         X = rng.normal(size=(3000, sizes[0])); T = np.eye(sizes[-1])[rng.integers(0, sizes[-1], 3000)]
         params = [(rng.normal(size=s) / np.sqrt(s[0]), np.zeros(s[1])) for s in net.layer_shapes()]
         state = TrainState(backend.prepare_params(net, params))
-        backend.train(net, state, backend.prepare_data(net, X, T), Objective("mean", 0.01), GradientDescent(0.5), 4)
+        backend.train(net, state, backend.prepare_data(net, X, T), Objective("mean", 0.01), SGD(0.5), 4)
         digest = hashlib.sha256(b"".join(a.tobytes() for pair in state.params for a in pair)).hexdigest()
         plan = backend.plan(net, 3000)
         out.append([digest, plan.mlp1_chunks if plan.mlp1 else int(plan.unit_chunks.max())])

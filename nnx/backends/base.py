@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..batching import Batches
 from ..errors import OutOfMemoryError
-from ..network import GradientDescent, Network, Objective, TrainState
+from ..network import Network, Objective, TrainState
+from ..optim import Optimizer
 
 # The Python side of a fit or prediction (the model's lists, the history, the driver's
 # frames): nothing next to any buffer worth refusing a fit over, but part of the figure.
@@ -37,6 +39,13 @@ class Data:
     @property
     def n_samples(self) -> int:
         return int(self.X.shape[0])
+
+
+def learning_rates(optimizer: Optimizer, lrs) -> np.ndarray:
+    """The lr of each update: ``lrs`` as given (float64), or an update count at the optimiser's own lr."""
+    if isinstance(lrs, (int, np.integer)):
+        return np.full(int(lrs), optimizer.lr, dtype=np.float64)
+    return np.asarray(lrs, dtype=np.float64)
 
 
 def l2_penalty(weights, l2: float) -> float:
@@ -64,6 +73,14 @@ class Workspace:
             for fan_in, fan_out in net.layer_shapes()
         ]
         self.weight_scratch = [xp.empty((fan_in, fan_out), dtype=dtype) for fan_in, fan_out in net.layer_shapes()]
+
+    def first_rows(self, n: int) -> "Workspace":
+        """The same buffers cut to the first ``n`` rows (a last, smaller minibatch)."""
+        view = object.__new__(Workspace)
+        view.__dict__.update(self.__dict__)
+        for name in ("acts", "deltas", "scratch"):
+            setattr(view, name, [a[:n] for a in getattr(self, name)])
+        return view
 
 
 class Backend:
@@ -186,15 +203,6 @@ class Backend:
         out += b
         return self.activation_forward(kind, out, out)
 
-    def gd_update(self, W, dW, lr: float, l2: float, scratch) -> None:
-        """W += -lr * (dW + l2 * W); dW is overwritten (tutorial 003's order)."""
-        xp = self.xp
-        if l2 and scratch is not None:
-            xp.multiply(W, l2, out=scratch)
-            dW += scratch
-        dW *= -lr
-        W += dW
-
     # ----------------------------------------------------------- model level
     def forward(self, net: Network, params, X, ws: Workspace | None = None, *, logits: bool = False):
         """Layer outputs for X; the last is the head output (or the logits)."""
@@ -237,33 +245,66 @@ class Backend:
             out.append((dW + objective.l2 * W if objective.l2 else dW.copy(), db.copy()))
         return out
 
-    def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
-              optimizer: GradientDescent, passes: int) -> None:
-        """Run ``passes`` full-batch updates of ``state.params`` in place.
+    def compiles(self, optimizer: Optimizer) -> bool:
+        """Whether this backend runs ``optimizer`` in its own loop. The reference loop below runs
+        any optimiser; backends with compiled loops answer from an explicit table of the exact
+        classes they compile, and hand the rest to this loop."""
+        return True
+
+    def batch_data(self, data: Data, indices, ws: Workspace) -> Data:
+        """The rows ``indices`` of the data, gathered into the workspace's batch buffers."""
+        n = int(indices.shape[0])
+        X, T = ws.batch_X[:n], ws.batch_T[:n]
+        self.xp.take(data.X, indices, axis=0, out=X)
+        self.xp.take(data.T, indices, axis=0, out=T)
+        return Data(X, T)
+
+    def train(self, net: Network, state: TrainState, data: Data, objective: Objective, optimizer: Optimizer,
+              lrs, batches: Batches | None = None) -> None:
+        """One update per entry of ``lrs`` (an array of learning rates, or a count at the
+        optimiser's lr), full batch or on ``batches``, params and optimiser slots in place.
 
         This is the loop-level seam: backends override it to run the whole loop
-        without Python per pass; this default loops over the ops above.
+        without Python per update; this default loops over the ops above.
         """
-        if not isinstance(optimizer, GradientDescent):
-            raise NotImplementedError(f"{type(optimizer).__name__} is not supported by backend {self.name!r}")
-        ws = Workspace(self.xp, net, data.n_samples)
+        xp = self.xp
+        lrs = learning_rates(optimizer, lrs)
+        rows = data.n_samples if batches is None else batches.max_size
+        ws = Workspace(xp, net, rows)
+        order = None
+        if batches is not None:
+            order = xp.asarray(batches.order)
+            ws.batch_X = xp.empty((rows, net.n_inputs), net.np_dtype)
+            ws.batch_T = xp.empty((rows, net.n_outputs), net.np_dtype)
+        names = optimizer.slots()
         params = state.params
         with self.quiet_floating_point():
-            for _ in range(passes):
-                self.forward(net, params, data.X, ws)
-                self.backward(net, params, data, objective, ws)
-                for (W, b), (dW, db), scratch in zip(params, ws.grads, ws.weight_scratch):
-                    self.gd_update(W, dW, optimizer.lr, objective.l2, scratch)
-                    self.gd_update(b, db, optimizer.lr, 0.0, None)
+            for u, lr in enumerate(lrs.tolist()):
+                batch, work = data, ws
+                if batches is not None:
+                    lo, hi = int(batches.bounds[u]), int(batches.bounds[u + 1])
+                    work = ws if hi - lo == rows else ws.first_rows(hi - lo)
+                    batch = self.batch_data(data, order[lo:hi], ws)
+                self.forward(net, params, batch.X, work)
+                self.backward(net, params, batch, objective, work)
+                state.step += 1
+                for layer, ((W, b), (dW, db), scratch) in enumerate(zip(params, work.grads, work.weight_scratch)):
+                    if objective.l2:  # the tutorial's L2: on the weights' gradient, before the optimiser
+                        xp.multiply(W, objective.l2, out=scratch)
+                        dW += scratch
+                    slots = [state.slots[name][layer] for name in names]
+                    optimizer.update(xp, W, dW, tuple(s[0] for s in slots), state.step, lr)
+                    optimizer.update(xp, b, db, tuple(s[1] for s in slots), state.step, lr)
                 state.updates += 1
 
     def train_and_loss(self, net: Network, state: TrainState, data: Data, objective: Objective,
-                       optimizer: GradientDescent, passes: int) -> float:
-        """``train``, then ``objective_value`` at the new parameters: the training
-        driver's step between logging points. Backends that compute the loss inside
+                       optimizer: Optimizer, lrs, batches: Batches | None = None) -> float:
+        """``train``, then ``objective_value`` over all samples at the new parameters: the
+        training driver's step between logging points. Backends that compute the loss inside
         their compiled loop override this to make it one call."""
-        if passes:
-            self.train(net, state, data, objective, optimizer, passes)
+        lrs = learning_rates(optimizer, lrs)
+        if lrs.size:
+            self.train(net, state, data, objective, optimizer, lrs, batches)
         return self.objective_value(net, state.params, data, objective)
 
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
@@ -286,17 +327,21 @@ class Backend:
             return self.forward(net, params, X)[-1]
 
     # ---------------------------------------------------------------- memory
-    def fit_bytes(self, net: Network, n_samples: int) -> int:
+    def fit_bytes(self, net: Network, n_samples: int, batch_size: int | None = None, n_slots: int = 0) -> int:
         """Peak memory of a fit on this backend: the validated targets, the data in the
-        backend's dtype, the workspace (activations, deltas and scratch, N x each width;
-        gradients), the loss evaluation's forward, and three parameter copies (the model's,
-        the driver's snapshot per interval and its divergence replay)."""
+        backend's dtype, the workspace (activations, deltas and scratch, batch x each width;
+        gradients; the gathered batch), the loss evaluation's forward over all samples, and
+        three copies of the parameters and optimiser slots (the model's, the driver's
+        snapshot per interval and its divergence replay)."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
+        rows = n_samples if batch_size is None else min(batch_size, n_samples)
         widths = sum(net.layer_sizes[1:])
         data = n_samples * (net.n_inputs + net.n_outputs)
-        workspace = 3 * n_samples * widths + 2 * n_params
+        workspace = 3 * rows * widths + 2 * n_params
+        if batch_size is not None:
+            workspace += rows * (net.n_inputs + net.n_outputs)
         loss = n_samples * widths + 3 * n_samples * net.n_outputs
-        return (net.np_dtype.itemsize * (data + workspace + loss + 3 * n_params)
+        return (net.np_dtype.itemsize * (data + workspace + loss + 3 * n_params * (1 + n_slots))
                 + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:

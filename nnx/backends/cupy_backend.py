@@ -31,10 +31,12 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from ..kernels import cuda_sources as src
-from ..network import ACTIVATION_CODES, GradientDescent, Network, Objective, TrainState
+from ..batching import Batches
+from ..network import ACTIVATION_CODES, Network, Objective, TrainState
+from ..optim import SGD, Optimizer
 from . import cuda_blas
 from . import cuda_plan as plan
-from .base import Backend, Data, l2_penalty
+from .base import Backend, Data, l2_penalty, learning_rates
 from .cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
 
 _CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice; no driver at all reads as cudaErrorInsufficientDriver (35)
@@ -298,7 +300,7 @@ class CupyBackend(Backend):
             current.wait_event(self._stream.record())
 
     # ---------------------------------------------------------------- memory
-    def fit_bytes(self, net: Network, n_samples: int) -> int:
+    def fit_bytes(self, net: Network, n_samples: int, batch_size: int | None = None, n_slots: int = 0) -> int:
         """The least a fit needs on the device: the data, the parameters, and either the
         single-block workspace or the fixed workspace plus one row block (chunks grow
         to what is free), with the headroom left for cuBLAS and the CUDA context."""
@@ -357,15 +359,21 @@ class CupyBackend(Backend):
         return self._programs[id(data)][1:]
 
     # ------------------------------------------------------------ overrides
-    def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
-              optimizer: GradientDescent, passes: int) -> None:
-        if not self.fused or not isinstance(optimizer, GradientDescent):
-            return super().train(net, state, data, objective, optimizer, passes)
+    def compiles(self, optimizer: Optimizer) -> bool:
+        """Full-batch plain SGD at a constant lr runs the fused kernels; the rest the reference loop."""
+        return self.fused and type(optimizer) is SGD and not optimizer.slots() and not optimizer.weight_decay
+
+    def train(self, net: Network, state: TrainState, data: Data, objective: Objective, optimizer: Optimizer,
+              lrs, batches: Batches | None = None) -> None:
+        lrs = learning_rates(optimizer, lrs)
+        if not self.compiles(optimizer) or batches is not None or (lrs.size and (lrs != lrs[0]).any()):
+            return super().train(net, state, data, objective, optimizer, lrs, batches)
+        passes = int(lrs.size)
         if passes <= 0:
             return None
         serial, program = self._program(net, state.params, data, f"training on {data.n_samples} samples")
         scale = 1.0 if objective.reduction == "sum" else 1.0 / data.n_samples
-        lr, l2 = optimizer.lr, objective.l2
+        lr, l2 = float(lrs[0]), objective.l2
         with self._side_stream():
             if getattr(program, "fused_passes", False):
                 program.run_passes(passes, scale, lr, l2)
@@ -377,6 +385,7 @@ class CupyBackend(Backend):
                 for _ in range(passes):
                     program.run_pass(scale, lr, l2)
         state.updates += passes
+        state.step += passes
         return None
 
     def _row_losses(self, net: Network, params, data: Data) -> float:

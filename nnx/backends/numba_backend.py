@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from ..network import ACTIVATION_CODES, HEAD_CODES, GradientDescent, Network, Objective, TrainState
-from .base import BOOKKEEPING_BYTES, Backend, Data, l2_penalty, validated_targets_bytes
+from ..batching import Batches
+from ..network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
+from ..optim import SGD, Optimizer
+from .base import BOOKKEEPING_BYTES, Backend, Data, l2_penalty, learning_rates, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
 FUSED_MAX_DIM = 8
@@ -312,20 +314,33 @@ class NumbaBackend(Backend):
             state.scratch["numba_plan"] = (key, plan)
         return plan
 
-    def train(self, net: Network, state: TrainState, data: Data, objective: Objective,
-              optimizer: GradientDescent, passes: int) -> None:
-        """``passes`` updates in one compiled call; optimisers other than plain GD use the base loop."""
-        if type(optimizer) is not GradientDescent:
-            return super().train(net, state, data, objective, optimizer, passes)
-        if passes > 0:
-            self._train(net, state, data, objective, optimizer.lr, passes, want_loss=False)
+    def compiles(self, optimizer: Optimizer) -> bool:
+        """Full-batch plain SGD at a constant lr runs compiled; the rest runs the reference loop."""
+        return type(optimizer) is SGD and not optimizer.slots() and not optimizer.weight_decay
+
+    def _compiled_lr(self, optimizer: Optimizer, lrs: np.ndarray, batches: Batches | None) -> float | None:
+        if not self.compiles(optimizer) or batches is not None or (lrs.size and (lrs != lrs[0]).any()):
+            return None
+        return float(lrs[0]) if lrs.size else optimizer.lr
+
+    def train(self, net: Network, state: TrainState, data: Data, objective: Objective, optimizer: Optimizer,
+              lrs, batches: Batches | None = None) -> None:
+        """The updates in one compiled call where the kernels cover them, else the base loop."""
+        lrs = learning_rates(optimizer, lrs)
+        lr = self._compiled_lr(optimizer, lrs, batches)
+        if lr is None:
+            return super().train(net, state, data, objective, optimizer, lrs, batches)
+        if lrs.size:
+            self._train(net, state, data, objective, lr, lrs.size, want_loss=False)
 
     def train_and_loss(self, net: Network, state: TrainState, data: Data, objective: Objective,
-                       optimizer: GradientDescent, passes: int) -> float:
-        """The passes and the loss at the new parameters in one compiled call."""
-        if type(optimizer) is not GradientDescent:
-            return super().train_and_loss(net, state, data, objective, optimizer, passes)
-        return self._train(net, state, data, objective, optimizer.lr, passes, want_loss=True)
+                       optimizer: Optimizer, lrs, batches: Batches | None = None) -> float:
+        """The updates and the loss at the new parameters in one compiled call."""
+        lrs = learning_rates(optimizer, lrs)
+        lr = self._compiled_lr(optimizer, lrs, batches)
+        if lr is None:
+            return super().train_and_loss(net, state, data, objective, optimizer, lrs, batches)
+        return self._train(net, state, data, objective, lr, lrs.size, want_loss=True)
 
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
         return self._train(net, TrainState(params), data, objective, 0.0, 0, want_loss=True)
@@ -364,7 +379,7 @@ class NumbaBackend(Backend):
                 and layer_paths(net, self.fused_max_dim) == ["fused", "fused"])
 
     # ---------------------------------------------------------------- memory
-    def fit_bytes(self, net: Network, n_samples: int) -> int:
+    def fit_bytes(self, net: Network, n_samples: int, batch_size: int | None = None, n_slots: int = 0) -> int:
         """The plan's buffers, the data twice (as given and feature-major, padded), three
         parameter copies and the validated targets: the loss is computed inside the
         compiled loop, so no N x H forward."""
@@ -393,6 +408,7 @@ class NumbaBackend(Backend):
         if passes:
             plan.store(state.params)
             state.updates += passes
+            state.step += passes
         if not want_loss:
             return float("nan")
         with self.quiet_floating_point():  # an overflowing penalty is a non-finite loss, reported by the driver

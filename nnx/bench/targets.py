@@ -20,7 +20,8 @@ import numpy as np
 from .. import datasets
 from ..backends import available_backends, use_backend
 from ..initializers import initial_params
-from ..network import GradientDescent, Network, Objective, TrainState
+from ..network import Network, Objective, TrainState
+from ..optim import SGD
 from . import peers
 from .tutorial_code import moons_tutorial, xor_tutorial
 from .workloads import Case, Workload
@@ -146,7 +147,7 @@ class BackendTarget(Target):
         self.params0 = self.backend.prepare_params(self.net, params)
         self.data = self.backend.prepare_data(self.net, X, T)
         self.objective = Objective(case.reduction, case.l2)
-        self.optimizer = GradientDescent(case.lr)
+        self.optimizer = SGD(case.lr)
         self.state = TrainState(self.backend.copy_params(self.params0))
 
     def warm_up(self) -> dict:
