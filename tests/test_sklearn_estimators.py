@@ -11,6 +11,7 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -18,13 +19,17 @@ import pytest
 pytest.importorskip("sklearn")
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 import nnx  # noqa: E402
 from nnx.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 from tolerances import params_error, scaled_error  # noqa: E402
 
-FAST = dict(activation="tanh", backend="numpy", random_state=0)
+# Plain full-batch gradient descent for a fixed number of epochs, on NumPy: the tutorials' loop, checkable
+# against the reference below. (The defaults are scikit-learn's: Adam on minibatches of 200, stopping when
+# the training loss stops improving.)
+FAST = dict(activation="tanh", optimizer="sgd", batch_size="full", tol=None, backend="numpy", random_state=0)
 
 
 def moons(n=120, seed=0):
@@ -42,47 +47,81 @@ def glorot(layer_sizes, seed):
     return params
 
 
+def forward(params, X):
+    acts = [X]
+    for i, (W, b) in enumerate(params):
+        z = acts[-1] @ W + b
+        acts.append(np.tanh(z) if i < len(params) - 1 else z)
+    return acts
+
+
+def data_loss_sum(z, T, head):
+    if head == "softmax":
+        z = z - z.max(axis=1, keepdims=True)
+        return -(T * (z - np.log(np.exp(z).sum(axis=1, keepdims=True)))).sum()
+    return 0.5 * ((z - T) ** 2).sum()
+
+
+def logged_loss(params, X, T, l2, head):
+    """(summed data loss + l2/2 sum W^2) / N over the whole set: tutorial 003's figure, nnx's history."""
+    penalty = l2 / 2 * sum((W ** 2).sum() for W, _ in params)
+    return (data_loss_sum(forward(params, X)[-1], T, head) + penalty) / X.shape[0]
+
+
+def gradients(params, X, T, l2, head):
+    """Gradients of the batch's mean loss + l2/2 sum W^2 (tanh hidden layers), layer by layer."""
+    acts = forward(params, X)
+    z = acts[-1]
+    if head == "softmax":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        out = e / e.sum(axis=1, keepdims=True)
+    else:
+        out = z
+    delta = (out - T) / X.shape[0]
+    grads = []
+    for i in reversed(range(len(params))):
+        W, _ = params[i]
+        grads.append((acts[i].T @ delta + l2 * W, delta.sum(axis=0)))
+        if i:
+            delta = (delta @ W.T) * (1 - acts[i] ** 2)
+    return grads[::-1]
+
+
 def reference_gd(X, T, params, *, lr, l2, epochs, head):
-    """Full-batch gradient descent on mean loss + l2/2 sum W^2; returns params and the logged loss per epoch
-    ((summed data loss + l2/2 sum W^2) / N after each update: tutorial 003's figure, nnx's history)."""
+    """Full-batch gradient descent; the parameters and the logged loss after each epoch."""
     params = copy.deepcopy(params)
-    N = X.shape[0]
-
-    def forward(params):
-        acts = [X]
-        for i, (W, b) in enumerate(params):
-            z = acts[-1] @ W + b
-            acts.append(np.tanh(z) if i < len(params) - 1 else z)
-        return acts
-
-    def data_loss_sum(z):
-        if head == "softmax":
-            z = z - z.max(axis=1, keepdims=True)
-            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-            return -(T * logp).sum()
-        return 0.5 * ((z - T) ** 2).sum()
-
     losses = []
     for _ in range(epochs):
-        acts = forward(params)
-        z = acts[-1]
-        if head == "softmax":
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            out = e / e.sum(axis=1, keepdims=True)
-        else:
-            out = z
-        delta = (out - T) / N
-        grads = []
-        for i in reversed(range(len(params))):
-            W, _ = params[i]
-            grads.append((acts[i].T @ delta + l2 * W, delta.sum(axis=0)))
-            if i:
-                delta = (delta @ W.T) * (1 - acts[i] ** 2)
-        for (W, b), (dW, db) in zip(params, reversed(grads)):
+        for (W, b), (dW, db) in zip(params, gradients(params, X, T, l2, head)):
             W -= lr * dW
             b -= lr * db
-        penalty = l2 / 2 * sum((W ** 2).sum() for W, _ in params)
-        losses.append((data_loss_sum(forward(params)[-1]) + penalty) / N)
+        losses.append(logged_loss(params, X, T, l2, head))
+    return params, losses
+
+
+def reference_adam(X, T, params, *, lr, l2, epochs, batch, seed, head, betas=(0.9, 0.999), eps=1e-8):
+    """PyTorch's Adam on minibatches: each epoch visits the samples in the order of
+    ``Generator(PCG64(seed)).permutation(N)`` (the model's own generator), in batches of ``batch``."""
+    params = copy.deepcopy(params)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    b1, b2 = betas
+    moments = [[(np.zeros_like(W), np.zeros_like(b)) for W, b in params] for _ in range(2)]
+    step, losses = 0, []
+    for _ in range(epochs):
+        order = rng.permutation(X.shape[0])
+        for start in range(0, X.shape[0], batch):
+            rows = order[start:start + batch]
+            step += 1
+            for layer, grads in enumerate(gradients(params, X[rows], T[rows], l2, head)):
+                for k, g in enumerate(grads):
+                    m, v = moments[0][layer][k], moments[1][layer][k]
+                    m *= b1
+                    m += (1 - b1) * g
+                    v *= b2
+                    v += (1 - b2) * g * g
+                    denom = np.sqrt(v) / np.sqrt(1 - b2 ** step) + eps
+                    params[layer][k] -= lr / (1 - b1 ** step) * (m / denom)
+        losses.append(logged_loss(params, X, T, l2, head))
     return params, losses
 
 
@@ -97,10 +136,8 @@ def test_classifier_trains_as_full_batch_gradient_descent():
     assert clf.n_iter_ == 40 and len(clf.loss_curve_) == 40
     assert clf.best_loss_ == min(clf.loss_curve_)
     # predict_proba is the softmax of the reference network's logits
-    acts = X
-    for i, (W, b) in enumerate(want):
-        acts = acts @ W + b if i == len(want) - 1 else np.tanh(acts @ W + b)
-    proba = np.exp(acts - acts.max(axis=1, keepdims=True))
+    logits = forward(want, X)[-1]
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
     assert scaled_error(clf.predict_proba(X), proba) < 1e-12
     assert np.array_equal(clf.predict(X), proba.argmax(axis=1))
@@ -116,6 +153,31 @@ def test_regressor_trains_as_full_batch_gradient_descent():
     assert reg.predict(X).shape == (len(X), 2) and reg.n_outputs_ == 2 and reg.n_layers_ == 4
 
 
+def test_adam_on_minibatches_follows_pytorchs_adam_in_the_models_batch_order():
+    X, y = moons(110)
+    T = np.eye(2)[y]
+    clf = MLPClassifier((6,), optimizer="adam", learning_rate=0.01, l2=0.001, batch_size=40, max_epochs=4,
+                        init="glorot", tol=None, activation="tanh", backend="numpy", random_state=3).fit(X, y)
+    want, losses = reference_adam(X, T, glorot([2, 6, 2], 3), lr=0.01, l2=0.001, epochs=4, batch=40, seed=3,
+                                  head="softmax")
+    assert params_error(clf.model_.params, want) < 1e-12
+    assert scaled_error(clf.loss_curve_, losses) < 1e-12
+    assert clf.n_iter_ == 4 and clf.model_.updates == 4 * 3  # ceil(110 / 40) updates per epoch
+
+
+def test_default_batch_size_is_200_and_a_larger_batch_is_full_batch():
+    X, y = moons(260)
+    T = np.eye(2)[y]
+    auto = MLPClassifier((4,), optimizer="adam", learning_rate=0.01, max_epochs=2, init="glorot", tol=None,
+                         activation="tanh", backend="numpy", random_state=1).fit(X, y)
+    want, _ = reference_adam(X, T, glorot([2, 4, 2], 1), lr=0.01, l2=0.0, epochs=2, batch=200, seed=1,
+                             head="softmax")
+    assert params_error(auto.model_.params, want) < 1e-12 and auto.model_.updates == 4
+    full = MLPClassifier((4,), max_epochs=3, **FAST).fit(X, y)
+    larger = MLPClassifier((4,), max_epochs=3, **{**FAST, "batch_size": 10_000}).fit(X, y)
+    assert params_error(larger.model_.params, full.model_.params) == 0 and larger.model_.updates == 3
+
+
 def test_regressor_single_target_predicts_1d_and_scores_r2():
     X, _ = moons()
     y = 0.5 * X[:, 0] - X[:, 1]
@@ -125,6 +187,60 @@ def test_regressor_single_target_predicts_1d_and_scores_r2():
     r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     assert reg.score(X, y) == pytest.approx(r2, rel=1e-12)
     assert r2 > 0.95
+
+
+# ---------------------------------------------------------------------------------------- stopping
+def test_early_stopping_holds_out_a_validation_set_and_keeps_the_best_epoch():
+    X, y = moons(160, seed=2)
+    settings = dict(hidden_layer_sizes=(40,), activation="tanh", optimizer="adam", learning_rate=0.05,
+                    batch_size="full", early_stopping=True, validation_fraction=0.25, n_iter_no_change=5, tol=0.0,
+                    backend="numpy", random_state=0)
+    stopped = MLPClassifier(max_epochs=500, **settings).fit(X, y)
+    curve = stopped.validation_loss_curve_
+    best = int(np.argmin(curve))
+    assert stopped.n_iter_ < 500 and len(curve) == len(stopped.loss_curve_) == stopped.n_iter_
+    assert stopped.n_iter_ == best + 1 + 5  # patience epochs after the best one
+    assert stopped.best_validation_loss_ == curve[best]
+    assert stopped.model_.updates == stopped.n_iter_  # one full-batch update per epoch, on 120 samples
+    # The network kept is the best epoch's: the same fit cut off there by max_epochs has the same parameters.
+    with pytest.warns(ConvergenceWarning, match="held-out loss was still improving"):
+        cut = MLPClassifier(max_epochs=best + 1, **{**settings, "n_iter_no_change": 1000}).fit(X, y)
+    assert params_error(stopped.model_.params, cut.model_.params) == 0
+    assert cut.validation_loss_curve_ == curve[:best + 1]
+
+
+def test_training_loss_rule_stops_when_the_loss_stops_improving_by_tol():
+    X, y = moons(100)
+    clf = MLPClassifier((8,), learning_rate=0.5, max_epochs=5000, **{**FAST, "tol": 1e-3}, n_iter_no_change=4)
+    curve = clf.fit(X, y).loss_curve_
+    assert len(curve) == clf.n_iter_ < 5000
+    # The rule, replayed: stop after 4 epochs in a row without beating the best loss so far (the loss
+    # before training included) by more than tol.
+    best, waited = np.inf, 0
+    for epoch, loss in enumerate([clf.model_.history[0]] + curve):
+        if loss < best - 1e-3:
+            best, waited = loss, 0
+        else:
+            waited += 1
+        if waited == 4:
+            break
+    assert epoch == clf.n_iter_
+    assert not hasattr(clf, "validation_loss_curve_")
+
+
+def test_convergence_warning_only_when_a_rule_was_active_and_did_not_fire():
+    X, y = moons(60)
+    with pytest.warns(ConvergenceWarning, match="ran all max_epochs=3 epochs"):
+        MLPClassifier((4,), max_epochs=3, **{**FAST, "tol": 1e-4}).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MLPClassifier((4,), max_epochs=3, **FAST).fit(X, y)  # tol=None: no rule, no warning
+        MLPClassifier((4,), **{**FAST, "tol": 1e-4}).partial_fit(X, y, classes=[0, 1])
+
+
+def test_early_stopping_needs_two_samples():
+    with pytest.raises(ValueError, match="needs at least 2 samples"):
+        MLPRegressor(early_stopping=True, **FAST).fit(np.zeros((1, 2)), np.zeros(1))
 
 
 # ---------------------------------------------------------------------------------------- labels
@@ -331,7 +447,10 @@ def test_bad_data_is_refused_with_scikit_learns_messages():
     ("dtype", "float16", "dtype must be 'float32' or 'float64'"),
     ("random_state", -1, "random_state must be an integer from 0 to 2\\*\\*32 - 1"),
     ("random_state", "0", "random_state must be None, an integer"),
-    ("verbose", -1, "verbose must be an integer >= 0"),
+    ("verbose", -1, "verbose must be 0 \\(silent\\), 1 \\(a progress bar\\) or 2"),
+    ("verbose", 3, "verbose must be 0"),
+    ("optimizer_params", {"momentum": -1.0}, "optimizer_params for 'sgd': SGD momentum must be a finite number"),
+    ("optimizer_params", {"nesterov": True}, "optimizer_params for 'sgd': SGD nesterov=True needs momentum > 0"),
     ("warm_start", None, "warm_start must be True or False"),
 ])
 @pytest.mark.parametrize("estimator", [MLPClassifier, MLPRegressor])
@@ -346,15 +465,17 @@ def test_bad_parameters_are_refused_in_fit_naming_the_parameter(estimator, name,
 
 def test_constructor_stores_arguments_unchanged_and_clones():
     hidden = [7, 3]
-    settings = {"momentum": 0.0}
-    clf = MLPClassifier(hidden, optimizer_params=settings, activation="logistic", random_state=3)
+    settings = {"momentum": 0.9}
+    clf = MLPClassifier(hidden, optimizer="sgd", optimizer_params=settings, activation="logistic", random_state=3,
+                        max_epochs=3)
     params = clf.get_params()
     assert params["hidden_layer_sizes"] is hidden and params["optimizer_params"] is settings
     twin = clone(clf)
     assert twin.get_params()["hidden_layer_sizes"] == hidden and twin is not clf
     X, y = moons(40)
     clf.fit(X, y)
-    assert clf.hidden_layer_sizes is hidden and settings == {"momentum": 0.0}
+    assert clf.hidden_layer_sizes is hidden and settings == {"momentum": 0.9}
+    assert clf.model_.training.optimizer == nnx.optim.SGD(lr=0.001, momentum=0.9)
     assert clf.model_.layer_sizes == (2, 7, 3, 2) and clf.model_.hidden == "sigmoid"
     assert not hasattr(clone(clf), "model_")
     assert set(params) == {

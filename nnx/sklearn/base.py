@@ -15,11 +15,13 @@ from collections.abc import Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..backends import AUTO, available_backends, use_backend
 from ..model import MLP
-from .fitting import train_epochs
+from .fitting import stopping_rule, train_epochs
 from .settings import Settings, check_settings, seed_for_fit
 
 # Backends already reported as unavailable at prediction time (said once per process).
@@ -65,8 +67,8 @@ class NNXEstimator(BaseEstimator):
     #: The output head ("softmax", "sigmoid" or "identity") is chosen per fit by ``_prepare_targets``.
     _y_numeric = False
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="sgd", optimizer_params=None,
-                 learning_rate=0.1, l2=0.0, batch_size="full", max_epochs=200, shuffle=True, early_stopping=False,
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam", optimizer_params=None,
+                 learning_rate=0.001, l2=0.0, batch_size="auto", max_epochs=200, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, init="auto", backend="auto",
                  dtype="float64", random_state=None, verbose=0, warm_start=False):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -104,9 +106,33 @@ class NNXEstimator(BaseEstimator):
                 X, y = self._validate_fit_data(X, y, first=not continuing)
                 targets, head, n_outputs = self._prepare_targets(y, first=not continuing)
                 model = self._model_to_train(settings, X.shape[1], head, n_outputs, continuing)
-                run = train_epochs(model, X, targets, settings, settings.max_epochs)
+                validation = None
+                if settings.early_stopping:
+                    X, targets, validation = self._hold_out(X, targets, settings, model.seed)
+                run = train_epochs(model, X, targets, settings, settings.max_epochs, validation=validation)
                 self._store(model, run, continuing)
+        if stopping_rule(settings) is not None and not (run.stopped or run.interrupted):
+            rule = ("the held-out loss" if settings.early_stopping else "the training loss")
+            warnings.warn(f"{type(self).__name__} ran all max_epochs={settings.max_epochs} epochs and "
+                          f"{rule} was still improving by more than tol={settings.tol or 0:g}: raise max_epochs, or set "
+                          "tol=None to run max_epochs without this check", ConvergenceWarning, stacklevel=2)
         return self
+
+    def _stratify_by(self, targets, fraction: float):
+        """Labels to keep in proportion when holding out a validation set (None: a plain split)."""
+        return None
+
+    def _hold_out(self, X, targets, settings: Settings, seed):
+        """(X_train, T_train, (X_val, T_val)): ``validation_fraction`` of the samples held out for
+        early stopping, drawn from a stream of the fit's seed (the same split on every backend)."""
+        if X.shape[0] < 2:
+            raise ValueError(f"early_stopping=True holds out validation_fraction of the samples, which needs at "
+                             f"least 2 samples; got {X.shape[0]}")
+        split_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+        X_train, X_val, T_train, T_val = train_test_split(
+            X, targets, test_size=settings.validation_fraction, random_state=split_seed,
+            stratify=self._stratify_by(targets, settings.validation_fraction))
+        return X_train, T_train, (X_val, T_val)
 
     def _partial_fit(self, X, y, classes=None):
         """One epoch over ``X, y`` from the fitted network (a fresh one on the first call)."""
@@ -117,7 +143,7 @@ class NNXEstimator(BaseEstimator):
                 X, y = self._validate_fit_data(X, y, first=first)
                 targets, head, n_outputs = self._prepare_targets(y, first=first, classes=classes)
                 model = self._model_to_train(settings, X.shape[1], head, n_outputs, not first)
-                run = train_epochs(model, X, targets, settings, 1)
+                run = train_epochs(model, X, targets, settings, 1, stop=False)
                 self._store(model, run, not first)
         return self
 
@@ -146,6 +172,13 @@ class NNXEstimator(BaseEstimator):
         self.loss_curve_ = (self.loss_curve_ if continuing else []) + run.losses
         self.n_iter_ = (self.n_iter_ if continuing else 0) + run.epochs
         self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else None
+        if run.validation_losses:
+            earlier = getattr(self, "validation_loss_curve_", []) if continuing else []
+            self.validation_loss_curve_ = earlier + run.validation_losses
+            self.best_validation_loss_ = min(self.validation_loss_curve_)
+        elif not continuing:
+            vars(self).pop("validation_loss_curve_", None)
+            vars(self).pop("best_validation_loss_", None)
         if run.interrupted:
             warnings.warn(f"training was interrupted (Ctrl-C) after {run.epochs} epoch(s) of this call; the "
                           "estimator keeps the network reached so far", UserWarning, stacklevel=3)

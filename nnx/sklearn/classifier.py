@@ -24,21 +24,35 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
     classes train a softmax head (one output per class, cross-entropy); a 2-D
     0/1 indicator ``y`` trains one sigmoid per label (multilabel).
 
-    Parameters (stored unchanged, checked in ``fit``):
+    Parameters (stored unchanged, checked in ``fit``; the defaults are scikit-learn's):
 
     hidden_layer_sizes : hidden widths, e.g. ``(100,)`` or ``(64, 32)``; ``()`` for none.
     activation : ``"relu"``, ``"tanh"``, ``"sigmoid"`` (or ``"logistic"``), ``"identity"``.
-    optimizer, optimizer_params : the optimiser by name and its settings besides the rate.
+    optimizer : ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"`` (``nnx.optim``, PyTorch's formulas).
+    optimizer_params : the optimiser's other settings by PyTorch's names, e.g. ``{"momentum": 0.9}``.
     learning_rate : the step size.
-    l2 : L2 penalty ``l2/2 * sum(W**2)`` on the weights (not the biases), added to the mean loss.
-    batch_size : samples per update; ``"full"`` (or None) for full-batch gradient descent.
+    l2 : the tutorials' L2 penalty ``l2/2 * sum(W**2)`` on the weights (not the biases), added to the
+        mean loss (so each update adds ``l2 * W`` to the weights' gradient).
+    batch_size : samples per update: ``"auto"`` (min(200, n_samples)), an integer, or ``"full"`` / None
+        for full-batch gradient descent (a batch of every sample is full batch, nnx's fastest path).
     max_epochs : epochs per ``fit`` (``partial_fit`` runs one).
+    shuffle : visit the samples in a fresh order each epoch (drawn from the seeded model's generator).
+    early_stopping : hold out ``validation_fraction`` of the samples (stratified) and stop when their
+        loss has not improved by more than ``tol`` for ``n_iter_no_change`` epochs, keeping the best
+        epoch's network. Without it, ``fit`` stops the same way on the training loss (scikit-learn's
+        rule) unless ``tol=None``.
     init : ``"auto"`` (He for ReLU, Glorot otherwise) or an nnx initialiser name.
-    backend : ``"auto"`` (nnx's own choice) or ``"numpy"``, ``"numba"``, ``"cupy"``.
+    backend : ``"auto"`` (nnx's own choice: ``use_backend``, ``set_backend``, ``NNX_BACKEND``, else the
+        fastest available) or ``"numpy"``, ``"numba"``, ``"cupy"``.
     dtype : ``"float64"`` or ``"float32"``.
     random_state : None, an int or a ``RandomState``: the same int gives the same model on every backend.
-    verbose : print the loss after each epoch.
-    warm_start : ``fit`` continues from the fitted network instead of starting afresh.
+    verbose : 0 silent, 1 a progress bar, 2 (or True) a line per epoch.
+    warm_start : ``fit`` continues from the fitted network (and its optimiser state).
+
+    Fitted attributes: ``classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrames),
+    ``loss_curve_`` (training loss after each epoch), ``n_iter_`` (epochs run), ``best_loss_``,
+    ``validation_loss_curve_`` and ``best_validation_loss_`` (early stopping), ``coefs_``,
+    ``intercepts_``, ``n_layers_``, ``n_outputs_``, and ``model_``, the ``nnx.MLP`` itself.
     """
 
     def _prepare_targets(self, y, *, first: bool, classes=None):
@@ -65,6 +79,16 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
                              f"fixed by the first fit ({_label_list(self.classes_)}); pass every label in "
                              "`classes=` on the first partial_fit, or call fit to start afresh")
         return ids, "softmax", len(self.classes_)
+
+    def _stratify_by(self, targets, fraction: float):
+        """The class ids, when every class can appear on both sides of the split."""
+        if targets.ndim != 1:
+            return None
+        counts = np.bincount(targets)
+        n_val = int(np.ceil(fraction * targets.size))
+        n_classes = np.count_nonzero(counts)
+        fits = counts[counts > 0].min() >= 2 and n_val >= n_classes and targets.size - n_val >= n_classes
+        return targets if fits else None
 
     def _given_classes(self, classes, y) -> np.ndarray:
         found = np.unique(np.asarray(classes))

@@ -1,69 +1,99 @@
 """The one place that turns an estimator's settings into ``MLP.fit`` calls.
 
 Everything the estimators know about ``MLP.fit``'s keywords lives here: the
-optimiser and its settings, the batch size, how many updates make an epoch,
-the loss logged per epoch, and early stopping.
+optimiser and its settings, the batch size, how many updates make an epoch
+(the loss is logged once per epoch), the stopping rules and the held-out
+validation set of early stopping.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..batching import updates_per_epoch
+from ..early_stopping import EarlyStopping
 from ..errors import NonFiniteLossError
 from ..model import MLP
+from ..optim import OPTIMIZERS, Optimizer
 from .settings import Settings
-
-OPTIMIZERS = ("sgd",)
-# Settings each optimiser takes besides the learning rate, with the values MLP.fit runs.
-_SUPPORTED_PARAMS = {"sgd": {"momentum": 0.0, "weight_decay": 0.0}}
 
 
 @dataclass(frozen=True)
 class EpochRun:
-    """What one training call did: the loss after each epoch, and whether Ctrl-C cut it short."""
+    """What one training call did, epoch by epoch."""
 
-    losses: list[float]
-    interrupted: bool
+    losses: list[float]                  # training loss after each epoch (over the whole training set)
+    validation_losses: list[float]       # the held-out loss after each epoch (early stopping only)
+    stopped: bool                        # a stopping rule ended the fit before its last epoch
+    interrupted: bool                    # Ctrl-C ended it
 
     @property
     def epochs(self) -> int:
         return len(self.losses)
 
 
-def check_optimizer(settings: Settings) -> None:
-    """The optimiser name, its settings and the batch size, against what ``MLP.fit`` runs."""
+def make_optimizer(settings: Settings) -> Optimizer:
+    """``nnx.optim``'s optimiser named by ``optimizer``, at ``learning_rate``, with ``optimizer_params``."""
     name = settings.optimizer
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {name!r}")
-    supported = _SUPPORTED_PARAMS[name]
-    for key, value in settings.optimizer_params.items():
-        if key not in supported:
-            raise ValueError(f"optimizer_params: {name!r} takes {', '.join(map(repr, supported))} besides the "
-                             f"learning rate; got {key!r}")
-        if value != supported[key]:
-            raise ValueError(f"optimizer_params: {key}={value!r} is not available yet; nnx's {name!r} runs "
-                             f"{key}={supported[key]!r}")
-    if settings.batch_size != "full":
-        raise ValueError(f"batch_size={settings.batch_size!r}: nnx trains full batch for now; use "
-                         "batch_size='full' (or None)")
+    cls = OPTIMIZERS[name]
+    takes = [f.name for f in dataclasses.fields(cls) if f.name != "lr"]
+    unknown = sorted(set(settings.optimizer_params) - set(takes))
+    if unknown:
+        raise ValueError(f"optimizer_params: {name!r} takes {', '.join(map(repr, takes))} besides the learning "
+                         f"rate; got {', '.join(map(repr, unknown))}")
+    try:
+        return cls(lr=settings.learning_rate, **settings.optimizer_params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"optimizer_params for {name!r}: {exc}") from exc
+
+
+def check_optimizer(settings: Settings) -> None:
+    """Raise now, before any work, if the optimiser cannot be built from these settings."""
+    make_optimizer(settings)
+
+
+def batch_size_for(settings: Settings, n_samples: int) -> int | None:
+    """``MLP.fit``'s batch_size: None (full batch, nnx's compiled path) when a batch holds every sample."""
+    size = settings.batch_for(n_samples)
+    return None if size >= n_samples else size
+
+
+def stopping_rule(settings: Settings) -> EarlyStopping | None:
+    """Early stopping on the held-out loss (keeping the best epoch's network), else scikit-learn's
+    convergence rule on the training loss (keeping the last), unless ``tol`` is None."""
     if settings.early_stopping:
-        raise ValueError("early_stopping=True is not available yet; use early_stopping=False")
+        return EarlyStopping("val_loss", patience=settings.n_iter_no_change, min_delta=settings.tol or 0.0,
+                             restore_best=True)
+    if settings.tol is None:
+        return None
+    return EarlyStopping("loss", patience=settings.n_iter_no_change, min_delta=settings.tol, restore_best=False)
 
 
-def train_epochs(model: MLP, X: np.ndarray, T: np.ndarray, settings: Settings, epochs: int) -> EpochRun:
-    """Train ``model`` in place for ``epochs`` epochs; the loss over the training set after each."""
+def train_epochs(model: MLP, X: np.ndarray, T: np.ndarray, settings: Settings, epochs: int, *,
+                 validation: tuple[np.ndarray, np.ndarray] | None = None, stop: bool = True) -> EpochRun:
+    """Train ``model`` in place for up to ``epochs`` epochs (fewer when ``stop`` and a rule fires)."""
+    batch_size = batch_size_for(settings, X.shape[0])
+    per_epoch = updates_per_epoch(X.shape[0], batch_size)
+    rule = stopping_rule(settings) if stop else None
+    if rule is None or rule.monitor != "val_loss":
+        validation = None
     start = model.updates
     try:
-        model.fit(X, T, passes=epochs, lr=settings.learning_rate, l2=settings.l2, reduction="mean", log_every=1,
-                  verbose=settings.verbose > 0)
+        model.fit(X, T, epochs=epochs, optimizer=make_optimizer(settings), batch_size=batch_size,
+                  shuffle=settings.shuffle, validation_data=validation, early_stopping=rule,
+                  verbose=settings.verbose, l2=settings.l2, reduction="mean", log_every=per_epoch)
     except NonFiniteLossError as exc:
         if exc.pass_number == 0:  # non-finite before any update: nnx's own message says why
             raise
-        epoch = exc.pass_number - start
+        epoch = -(-(exc.pass_number - start) // per_epoch)
         raise NonFiniteLossError(
             f"the training loss became non-finite (NaN or infinity) in epoch {epoch}: training diverged. Lower "
             f"learning_rate (now {settings.learning_rate:g}) or scale the inputs (e.g. StandardScaler in a "
             "Pipeline). The estimator was left as it was before this call.", exc.pass_number) from exc
     losses = [loss for updates, loss in model.history.items() if updates > start]
-    return EpochRun(losses, model.interrupted)
+    held_out = [loss for updates, loss in model.validation_history["loss"].items() if updates > start]
+    return EpochRun(losses, held_out if validation is not None else [], model.stopped_early, model.interrupted)

@@ -43,7 +43,7 @@ class Settings:
     early_stopping: bool
     validation_fraction: float
     n_iter_no_change: int
-    tol: float
+    tol: float | None
     backend: str
     dtype: str
     random_state: object
@@ -125,9 +125,18 @@ def _fraction(value) -> float:
 
 
 def _verbose(value) -> int:
+    """``MLP.fit``'s levels: 0 silent, 1 a progress bar, 2 (or True) a line per epoch."""
     if isinstance(value, (bool, np.bool_)):
+        return 2 if value else 0
+    if isinstance(value, Integral) and value in (0, 1, 2):
         return int(value)
-    return check_count(value, "verbose", minimum=0)
+    raise ValueError(f"verbose must be 0 (silent), 1 (a progress bar) or 2 / True (a line per epoch); got {value!r}")
+
+
+def _tol(value) -> float | None:
+    if value is None:
+        return None
+    return check_non_negative_finite(value, "tol")
 
 
 def _backend(value) -> str:
@@ -166,7 +175,7 @@ def check_settings(estimator) -> Settings:
         early_stopping=_flag(estimator.early_stopping, "early_stopping"),
         validation_fraction=_fraction(estimator.validation_fraction),
         n_iter_no_change=check_count(estimator.n_iter_no_change, "n_iter_no_change", minimum=1),
-        tol=check_non_negative_finite(estimator.tol, "tol"),
+        tol=_tol(estimator.tol),
         backend=_backend(estimator.backend),
         dtype=check_dtype(estimator.dtype),
         random_state=_random_state(estimator.random_state),
