@@ -165,6 +165,26 @@ def test_adam_on_minibatches_follows_pytorchs_adam_in_the_models_batch_order():
     assert clf.n_iter_ == 4 and clf.model_.updates == 4 * 3  # ceil(110 / 40) updates per epoch
 
 
+def test_log_every_records_the_loss_every_k_epochs_and_the_last():
+    X, y = moons()
+    clf = MLPClassifier((5,), learning_rate=0.3, max_epochs=10, log_every=4, init="glorot", **FAST).fit(X, y)
+    _, losses = reference_gd(X, np.eye(2)[y], glorot([2, 5, 2], 0), lr=0.3, l2=0.0, epochs=10, head="softmax")
+    assert scaled_error(clf.loss_curve_, [losses[3], losses[7], losses[9]]) < 1e-12
+    assert clf.n_iter_ == 10 and sorted(clf.model_.history) == [0, 4, 8, 10]
+    every = MLPClassifier((5,), learning_rate=0.3, max_epochs=10, init="glorot", **FAST).fit(X, y)
+    assert params_error(clf.model_.params, every.model_.params) == 0
+    # stopping rules run at logging points: n_iter_no_change=5 epochs is 2 intervals of 3
+    stop = MLPClassifier((5,), learning_rate=0.3, max_epochs=3000, log_every=3, n_iter_no_change=5,
+                         **{**FAST, "tol": 1e-3}).fit(X, y)
+    curve = [stop.model_.history[0]] + stop.loss_curve_
+    best, waited = np.inf, 0
+    for point, loss in enumerate(curve):
+        best, waited = (loss, 0) if loss < best - 1e-3 else (best, waited + 1)
+        if waited == 2:
+            break
+    assert stop.n_iter_ == 3 * point < 3000
+
+
 def test_default_batch_size_is_200_and_a_larger_batch_is_full_batch():
     X, y = moons(260)
     T = np.eye(2)[y]
@@ -436,6 +456,7 @@ def test_bad_data_is_refused_with_scikit_learns_messages():
     ("batch_size", 0, "batch_size must be a positive integer"),
     ("max_epochs", 0, "max_epochs must be an integer >= 1"),
     ("max_epochs", 2.5, "max_epochs must be an integer >= 1"),
+    ("log_every", 0, "log_every must be an integer >= 1"),
     ("shuffle", "yes", "shuffle must be True or False"),
     ("early_stopping", 1, "early_stopping must be True or False"),
     ("validation_fraction", 1.0, "validation_fraction must be a number strictly between 0 and 1"),
@@ -480,7 +501,7 @@ def test_constructor_stores_arguments_unchanged_and_clones():
     assert not hasattr(clone(clf), "model_")
     assert set(params) == {
         "hidden_layer_sizes", "activation", "optimizer", "optimizer_params", "learning_rate", "l2", "batch_size",
-        "max_epochs", "shuffle", "early_stopping", "validation_fraction", "n_iter_no_change", "tol", "init",
+        "max_epochs", "log_every", "shuffle", "early_stopping", "validation_fraction", "n_iter_no_change", "tol", "init",
         "backend", "dtype", "random_state", "verbose", "warm_start"}
 
 

@@ -68,9 +68,9 @@ class NNXEstimator(BaseEstimator):
     _y_numeric = False
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam", optimizer_params=None,
-                 learning_rate=0.001, l2=0.0, batch_size="auto", max_epochs=200, shuffle=True, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, init="auto", backend="auto",
-                 dtype="float64", random_state=None, verbose=0, warm_start=False):
+                 learning_rate=0.001, l2=0.0, batch_size="auto", max_epochs=200, log_every=1, shuffle=True,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, init="auto",
+                 backend="auto", dtype="float64", random_state=None, verbose=0, warm_start=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
@@ -79,6 +79,7 @@ class NNXEstimator(BaseEstimator):
         self.l2 = l2
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.log_every = log_every
         self.shuffle = shuffle
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction

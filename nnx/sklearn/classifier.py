@@ -36,6 +36,9 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
     batch_size : samples per update: ``"auto"`` (min(200, n_samples)), an integer, or ``"full"`` / None
         for full-batch gradient descent (a batch of every sample is full batch, nnx's fastest path).
     max_epochs : epochs per ``fit`` (``partial_fit`` runs one).
+    log_every : epochs between logging points, where the loss joins ``loss_curve_``, the stopping
+        rules are checked and ``verbose`` prints. 1 (the default) is scikit-learn's curve; a larger
+        value runs that many epochs per compiled call on Numba and CuPy (faster on small networks).
     shuffle : visit the samples in a fresh order each epoch (drawn from the seeded model's generator).
     early_stopping : hold out ``validation_fraction`` of the samples (stratified) and stop when their
         loss has not improved by more than ``tol`` for ``n_iter_no_change`` epochs, keeping the best
@@ -50,7 +53,7 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
     warm_start : ``fit`` continues from the fitted network (and its optimiser state).
 
     Fitted attributes: ``classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrames),
-    ``loss_curve_`` (training loss after each epoch), ``n_iter_`` (epochs run), ``best_loss_``,
+    ``loss_curve_`` (training loss at each logging point), ``n_iter_`` (epochs run), ``best_loss_``,
     ``validation_loss_curve_`` and ``best_validation_loss_`` (early stopping), ``coefs_``,
     ``intercepts_``, ``n_layers_``, ``n_outputs_``, and ``model_``, the ``nnx.MLP`` itself.
     """

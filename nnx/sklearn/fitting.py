@@ -1,8 +1,9 @@
 """The one place that turns an estimator's settings into ``MLP.fit`` calls.
 
 Everything the estimators know about ``MLP.fit``'s keywords lives here: the
-optimiser and its settings, the batch size, how many updates make an epoch
-(the loss is logged once per epoch), the stopping rules and the held-out
+optimiser and its settings, the batch size, how many updates make an epoch,
+how often the loss is logged (every ``log_every`` epochs: each logging point is
+where a compiled loop returns to Python), the stopping rules and the held-out
 validation set of early stopping.
 """
 from __future__ import annotations
@@ -22,16 +23,13 @@ from .settings import Settings
 
 @dataclass(frozen=True)
 class EpochRun:
-    """What one training call did, epoch by epoch."""
+    """What one training call did, logging point by logging point."""
 
-    losses: list[float]                  # training loss after each epoch (over the whole training set)
-    validation_losses: list[float]       # the held-out loss after each epoch (early stopping only)
+    epochs: int                          # epochs run
+    losses: list[float]                  # training loss at each logging point (over the whole training set)
+    validation_losses: list[float]       # the held-out loss at each logging point (early stopping only)
     stopped: bool                        # a stopping rule ended the fit before its last epoch
     interrupted: bool                    # Ctrl-C ended it
-
-    @property
-    def epochs(self) -> int:
-        return len(self.losses)
 
 
 def make_optimizer(settings: Settings) -> Optimizer:
@@ -63,14 +61,17 @@ def batch_size_for(settings: Settings, n_samples: int) -> int | None:
 
 
 def stopping_rule(settings: Settings) -> EarlyStopping | None:
-    """Early stopping on the held-out loss (keeping the best epoch's network), else scikit-learn's
-    convergence rule on the training loss (keeping the last), unless ``tol`` is None."""
+    """Early stopping on the held-out loss (keeping the best logging point's network), else
+    scikit-learn's convergence rule on the training loss (keeping the last), unless ``tol`` is None.
+
+    Rules are checked at logging points, so ``n_iter_no_change`` epochs are that many
+    ``log_every``-epoch intervals, rounded up."""
+    patience = -(-settings.n_iter_no_change // settings.log_every)
     if settings.early_stopping:
-        return EarlyStopping("val_loss", patience=settings.n_iter_no_change, min_delta=settings.tol or 0.0,
-                             restore_best=True)
+        return EarlyStopping("val_loss", patience=patience, min_delta=settings.tol or 0.0, restore_best=True)
     if settings.tol is None:
         return None
-    return EarlyStopping("loss", patience=settings.n_iter_no_change, min_delta=settings.tol, restore_best=False)
+    return EarlyStopping("loss", patience=patience, min_delta=settings.tol, restore_best=False)
 
 
 def train_epochs(model: MLP, X: np.ndarray, T: np.ndarray, settings: Settings, epochs: int, *,
@@ -85,7 +86,8 @@ def train_epochs(model: MLP, X: np.ndarray, T: np.ndarray, settings: Settings, e
     try:
         model.fit(X, T, epochs=epochs, optimizer=make_optimizer(settings), batch_size=batch_size,
                   shuffle=settings.shuffle, validation_data=validation, early_stopping=rule,
-                  verbose=settings.verbose, l2=settings.l2, reduction="mean", log_every=per_epoch)
+                  verbose=settings.verbose, l2=settings.l2, reduction="mean",
+                  log_every=per_epoch * settings.log_every)
     except NonFiniteLossError as exc:
         if exc.pass_number == 0:  # non-finite before any update: nnx's own message says why
             raise
@@ -96,4 +98,5 @@ def train_epochs(model: MLP, X: np.ndarray, T: np.ndarray, settings: Settings, e
             "Pipeline). The estimator was left as it was before this call.", exc.pass_number) from exc
     losses = [loss for updates, loss in model.history.items() if updates > start]
     held_out = [loss for updates, loss in model.validation_history["loss"].items() if updates > start]
-    return EpochRun(losses, held_out if validation is not None else [], model.stopped_early, model.interrupted)
+    return EpochRun((model.updates - start) // per_epoch, losses, held_out if validation is not None else [],
+                    model.stopped_early, model.interrupted)

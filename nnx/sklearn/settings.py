@@ -39,6 +39,7 @@ class Settings:
     l2: float
     batch_size: int | str
     max_epochs: int
+    log_every: int
     shuffle: bool
     early_stopping: bool
     validation_fraction: float
@@ -171,6 +172,7 @@ def check_settings(estimator) -> Settings:
         l2=check_non_negative_finite(estimator.l2, "l2"),
         batch_size=_batch_size(estimator.batch_size),
         max_epochs=check_count(estimator.max_epochs, "max_epochs", minimum=1),
+        log_every=check_count(estimator.log_every, "log_every", minimum=1),
         shuffle=_flag(estimator.shuffle, "shuffle"),
         early_stopping=_flag(estimator.early_stopping, "early_stopping"),
         validation_fraction=_fraction(estimator.validation_fraction),
