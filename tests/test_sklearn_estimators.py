@@ -488,7 +488,7 @@ def test_constructor_stores_arguments_unchanged_and_clones():
     hidden = [7, 3]
     settings = {"momentum": 0.9}
     clf = MLPClassifier(hidden, optimizer="sgd", optimizer_params=settings, activation="logistic", random_state=3,
-                        max_epochs=3)
+                        max_epochs=3, tol=None, backend="numpy")
     params = clf.get_params()
     assert params["hidden_layer_sizes"] is hidden and params["optimizer_params"] is settings
     twin = clone(clf)
@@ -564,7 +564,7 @@ def test_same_seed_same_model_on_every_backend(backend_name):
 def test_backend_auto_follows_nnx_selection():
     X, y = moons(40)
     with nnx.use_backend("numpy"):
-        clf = MLPClassifier((4,), max_epochs=2, activation="tanh", random_state=0).fit(X, y)
+        clf = MLPClassifier((4,), max_epochs=2, activation="tanh", tol=None, random_state=0).fit(X, y)
     assert clf.backend == "auto" and clf.model_.backend_name == "numpy"
 
 
