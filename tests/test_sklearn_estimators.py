@@ -548,14 +548,21 @@ def test_random_state_kinds():
     assert not np.array_equal(f.coefs_[0], g.coefs_[0])
 
 
-def test_same_seed_same_model_on_every_backend(backend_name):
+@pytest.mark.parametrize("training", [
+    dict(),  # the defaults: Adam on shuffled minibatches of 200 (the reference loop on every backend today)
+    dict(optimizer="sgd", batch_size="full", learning_rate=0.3),  # full batch: Numba's and CuPy's compiled loops
+], ids=["adam-minibatches", "sgd-full-batch"])
+def test_same_seed_same_model_on_every_backend(backend_name, training):
     """The estimator's own backend parameter, on each backend, against the NumPy backend's numbers."""
-    X, y = moons(100)
-    settings = dict(hidden_layer_sizes=(6,), activation="tanh", learning_rate=0.3, l2=0.001, max_epochs=60,
-                    random_state=4)
+    X, y = moons(300)
+    settings = dict(hidden_layer_sizes=(6,), activation="tanh", l2=0.001, max_epochs=60, tol=None,
+                    random_state=4, **training)
     reference = MLPClassifier(**settings, backend="numpy").fit(X, y)
-    other = MLPClassifier(**settings, backend=backend_name).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nnx.PerformanceWarning)
+        other = MLPClassifier(**settings, backend=backend_name).fit(X, y)
     assert other.model_.backend_name == backend_name
+    assert other.model_.updates == reference.model_.updates == 60 * (2 if not training else 1)
     assert params_error(other.model_.params, reference.model_.params) < 1e-10
     assert scaled_error(other.loss_curve_, reference.loss_curve_) < 1e-10
     assert scaled_error(other.predict_proba(X), reference.predict_proba(X)) < 1e-10
