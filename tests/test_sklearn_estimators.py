@@ -501,8 +501,8 @@ def test_constructor_stores_arguments_unchanged_and_clones():
     assert not hasattr(clone(clf), "model_")
     assert set(params) == {
         "hidden_layer_sizes", "activation", "optimizer", "optimizer_params", "learning_rate", "l2", "batch_size",
-        "max_epochs", "log_every", "shuffle", "early_stopping", "validation_fraction", "n_iter_no_change", "tol", "init",
-        "backend", "dtype", "random_state", "verbose", "warm_start"}
+        "max_epochs", "log_every", "shuffle", "early_stopping", "validation_fraction", "n_iter_no_change", "tol",
+        "init", "backend", "dtype", "random_state", "verbose", "warm_start"}
 
 
 def test_int_hidden_size_and_no_hidden_layer():

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..backends import AUTO, available_backends, use_backend
 from ..model import MLP
 from .fitting import stopping_rule, train_epochs
-from .settings import Settings, check_settings, seed_for_fit
+from .settings import Settings, check_backend_name, check_settings, seed_for_fit
 
 # Backends already reported as unavailable at prediction time (said once per process).
 _FALLBACK_REPORTED: set[str] = set()
@@ -64,7 +64,7 @@ def unchanged_on_error(estimator) -> Iterator[None]:
 class NNXEstimator(BaseEstimator):
     """Shared by ``MLPClassifier`` and ``MLPRegressor``; subclasses say how targets map to outputs."""
 
-    #: The output head ("softmax", "sigmoid" or "identity") is chosen per fit by ``_prepare_targets``.
+    #: Whether ``y`` must be numeric (the regressor's values) rather than labels of any type.
     _y_numeric = False
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam", optimizer_params=None,
@@ -113,9 +113,9 @@ class NNXEstimator(BaseEstimator):
                 run = train_epochs(model, X, targets, settings, settings.max_epochs, validation=validation)
                 self._store(model, run, continuing)
         if stopping_rule(settings) is not None and not (run.stopped or run.interrupted):
-            rule = ("the held-out loss" if settings.early_stopping else "the training loss")
-            warnings.warn(f"{type(self).__name__} ran all max_epochs={settings.max_epochs} epochs and "
-                          f"{rule} was still improving by more than tol={settings.tol or 0:g}: raise max_epochs, or set "
+            rule = "the held-out loss" if settings.early_stopping else "the training loss"
+            warnings.warn(f"{type(self).__name__} ran all max_epochs={settings.max_epochs} epochs and {rule} was "
+                          f"still improving by more than tol={settings.tol or 0:g}: raise max_epochs, or set "
                           "tol=None to run max_epochs without this check", ConvergenceWarning, stacklevel=2)
         return self
 
@@ -189,7 +189,7 @@ class NNXEstimator(BaseEstimator):
         """The network's outputs for ``X`` (probabilities or values), as a NumPy array."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        with prediction_scope(self.backend if isinstance(self.backend, str) else AUTO):
+        with prediction_scope(check_backend_name(self.backend)):
             return self.model_.predict_proba(X)
 
     # ------------------------------------------------------------------ scikit-learn's names for the parameters

@@ -11,6 +11,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from ..backends import AUTO, BACKEND_NAMES
 from ..initializers import INITIALIZERS
 from ..network import HIDDEN_ACTIVATIONS
 from ..validation import (check_choice, check_count, check_dtype, check_non_negative_finite, check_positive_finite,
@@ -140,8 +141,8 @@ def _tol(value) -> float | None:
     return check_non_negative_finite(value, "tol")
 
 
-def _backend(value) -> str:
-    from ..backends import AUTO, BACKEND_NAMES
+def check_backend_name(value) -> str:
+    """``"auto"`` or a backend's name (its availability is the backend registry's to judge)."""
     if not isinstance(value, str):
         raise ValueError(f"backend must be one of {(AUTO,) + BACKEND_NAMES}; got {value!r}")
     return check_choice(value.strip().lower(), (AUTO,) + BACKEND_NAMES, "backend")
@@ -178,7 +179,7 @@ def check_settings(estimator) -> Settings:
         validation_fraction=_fraction(estimator.validation_fraction),
         n_iter_no_change=check_count(estimator.n_iter_no_change, "n_iter_no_change", minimum=1),
         tol=_tol(estimator.tol),
-        backend=_backend(estimator.backend),
+        backend=check_backend_name(estimator.backend),
         dtype=check_dtype(estimator.dtype),
         random_state=_random_state(estimator.random_state),
         verbose=_verbose(estimator.verbose),
