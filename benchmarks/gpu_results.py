@@ -230,6 +230,18 @@ def _smoke_sections(smoke: dict | None) -> list[str]:
                          str(r["graphs_equal_eager"]), str(r["repeat_equal"]), f"{r['rel_err_vs_numpy']:.2e}",
                          f"{r['tolerance']:g}", _fmt(r["launches_per_pass"], 4), r["graph_fallback"] or "-"]
                         for r in paths]), ""]
+    optimizers = smoke.get("optimizers")
+    if optimizers:
+        out += [f"## Optimisers: {optimizers[0]['intervals']} intervals under a cosine schedule, graphs / no graphs "
+                "/ NumPy", "",
+                _table(["path", "network", "optimiser", "batch", "dtype", "updates", "graphs == no graphs (bits)",
+                        "two runs (bits)", "error vs NumPy", "tolerance", "graphs captured", "launches / update",
+                        "ok"],
+                       [[r["path_taken"], "-".join(map(str, r["sizes"])) + f", N={r['n']}", r["optimizer"],
+                         str(r["batch_size"] or "full"), r["dtype"], str(r["updates"]), str(r["graphs_equal_eager"]),
+                         str(r["repeat_equal"]), f"{r['rel_err_vs_numpy']:.2e}", f"{r['tolerance']:g}",
+                         str(r["captures"]), _fmt(r["launches_per_pass"], 4), "yes" if r["ok"] else "**NO**"]
+                        for r in optimizers]), ""]
     timings = smoke.get("timings")
     if timings:
         rows = []

@@ -6,10 +6,13 @@
                    background while the GPU steps run.
 ``smoke``          every kernel compiled (registers, local memory); the single-block, sliced and
                    dense paths in float32 and float64, 200 passes with graphs, without graphs and
-                   on NumPy (bits and errors), run twice (determinism); CUDA-event timings of
-                   tutorial 003, moons N=4,096 x H=65,536 and the blas-bound net against its bare
-                   cuBLAS products. The JSON is rewritten after every section, so a timeout keeps
-                   what was measured.
+                   on NumPy (bits and errors), run twice (determinism); the same paths under
+                   SGD with Nesterov momentum, AMSGrad Adam and centered RMSprop, full batch and
+                   minibatches, ten intervals under a cosine schedule (bits, errors, graph
+                   captures); CUDA-event timings of tutorial 003, moons N=4,096 x H=65,536, the
+                   blas-bound net against its bare cuBLAS products, and the ``minibatch`` and
+                   ``mnist-shaped`` fits (Adam on minibatches). The JSON is rewritten after
+                   every section, so a timeout keeps what was measured.
 
 Each figure is measured here; ``gpu_results.py`` turns the JSON into ``RESULTS.md``.
 """
@@ -32,8 +35,9 @@ from nnx.bench.machine import cpu_model, usable_cores
 from nnx.bench.targets import make_data
 from nnx.bench.workloads import WORKLOADS, Case, scaled_lr
 from nnx.initializers import initial_params
+from nnx.batching import BatchStream
 from nnx.network import Network, Objective, TrainState
-from nnx.optim import SGD
+from nnx.optim import SGD, Adam, Cosine, RMSprop, learning_rates
 
 PASSES = 200
 TUTORIAL_PASSES = 20_000
@@ -45,6 +49,23 @@ PATHS = [("single-block", (2, 3, 2), 200, "tanh", "softmax"),
          ("sliced", (2, 64, 2), 1000, "tanh", "softmax"),
          ("dense", (6, 40, 30, 4), 300, "relu", "softmax")]
 BLAS_CASE = Case("blas-bound", 65536, (784, 4096, 10), scaled_lr(65536, 4096), data="random")
+# The optimisers section: each path with batches of 32 as well as full batch (the sliced net is wide
+# enough that a batch of 32 rows still takes the sliced kernels), and the runs made on each.
+OPTIMIZER_PATHS = [("single-block", (2, 3, 2), 200, "tanh"),
+                   ("sliced", (2, 512, 2), 1000, "tanh"),
+                   ("dense", (6, 40, 30, 4), 300, "relu")]
+OPTIMIZER_RUNS = [("sgd nesterov", lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), 32, "float64"),
+                  ("adam amsgrad", lambda: Adam(0.01, amsgrad=True), 32, "float64"),
+                  ("adam amsgrad", lambda: Adam(0.01, amsgrad=True), 32, "float32"),
+                  ("rmsprop centered", lambda: RMSprop(0.005, momentum=0.5, centered=True), None, "float64")]
+INTERVALS = 10           # intervals per run: one epoch each (five updates at full batch)
+FULL_BATCH_INTERVAL = 5
+# The issue's optimiser workloads: moons, 2-3-2, Adam, batch 32, 2,000 epochs; and 60,000 Gaussian
+# inputs, 784-256-10 float32, Adam, batch 128, one epoch.
+# (case, dtype, batch size, epochs timed)
+FITS = ((Case("minibatch", 200, (2, 3, 2), 0.01, reduction="mean", l2=0.0), "float64", 32, 2000),
+        (Case("mnist-shaped", 60000, (784, 256, 10), 1e-3, hidden="relu", reduction="mean", l2=0.0, data="random"),
+         "float32", 128, 1))
 MOONS_CASE = next(c for c in WORKLOADS["large-hidden"].cases("full") if c.n_hidden == 65536)
 TUTORIAL_CASE = WORKLOADS["tutorial"].cases("full")[0]
 
@@ -213,6 +234,90 @@ def paths_section(make_backend=_cupy_backend, passes: int = PASSES) -> list[dict
     return out
 
 
+def _seam_fit(backend, case: Case, dtype: str, optimizer, batch_size: int | None):
+    """A fit at the seam, run as the training driver runs it: (net, state, plan, run). ``plan(k, per)``
+    draws k intervals of ``per`` updates (learning rates under a cosine schedule, the epochs' shuffled
+    batches) before anything is timed; ``run(planned)`` trains them one after another."""
+    net = Network(case.layer_sizes, case.hidden, case.output, dtype)
+    X, _, T = make_data(case)
+    data = backend.prepare_data(net, X, T)
+    params = _params(case.layer_sizes, dtype, case.init)
+    state = TrainState(backend.prepare_params(net, params), slots={  # fresh zeros per state array (NumPy keeps them)
+        name: backend.prepare_params(net, [(np.zeros_like(W), np.zeros_like(b)) for W, b in params])
+        for name in optimizer.slots()})
+    stream = None if batch_size is None else BatchStream(np.random.default_rng(0), case.n_samples, batch_size, True)
+    per_epoch = 1 if batch_size is None else -(-case.n_samples // batch_size)
+    objective = Objective(case.reduction, case.l2)
+    schedule = Cosine(T_max=7 * per_epoch)
+
+    def plan(intervals: int, per: int) -> list:
+        step, planned = state.step, []
+        for _ in range(intervals):
+            planned.append((learning_rates(schedule, optimizer.lr, step, per, per_epoch),
+                            None if stream is None else stream.take(per)))
+            step += per
+        return planned
+
+    def run(planned: list) -> None:
+        for lrs, batches in planned:
+            backend.train(net, state, data, objective, optimizer, lrs, batches)
+
+    return net, state, plan, run
+
+
+def _path_taken(net: Network, n: int, batch_size: int | None, slots: int) -> str:
+    from nnx.backends import cuda_plan
+
+    if not cuda_plan.is_tiny(net):
+        return "dense"
+    rows = None if batch_size is None else min(batch_size, n)
+    return "single-block" if cuda_plan.plan_tiny_net(net, n, rows, slots).one_block else "sliced"
+
+
+def optimizers_section(make_backend=_cupy_backend, intervals: int = INTERVALS) -> list[dict]:
+    """Each path under each optimiser run: ``intervals`` intervals with graphs, twice, without graphs
+    and on NumPy: bits, errors (parameters and optimiser state) and the graphs captured."""
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    out = []
+    for path, sizes, n, hidden in OPTIMIZER_PATHS:
+        case = Case("optimizers", n, sizes, 0.0, hidden=hidden, reduction="mean", l2=1e-3, data="random")
+        for name, make_optimizer, batch_size, dtype in OPTIMIZER_RUNS:
+            per = FULL_BATCH_INTERVAL if batch_size is None else -(-n // batch_size)
+            runs = {}
+            for label, backend in (("graphs", make_backend()), ("again", make_backend()),
+                                   ("eager", make_backend(graphs=False)), ("numpy", NumpyBackend())):
+                optimizer = make_optimizer()
+                net, state, plan, run = _seam_fit(backend, case, dtype, optimizer, batch_size)
+                run(plan(intervals, per))
+                backend.synchronize()
+                runs[label] = (backend, [backend.params_to_numpy(state.params)] +
+                               [backend.params_to_numpy(state.slots[k]) for k in optimizer.slots()])
+            graphs, again, eager, ref = (runs[k][1] for k in ("graphs", "again", "eager", "numpy"))
+            err = max(_rel_err(r, g) for r, g in zip(ref, graphs))
+            backend = runs["graphs"][0]
+            replayer = getattr(backend, "_replayer", None)
+            taken = _path_taken(net, n, batch_size, len(make_optimizer().slots()))
+            row = {"path": path, "path_taken": taken, "sizes": list(sizes), "n": n, "dtype": dtype, "optimizer": name,
+                   "batch_size": batch_size, "intervals": intervals, "updates": intervals * per,
+                   "graphs_equal_eager": all(_same_bits(g, e) for g, e in zip(graphs, eager)),
+                   "repeat_equal": all(_same_bits(g, a) for g, a in zip(graphs, again)),
+                   "rel_err_vs_numpy": err, "tolerance": TOLERANCE[dtype],
+                   "launches_per_pass": backend.launches_per_pass(net, n, batch_size=batch_size,
+                                                                  n_slots=len(make_optimizer().slots())),
+                   "graph_fallback": backend.graph_fallback(net),
+                   "captures": replayer.captures if replayer is not None else 0}
+            # one graph for the run's interval length, whatever the number of steps and intervals
+            row["ok"] = (row["graphs_equal_eager"] and row["repeat_equal"] and err <= TOLERANCE[dtype]
+                         and row["graph_fallback"] is None and taken == path
+                         and row["captures"] <= (0 if path == "single-block" else 1))
+            out.append(row)
+            print(f"  {path} {name} batch {batch_size} {dtype}: err {err:.2e}, graphs==eager "
+                  f"{row['graphs_equal_eager']}, repeat {row['repeat_equal']}, captures {row['captures']}",
+                  flush=True)
+    return out
+
+
 def _events_seconds(run) -> float:
     """Device time of ``run()`` between two CUDA events on the current stream."""
     import cupy
@@ -271,9 +376,30 @@ def _bare_products_seconds(case: Case, dtype: str, passes: int, xp=None, timer=_
     return timer(products) / passes
 
 
+def _timed_fit(backend, case: Case, dtype: str, optimizer, batch_size: int, epochs: int, timer=_events_seconds):
+    """Per-update device time of ``epochs`` intervals of one epoch each (learning rates and batches
+    drawn beforehand), after one untimed epoch that compiles the kernels and captures the graphs."""
+    net, state, plan, run = _seam_fit(backend, case, dtype, optimizer, batch_size)
+    per = -(-case.n_samples // batch_size)
+    run(plan(1, per))
+    backend.synchronize()
+    planned = plan(epochs, per)
+    seconds = timer(lambda: run(planned))
+    finite = all(np.isfinite(a).all() for pair in backend.params_to_numpy(state.params) for a in pair)
+    row = {"case": case.id, "dtype": dtype, "optimizer": type(optimizer).__name__, "batch_size": batch_size,
+           "epochs": epochs, "passes": epochs * per, "seconds": seconds, "us_per_pass": seconds / (epochs * per) * 1e6,
+           "epochs_per_s": epochs / seconds, "finite": bool(finite)}
+    if getattr(backend, "fused", False):
+        row["launches_per_pass"] = backend.launches_per_pass(net, case.n_samples, batch_size=batch_size,
+                                                             n_slots=len(optimizer.slots()))
+        row["graph_fallback"] = backend.graph_fallback(net)
+    return row
+
+
 def timings_section(emit, make_backend=_cupy_backend, timer=_events_seconds, xp=None,
                     cases: tuple[Case, Case, Case] = (TUTORIAL_CASE, MOONS_CASE, BLAS_CASE),
-                    passes: tuple[int, int, int, int] = (TUTORIAL_PASSES, OP_BY_OP_PASSES, 64, 12)) -> dict:
+                    passes: tuple[int, int, int, int] = (TUTORIAL_PASSES, OP_BY_OP_PASSES, 64, 12),
+                    fits: tuple[tuple[Case, str, int, int], ...] = FITS) -> dict:
     """CUDA-event timings; ``emit`` saves what is done so far. (The tests hand in CPU stand-ins
     for the backend, timer and array module, and small cases.)"""
     tutorial, moons, blas = cases
@@ -294,13 +420,20 @@ def timings_section(emit, make_backend=_cupy_backend, timer=_events_seconds, xp=
         "cupy": row, "cupy/products-only": {"us_per_pass": products * 1e6, "passes": blas_passes},
         "share_of_products": products * 1e6 / row["us_per_pass"]}
     emit(out)
+    for case, dtype, batch_size, epochs in fits:
+        out[f"{case.workload} {case.id} {dtype}"] = {
+            "cupy": _timed_fit(make_backend(), case, dtype, Adam(case.lr), batch_size, epochs, timer),
+            "cupy/no-graphs": _timed_fit(make_backend(graphs=False), case, dtype, Adam(case.lr), batch_size,
+                                         max(1, epochs // 10), timer)}
+        emit(out)
     return out
 
 
 def smoke(out: Path) -> int:
     document: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": {}}
     sections = [("kernels", kernels_section), ("paths", paths_section),
-                ("timings", lambda: timings_section(lambda partial: _write(out, {**document, "timings": partial})))]
+                ("timings", lambda: timings_section(lambda partial: _write(out, {**document, "timings": partial}))),
+                ("optimizers", optimizers_section)]
     for name, run in sections:
         print(f"== {name}", flush=True)
         start = time.perf_counter()
@@ -312,7 +445,7 @@ def smoke(out: Path) -> int:
         document[f"{name}_s"] = round(time.perf_counter() - start, 2)
         _write(out, document)
     failed = bool(document["errors"]) or not document.get("kernels", {}).get("ok", False) \
-        or not all(row["ok"] for row in document.get("paths", []))
+        or not all(row["ok"] for section in ("paths", "optimizers") for row in document.get(section, []))
     return 1 if failed else 0
 
 

@@ -3,6 +3,9 @@
 * tutorial: ``nnx sweep`` with no arguments (tutorial 003's 8 configurations x
   20,000 passes), the whole command from process start to the summary written,
   with the kernel cache warm (one untimed run first).
+* optimisers: ``nnx sweep --hidden 3 20 --optimizer sgd adam 'sgd:momentum=0.9'
+  --batch-size full 32 --epochs 2000`` (12 minibatch and full-batch fits with
+  optimiser state), end to end, warm, against the sum of its jobs' own fit times.
 * large: ``nnx sweep --hidden 1024,4096,16384 --samples 4096 --passes 100``,
   the whole command, against the sum of the same fits run one at a time in
   this process (warm, fit time only), on the same cores. Recorded both ways a
@@ -25,7 +28,7 @@ import pytest
 import nnx
 from nnx.bench.machine import pin_threads, usable_cores
 from nnx.sweep.axes import Axes
-from nnx.sweep.job import build_model
+from nnx.sweep.job import build_model, fit_arguments
 from nnx.sweep.runner import plan
 
 from conftest import size_set
@@ -33,6 +36,13 @@ from conftest import size_set
 pytest.importorskip("pytest_benchmark")
 
 TUTORIAL_ARGS = {"tiny": ["--passes", "200", "--backend", "numpy"], "quick": [], "full": []}
+OPTIMISER_ARGS = {
+    "tiny": ["--hidden", "3", "--optimizer", "sgd", "adam", "--batch-size", "full", "32", "--epochs", "5",
+             "--backend", "numpy"],
+    "quick": ["--hidden", "3", "20", "--optimizer", "sgd", "adam", "sgd:momentum=0.9", "--batch-size", "full", "32",
+              "--epochs", "200"],
+    "full": ["--hidden", "3", "20", "--optimizer", "sgd", "adam", "sgd:momentum=0.9", "--batch-size", "full", "32",
+             "--epochs", "2000"]}
 LARGE = {"tiny": dict(hidden=[16, 32, 64], samples=256, passes=10),
          "quick": dict(hidden=[1024, 4096], samples=4096, passes=20),
          "full": dict(hidden=[1024, 4096, 16384], samples=4096, passes=100)}
@@ -86,6 +96,19 @@ def test_bench_tutorial_sweep_end_to_end(benchmark, bench_config, tmp_path):
         benchmark.extra_info["tutorial_code_seconds_7_fits"] = tutorial_code_seconds(20_000)
 
 
+def test_bench_optimiser_sweep_end_to_end(benchmark, bench_config, tmp_path):
+    args = OPTIMISER_ARGS[size_set()]
+    if not benchmark.disabled:
+        nnx_sweep(args, tmp_path / "warm")
+    runs = iter(range(1_000))
+    benchmark.group = "sweep optimisers"
+    jobs: list[float] = []
+    _rounds(benchmark, lambda: nnx_sweep(args, tmp_path / f"run{next(runs)}", jobs), max(3, bench_config.rounds))
+    benchmark.extra_info.update({"command": "nnx sweep " + " ".join(args), "configurations": len(jobs),
+                                 "job_seconds_last_round": jobs, "sum_of_job_seconds": sum(jobs),
+                                 "usable_cores": usable_cores(), "size_set": bench_config.size_set})
+
+
 def _single_runs(settings: dict, threads: int) -> list[float]:
     """Each configuration's fit alone, here, on ``threads`` threads: seconds of the fit (kernels warm)."""
     pin_threads(threads)
@@ -99,8 +122,7 @@ def _single_runs(settings: dict, threads: int) -> list[float]:
             if hasattr(backend, "warm_up"):
                 backend.warm_up(model.net)
             start = time.perf_counter()
-            model.fit(data.X, data.y, passes=config.passes, lr=config.lr, l2=config.l2, reduction=config.reduction,
-                      log_every=config.passes)
+            model.fit(data.X, data.y, **fit_arguments(config, data.n_samples))
             seconds.append(time.perf_counter() - start)
     return seconds
 

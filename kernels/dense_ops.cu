@@ -20,20 +20,23 @@ __global__ void nnx_activation_backward(T* grad, const T* a, long long n, int ac
 }
 
 // One thread per row: logits (sum of partial products + bias), then softmax
-// + cross-entropy + gradient (or sigmoid / identity with squared error).
+// + cross-entropy + gradient (or sigmoid / identity with squared error). The
+// rows are rows row0.. of a batch of counters[NNX_CTR_LEN] rows; in DELTA mode
+// a row past the batch (the padding of a last, smaller minibatch) gets a zero
+// delta, so the products over the whole buffer add nothing for it. The delta
+// is scaled by coef[NNX_COEF_SCALE].
 template <typename T>
 __global__ void nnx_head_rows(const T* parts, int n_parts, long long part_stride, const T* b, const T* t,
-                              T* out, T* loss, long long rows, int classes, int head, T scale, int mode) {
+                              T* out, T* loss, long long rows, long long row0, int classes, int head, int mode,
+                              const long long* counters, const T* coef) {
+    const long long valid = counters[NNX_CTR_LEN] - row0;
+    const T scale = coef[NNX_COEF_SCALE];
     for (long long r = nnx_first(); r < rows; r += nnx_stride()) {
-        nnx_head_row(parts + r * classes, n_parts, part_stride, b, t + r * classes, out + r * classes,
-                     loss + r, classes, head, scale, mode);
+        if (r < valid) {
+            nnx_head_row(parts + r * classes, n_parts, part_stride, b, t + r * classes, out + r * classes,
+                         loss + r, classes, head, scale, mode);
+        } else if (mode == NNX_MODE_DELTA) {
+            for (int k = 0; k < classes; ++k) out[r * classes + k] = T(0);
+        }
     }
-}
-
-// Gradient-descent step with L2 on W (not on b) for one layer, one launch.
-template <typename T>
-__global__ void nnx_dense_update(T* W, const T* dW_parts, long long n_w, T* b, const T* db_parts, long long n_b,
-                                 int n_parts, long long part_stride, T lr, T l2) {
-    nnx_dense_update_items(W, dW_parts, n_w, b, db_parts, n_b, n_parts, part_stride, lr, l2, nnx_first(),
-                           nnx_stride());
 }

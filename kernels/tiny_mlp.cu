@@ -1,15 +1,21 @@
 // Fused kernels for one-hidden-layer networks whose input and output are
 // narrow (at most NNX_TINY_MAX_WIDTH wide), whatever the hidden width H.
 //
-// A pass runs one of two ways (cuda_plan.plan_tiny decides from the shapes):
-// * sliced, any N x H: nnx_tiny_logits (partial logits over slices of H),
+// An update runs one of two ways (cuda_plan.plan_tiny decides from the shapes):
+// * sliced, any N x H: nnx_begin_update and, for minibatches, nnx_gather_rows
+//   (update_ops.cu), nnx_tiny_logits (partial logits over slices of H),
 //   nnx_head_rows (dense_ops.cu), nnx_tiny_grads (partial gradients over
 //   slices of the samples, one item per hidden unit and slice; the N x H
 //   activations are recomputed, never stored) and two nnx_dense_update
 //   launches that add the slices in order; the host replays these from graphs;
-// * one block, small N x H: nnx_tiny_train runs many whole passes inside one
-//   thread block, with the data, parameters, activations and partial sums
-//   staged in shared memory, so a pass makes no global-memory round trip.
+// * one block, small batch x H: nnx_tiny_train runs many whole updates inside
+//   one thread block, with the data, parameters, optimiser state, activations
+//   and partial sums staged in shared memory, so an update makes no
+//   global-memory round trip beyond reading its minibatch's sample indices.
+//
+// The sliced kernels read the batch's length from the update record
+// (counters[NNX_CTR_LEN]): rows past it, the padding of a last, smaller
+// minibatch, are skipped, so one captured graph serves every batch.
 //
 // Every kernel is a template over the element type T and a width W (2, 4 or
 // 8, see cuda_sources.TINY_WIDTHS): inputs and outputs are at most W wide, and
@@ -50,11 +56,12 @@ __device__ __forceinline__ void nnx_tiny_logits_item(const T* x, const T* W1, co
 }
 
 template <typename T, int W>
-__device__ void nnx_tiny_logits_items(const T* X, const T* W1, const T* b1, const T* W2, T* parts, int n, int d,
-                                      int h, int c, int slices, int act, long long first, long long stride) {
+__device__ void nnx_tiny_logits_items(const T* X, const T* W1, const T* b1, const T* W2, T* parts, int n, int valid,
+                                      int d, int h, int c, int slices, int act, long long first, long long stride) {
     const int width = (h + slices - 1) / slices;
     for (long long item = first; item < (long long)slices * n; item += stride) {
         const int s = (int)(item / n), row = (int)(item % n);
+        if (row >= valid) continue;
         const int j0 = s * width, j1 = min(h, j0 + width);
         T acc[W];
         nnx_tiny_logits_item<T, W>(X + (long long)row * d, W1, b1, W2, acc, (T*)nullptr, d, h, c, j0, j1, act);
@@ -66,13 +73,15 @@ __device__ void nnx_tiny_logits_items(const T* X, const T* W1, const T* b1, cons
     }
 }
 
-// Gradient contributions of samples [n0, n1) to hidden unit j, written to g
-// (one slice's block, laid out dW1 | db1 | dW2 | db2). The activations come
-// from A (N x H) when given, else they are recomputed from X, W1 and b1.
+// Gradient contributions of rows [n0, n1) to hidden unit j, written to g
+// (one slice's block, laid out dW1 | db1 | dW2 | db2). Row r's input is
+// X[index[r]] when an index is given (a minibatch read in place), else X[r];
+// its delta is delta[r]. The activations come from A (rows x H) when given,
+// else they are recomputed from X, W1 and b1.
 template <typename T, int W>
-__device__ __forceinline__ void nnx_tiny_grads_item(const T* X, const T* W1, const T* b1, const T* W2,
-                                                    const T* delta, const T* A, T* g, int d, int h, int c, int j,
-                                                    int n0, int n1, int act) {
+__device__ __forceinline__ void nnx_tiny_grads_item(const T* X, const int* index, const T* W1, const T* b1,
+                                                    const T* W2, const T* delta, const T* A, T* g, int d, int h, int c,
+                                                    int j, int n0, int n1, int act) {
     T w1[W], w2[W], dw1[W], dw2[W], db2[W];
 #pragma unroll
     for (int i = 0; i < W; ++i) {
@@ -84,7 +93,8 @@ __device__ __forceinline__ void nnx_tiny_grads_item(const T* X, const T* W1, con
     T db1 = T(0);
     for (int r = n0; r < n1; ++r) {
         T xr[W], er[W];
-        nnx_load_row<T, W>(xr, X + (long long)r * d, d);
+        const long long row = index != nullptr ? index[r] : r;
+        nnx_load_row<T, W>(xr, X + row * d, d);
         nnx_load_row<T, W>(er, delta + (long long)r * c, c);
         T a;
         if (A != nullptr) {
@@ -134,98 +144,170 @@ __device__ __forceinline__ void nnx_tiny_grads_item(const T* X, const T* W1, con
     }
 }
 
+// The rows of the batch (n of them) split into `slices` slices of consecutive
+// rows; one item per hidden unit and slice. A slice past the batch's end
+// writes zeros, so every slice's block is whole whatever the batch's length.
 template <typename T, int W>
-__device__ void nnx_tiny_grads_items(const T* X, const T* W1, const T* b1, const T* W2, const T* delta, const T* A,
-                                     T* grad_parts, int n, int d, int h, int c, int slices, int act,
-                                     long long first, long long stride) {
+__device__ void nnx_tiny_grads_items(const T* X, const int* index, const T* W1, const T* b1, const T* W2,
+                                     const T* delta, const T* A, T* grad_parts, int n, int d, int h, int c, int slices,
+                                     int act, long long first, long long stride) {
     const int rows = (n + slices - 1) / slices;
     const long long size = (long long)d * h + h + (long long)h * c + c;
     for (long long item = first; item < (long long)slices * h; item += stride) {
         const int s = (int)(item / h), j = (int)(item % h);
-        const int n0 = s * rows, n1 = min(n, n0 + rows);
-        nnx_tiny_grads_item<T, W>(X, W1, b1, W2, delta, A, grad_parts + s * size, d, h, c, j, n0, n1, act);
+        const int n0 = min(n, s * rows), n1 = min(n, n0 + rows);
+        nnx_tiny_grads_item<T, W>(X, index, W1, b1, W2, delta, A, grad_parts + s * size, d, h, c, j, n0, n1, act);
     }
 }
 
+// Partial logits of the batch's rows (counters[NNX_CTR_LEN] of the n rows of X).
 template <typename T, int W>
 __global__ void nnx_tiny_logits(const T* X, const T* W1, const T* b1, const T* W2, T* parts, int n, int d, int h,
-                                int c, int slices, int act) {
-    nnx_tiny_logits_items<T, W>(X, W1, b1, W2, parts, n, d, h, c, slices, act, nnx_first(), nnx_stride());
+                                int c, int slices, int act, const long long* counters) {
+    nnx_tiny_logits_items<T, W>(X, W1, b1, W2, parts, n, (int)counters[NNX_CTR_LEN], d, h, c, slices, act,
+                                nnx_first(), nnx_stride());
 }
 
+// Partial gradients over the batch's rows (counters[NNX_CTR_LEN] of the n rows of X).
 template <typename T, int W>
 __global__ void nnx_tiny_grads(const T* X, const T* W1, const T* b1, const T* W2, const T* delta, T* grad_parts,
-                               int n, int d, int h, int c, int slices, int act) {
-    nnx_tiny_grads_items<T, W>(X, W1, b1, W2, delta, (const T*)nullptr, grad_parts, n, d, h, c, slices, act,
-                               nnx_first(), nnx_stride());
+                               int n, int d, int h, int c, int slices, int act, const long long* counters) {
+    const int valid = (int)min((long long)n, counters[NNX_CTR_LEN]);
+    nnx_tiny_grads_items<T, W>(X, (const int*)nullptr, W1, b1, W2, delta, (const T*)nullptr, grad_parts, valid, d, h,
+                               c, slices, act, nnx_first(), nnx_stride());
 }
 
-// Whether parameter i of the layout W1 | b1 | W2 | b2 is a weight (L2 applies).
-__device__ __forceinline__ bool nnx_tiny_is_weight(long long i, long long dh, int h, int c) {
-    return i < dh || (i >= dh + h && i < dh + h + (long long)h * c);
+// Which array of the layout W1 | b1 | W2 | b2 holds parameter i (0 to 3), and
+// i's offset in it. Arrays 0 and 2 are weights (the tutorial's L2 applies).
+__device__ __forceinline__ int nnx_tiny_array(long long i, long long dh, int h, int c, long long* offset) {
+    const long long w2_start = dh + h, b2_start = w2_start + (long long)h * c;
+    if (i < dh) {
+        *offset = i;
+        return 0;
+    }
+    if (i < w2_start) {
+        *offset = i - dh;
+        return 1;
+    }
+    if (i < b2_start) {
+        *offset = i - w2_start;
+        return 2;
+    }
+    *offset = i - b2_start;
+    return 3;
 }
 
-// `passes` full passes in one launch of ONE thread block of a multiple of 32
+// The array numbered as nnx_tiny_array numbers them (selects: no local-memory array).
+template <typename T>
+__device__ __forceinline__ T* nnx_tiny_pick(int array, T* W1, T* b1, T* W2, T* b2) {
+    return array == 0 ? W1 : array == 1 ? b1 : array == 2 ? W2 : b2;
+}
+
+// `passes` updates in one launch of ONE thread block of a multiple of 32
 // threads, at most NNX_ONE_BLOCK_THREADS(W) (registers), and `lanes` a power
-// of two up to 32. The dynamic
-// shared memory holds, in elements of T (cuda_plan.TinyPlan.one_block_elements
-// computes the same total): X | targets | W1 b1 W2 b2 | activations (N x H) |
-// delta (N x C) | partial logits (slices_h x N x C, only if slices_h > 1) |
-// partial gradients (slices_n x parameters). Per pass:
-//   1. one item per sample and slice of H: activations and (partial) logits;
-//      with one slice the same thread applies the head in registers;
-//   2. one item per hidden unit and slice of samples: partial gradients;
+// of two up to 32. Update u of the interval trains on rows
+// order[bounds[u]:bounds[u + 1]] of X when `batched` (at most `rows` of them),
+// else on all n rows; its learning rate is lrs[u]; counters[NNX_CTR_NEXT] and
+// [NNX_CTR_STEP] say where the interval stands and move on by `passes`.
+// The dynamic shared memory holds (cuda_plan.TinyPlan.shared_bytes computes
+// the same total): two update records (long long counters, then T
+// coefficients) | the optimiser's settings (NNX_OPTIMIZER_BYTES: in shared
+// memory, as the W=2 instances run short of registers) | X (n x d) | targets
+// (n x c) | W1 b1 W2 b2 | the optimiser's n_slots state arrays, laid out like
+// the parameters | activations (rows x H) | delta (rows x C) | partial logits
+// (slices_h x rows x C, only if slices_h > 1) | partial gradients (slices_n x
+// parameters) | the batch's sample indices (rows ints, only if batched).
+// Per update:
+//   1. one item per batch row and slice of H: activations and (partial)
+//      logits; with one slice the same thread applies the head in registers;
+//      a minibatch's rows are read in place through its sample indices;
+//   2. one item per hidden unit and slice of rows: partial gradients; the
+//      last thread meanwhile fills the next update's record (the records
+//      alternate, so the current one stays readable);
 //   3. `lanes` threads per parameter add its slices (strided), combine them
-//      with a fixed shuffle tree and lane 0 applies the update.
-// The phases are separated by __syncthreads(); the parameters go back to
-// global memory at the end. Every sum has a fixed order: same launch, same bits.
+//      with a fixed shuffle tree and lane 0 applies the optimiser's step.
+// The phases are separated by __syncthreads(); the parameters and the state
+// go back to global memory at the end. Every sum has a fixed order: same
+// launch, same bits.
 //
-// Estimate for tutorial 003 (N=200, 2-3-2, float64; 256 threads, 85 sample
-// slices, 8 lanes), to compare with the GPU check's CUDA-event timing: phase 1
-// about 210 instructions per thread (3 tanh, 2 exp, 2 divisions) on a chain of
-// ~800 cycles; phase 2 about 55 (2-3 rows) on ~220; phase 3 about 40 (11
-// partials, 3 shuffle levels) on ~300; 3 barriers ~90. About 2,300 warp
-// instructions and 1,400-2,000 cycles, 0.7-1.0 us per pass at 1.98 GHz, with
-// no global-memory round trip (about 7 dependent shared-memory ones).
+// Estimate for tutorial 003 (N=200, 2-3-2, float64, full batch, plain SGD;
+// 256 threads, 85 sample slices, 8 lanes), to compare with the GPU check's
+// CUDA-event timing: phase 1 about 210 instructions per thread (3 tanh,
+// 2 exp, 2 divisions) on a chain of ~800 cycles; phase 2 about 55 (2-3 rows)
+// on ~220; phase 3 about 45 (11 partials, 3 shuffle levels, the optimiser's
+// switch) on ~300; 3 barriers ~90. About 2,300 warp instructions and
+// 1,400-2,000 cycles, 0.7-1.0 us per update at 1.98 GHz, with no global-memory
+// round trip (about 7 dependent shared-memory ones). Adam adds about 20
+// instructions per parameter in phase 3 (two divisions, a square root) and
+// the record's two powers (about 40 multiplies at step 10^5), which the last
+// thread overlaps with phase 2.
+// A minibatch adds one dependent global load per update (its sample indices,
+// at the start of phase 1).
 template <typename T, int W>
 __global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W))
-    nnx_tiny_train(const T* X, const T* targets, T* W1, T* b1, T* W2, T* b2, int n, int d, int h, int c,
-                   int slices_h, int slices_n, int lanes, int act, int head, T scale, T lr, T l2, int passes) {
+    nnx_tiny_train(const T* X, const T* targets, T* W1, T* b1, T* W2, T* b2, T* const* slots, int n, int rows, int d,
+                   int h, int c, int slices_h, int slices_n, int lanes, int act, int head, int mean, T l2, int code,
+                   int n_slots, const double* hyper, const double* lrs, const long long* order,
+                   const long long* bounds, int batched, long long* counters, int passes) {
+    static_assert(sizeof(NnxOptimizer<T>) <= NNX_OPTIMIZER_BYTES, "the optimiser's settings outgrow their space");
     extern __shared__ __align__(16) unsigned char nnx_smem[];
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long dh = (long long)d * h, size = dh + h + (long long)h * c + c;
-    T* sx = reinterpret_cast<T*>(nnx_smem);
-    T* st = sx + (long long)n * d;
-    T* sp = st + (long long)n * c;
-    T* sa = sp + size;
-    T* se = sa + (long long)n * h;
-    T* sparts = se + (long long)n * c;
-    T* sg = sparts + (slices_h > 1 ? (long long)slices_h * n * c : 0);
+    long long* const rec_ctr = reinterpret_cast<long long*>(nnx_smem);
+    T* const rec_coef = reinterpret_cast<T*>(rec_ctr + 2 * NNX_CTR_COUNT);
+    NnxOptimizer<T>* const so = reinterpret_cast<NnxOptimizer<T>*>(rec_coef + 2 * NNX_COEF_COUNT);
+    T* const sx = reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(so) + NNX_OPTIMIZER_BYTES);
+    T* const st = sx + (long long)n * d;
+    T* const sp = st + (long long)n * c;
+    T* const ss = sp + size;
+    T* const sa = ss + (long long)n_slots * size;
+    T* const se = sa + (long long)rows * h;
+    T* const sparts = se + (long long)rows * c;
+    T* const sg = sparts + (slices_h > 1 ? (long long)slices_h * rows * c : 0);
+    int* const sidx = reinterpret_cast<int*>(sg + (long long)slices_n * size);
     const T* sW1 = sp;
     const T* sb1 = sp + dh;
     const T* sW2 = sb1 + h;
     const T* sb2 = sW2 + (long long)h * c;
 
+    const long long u0 = counters[NNX_CTR_NEXT], step0 = counters[NNX_CTR_STEP];
     for (long long i = tid; i < (long long)n * d; i += nt) sx[i] = X[i];
     for (long long i = tid; i < (long long)n * c; i += nt) st[i] = targets[i];
     for (long long i = tid; i < size; i += nt) {
-        sp[i] = i < dh ? W1[i] : i < dh + h ? b1[i - dh] : i < size - c ? W2[i - dh - h] : b2[i - (size - c)];
+        long long offset;
+        const int array = nnx_tiny_array(i, dh, h, c, &offset);
+        sp[i] = nnx_tiny_pick(array, W1, b1, W2, b2)[offset];
+        for (int k = 0; k < n_slots; ++k) {
+            ss[k * size + i] = slots[(array / 2) * 2 * NNX_SLOTS_MAX + (array % 2) * NNX_SLOTS_MAX + k][offset];
+        }
+    }
+    if (tid == 0) {
+        nnx_fill_update<T>(u0, step0 + 1, lrs, bounds, batched, n, mean, code, hyper, rec_ctr, rec_coef);
+        *so = nnx_optimizer<T>(code, hyper);
     }
     __syncthreads();
 
     const int width = (h + slices_h - 1) / slices_h;
     const int groups = nt / lanes;
     for (int pass = 0; pass < passes; ++pass) {
+        const int cur = pass & 1;
+        const long long* const ctr = rec_ctr + cur * NNX_CTR_COUNT;
+        const T* const coef = rec_coef + cur * NNX_COEF_COUNT;
+        const long long start = ctr[NNX_CTR_START];
+        const int len = (int)ctr[NNX_CTR_LEN];
+        const T scale = coef[NNX_COEF_SCALE];
         if (slices_h == 1) {
-            for (int r = tid; r < n; r += nt) {
+            for (int r = tid; r < len; r += nt) {
+                const int row = batched ? (int)order[start + r] : r;
+                if (batched) sidx[r] = row;
                 T z[W];
-                nnx_tiny_logits_item<T, W>(sx + (long long)r * d, sW1, sb1, sW2, z, sa + (long long)r * h, d, h, c,
-                                           0, h, act);
+                nnx_tiny_logits_item<T, W>(sx + (long long)row * d, sW1, sb1, sW2, z, sa + (long long)r * h, d, h,
+                                           c, 0, h, act);
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     if (k < c) z[k] += sb2[k];
                 }
-                nnx_head_logits<W>(z, st + (long long)r * c, (T*)nullptr, c, head, scale, NNX_MODE_DELTA);
+                nnx_head_logits<W>(z, st + (long long)row * c, (T*)nullptr, c, head, scale, NNX_MODE_DELTA);
                 T* e = se + (long long)r * c;
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
@@ -233,12 +315,15 @@ __global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W))
                 }
             }
         } else {
-            for (long long item = tid; item < (long long)slices_h * n; item += nt) {
-                const int s = (int)(item / n), r = (int)(item % n);
+            for (long long item = tid; item < (long long)slices_h * rows; item += nt) {
+                const int s = (int)(item / rows), r = (int)(item % rows);
+                if (r >= len) continue;
+                const int row = batched ? (int)order[start + r] : r;
+                if (batched && s == 0) sidx[r] = row;
                 const int j0 = s * width, j1 = min(h, j0 + width);
                 T z[W];
-                nnx_tiny_logits_item<T, W>(sx + (long long)r * d, sW1, sb1, sW2, z, sa + (long long)r * h, d, h, c,
-                                           j0, j1, act);
+                nnx_tiny_logits_item<T, W>(sx + (long long)row * d, sW1, sb1, sW2, z, sa + (long long)r * h, d, h,
+                                           c, j0, j1, act);
                 T* part = sparts + item * c;
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
@@ -246,15 +331,21 @@ __global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W))
                 }
             }
             __syncthreads();
-            for (int r = tid; r < n; r += nt) {
-                nnx_head_row(sparts + (long long)r * c, slices_h, (long long)n * c, sb2, st + (long long)r * c,
+            for (int r = tid; r < len; r += nt) {
+                const int row = batched ? sidx[r] : r;
+                nnx_head_row(sparts + (long long)r * c, slices_h, (long long)rows * c, sb2, st + (long long)row * c,
                              se + (long long)r * c, se + (long long)r * c, c, head, scale, (int)NNX_MODE_DELTA);
             }
         }
         __syncthreads();
-        nnx_tiny_grads_items<T, W>(sx, sW1, sb1, sW2, se, sa, sg, n, d, h, c, slices_n, act, (long long)tid,
-                                   (long long)nt);
+        nnx_tiny_grads_items<T, W>(sx, batched ? sidx : (const int*)nullptr, sW1, sb1, sW2, se, sa, sg, len, d, h, c,
+                                   slices_n, act, (long long)tid, (long long)nt);
+        if (tid == nt - 1 && pass + 1 < passes) {
+            nnx_fill_update<T>(u0 + pass + 1, step0 + pass + 2, lrs, bounds, batched, n, mean, code, hyper,
+                               rec_ctr + (1 - cur) * NNX_CTR_COUNT, rec_coef + (1 - cur) * NNX_COEF_COUNT);
+        }
         __syncthreads();
+        const long long step = ctr[NNX_CTR_STEP];
         for (long long base = 0; base < size; base += groups) {
             const long long i = base + tid / lanes;
             const int lane = tid % lanes;
@@ -266,21 +357,28 @@ __global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W))
             for (int offset = lanes / 2; offset > 0; offset /= 2) {
                 g += __shfl_down_sync(0xffffffffu, g, offset, lanes);
             }
-            if (i < size && lane == 0) nnx_apply_update(sp[i], g, lr, nnx_tiny_is_weight(i, dh, h, c) ? l2 : T(0));
+            if (i < size && lane == 0) {
+                long long offset;
+                const int array = nnx_tiny_array(i, dh, h, c, &offset);
+                if (l2 != T(0) && array % 2 == 0) g += sp[i] * l2;
+                nnx_optimizer_step(*so, coef, step, sp[i], g, n_slots > 0 ? ss + i : (T*)nullptr,
+                                   n_slots > 1 ? ss + size + i : (T*)nullptr,
+                                   n_slots > 2 ? ss + 2 * size + i : (T*)nullptr);
+            }
         }
         __syncthreads();
     }
 
     for (long long i = tid; i < size; i += nt) {
-        const T p = sp[i];
-        if (i < dh) {
-            W1[i] = p;
-        } else if (i < dh + h) {
-            b1[i - dh] = p;
-        } else if (i < size - c) {
-            W2[i - dh - h] = p;
-        } else {
-            b2[i - (size - c)] = p;
+        long long offset;
+        const int array = nnx_tiny_array(i, dh, h, c, &offset);
+        nnx_tiny_pick(array, W1, b1, W2, b2)[offset] = sp[i];
+        for (int k = 0; k < n_slots; ++k) {
+            slots[(array / 2) * 2 * NNX_SLOTS_MAX + (array % 2) * NNX_SLOTS_MAX + k][offset] = ss[k * size + i];
         }
+    }
+    if (tid == 0) {
+        counters[NNX_CTR_NEXT] = u0 + passes;
+        counters[NNX_CTR_STEP] = step0 + passes;
     }
 }

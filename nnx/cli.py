@@ -13,7 +13,7 @@ from .metrics import clipped_cross_entropy
 from .model import MLP
 from .persistence import check_destination
 from .presets import PRESETS
-from .validation import check_count, check_fit_settings, check_seed
+from .validation import check_count, check_fit_settings, check_positive_finite, check_seed
 
 
 def _train_parser(sub) -> None:
@@ -23,8 +23,17 @@ def _train_parser(sub) -> None:
                    help="which tutorial to rerun (default: moons)")
     p.add_argument("--backend", help="numpy, numba, cupy or auto (default: NNX_BACKEND, else auto)")
     p.add_argument("--hidden", type=int, help="hidden units (default: the tutorial's)")
-    p.add_argument("--passes", type=int, help="full-batch passes (default: the tutorial's)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the tutorial's)")
+    p.add_argument("--passes", type=int, help="updates to run (default: the tutorial's)")
+    p.add_argument("--epochs", type=int, help="passes over the data instead of --passes (ceil(N / batch size) "
+                                              "updates each)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the tutorial's, or the optimizer's own)")
+    p.add_argument("--optimizer", metavar="NAME[:K=V,...]",
+                   help="sgd, adam, adamw or rmsprop with PyTorch's settings, e.g. adam or "
+                        "'sgd:momentum=0.9,nesterov=True' (default: the tutorial's plain gradient descent)")
+    p.add_argument("--batch-size", type=int, help="minibatch size (default: all samples at once)")
+    p.add_argument("--schedule", metavar="NAME[:K=V,...]",
+                   help="learning-rate schedule: constant, step, exponential, cosine or warmup, e.g. "
+                        "'cosine:T_max=20000' or 'step:step_size=5000,gamma=0.5'")
     p.add_argument("--l2", type=float, help="L2 strength (default: the tutorial's)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--seed", type=int, help="initialisation seed (default: 0, as the tutorials)")
@@ -37,12 +46,34 @@ def _train_parser(sub) -> None:
 _OPTION_NAMES = {"passes": "--passes", "log_every": "--log-every", "lr": "--lr", "l2": "--l2"}
 
 
+def _optimizer(args: argparse.Namespace, preset_lr: float):
+    """The optimiser the options name: the tutorial's gradient descent unless --optimizer says otherwise."""
+    from .optim import SGD
+    from .optim.spec import parse_optimizer
+
+    if args.lr is not None:
+        check_positive_finite(args.lr, "--lr")
+    if args.optimizer is None:
+        return SGD(preset_lr if args.lr is None else args.lr)
+    plain_sgd = args.optimizer.strip().lower().partition(":")[0] == "sgd" and "lr=" not in args.optimizer
+    # SGD has no default lr in PyTorch: the tutorial's applies unless one is given
+    return parse_optimizer(args.optimizer, preset_lr if args.lr is None and plain_sgd else args.lr)
+
+
 def _train(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset]
     # Every argument is checked before any work (data, model, kernel compile, training).
+    from .optim.spec import parse_schedule
+
+    if args.passes is not None and args.epochs is not None:
+        raise ValueError("give --passes or --epochs, not both")
+    optimizer = _optimizer(args, preset.lr)
+    schedule = None if args.schedule is None else parse_schedule(args.schedule)
+    epochs = None if args.epochs is None else check_count(args.epochs, "--epochs", minimum=0)
+    batch_size = None if args.batch_size is None else check_count(args.batch_size, "--batch-size", minimum=1)
+    passes = preset.passes if args.passes is None and epochs is None else args.passes
     settings = check_fit_settings(
-        preset.passes if args.passes is None else args.passes, preset.lr if args.lr is None else args.lr,
-        preset.l2 if args.l2 is None else args.l2, preset.reduction,
+        0 if passes is None else passes, optimizer.lr, preset.l2 if args.l2 is None else args.l2, preset.reduction,
         preset.log_every if args.log_every is None else args.log_every, names=_OPTION_NAMES)
     hidden_units = None if args.hidden is None else check_count(args.hidden, "--hidden", minimum=1)
     seed = preset.seed if args.seed is None else check_seed(args.seed, "--seed")
@@ -56,8 +87,12 @@ def _train(args: argparse.Namespace) -> int:
                 init=preset.init, seed=seed, dtype=args.dtype)
     sizes = "-".join(map(str, model.layer_sizes))
     print(f"nnx train --preset {preset.name}: {preset.title}")
+    length = f"{epochs} epochs" if epochs is not None else f"{settings.passes} passes"
+    batches = "full batch" if batch_size is None else f"batch {batch_size}"
+    trainer = (f"lr {settings.lr:g}" if args.optimizer is None else optimizer.describe()) + (
+        "" if schedule is None else f", schedule {schedule}")
     print(f"network {sizes} ({model.hidden}/{model.output}, {model.dtype}), {X.shape[0]} samples, "
-          f"lr {settings.lr:g}, L2 {settings.l2:g}, {settings.reduction} reduction, {settings.passes} passes")
+          f"{trainer}, L2 {settings.l2:g}, {settings.reduction} reduction, {batches}, {length}")
     print(f"backend: {backends.explain_backend()}")
 
     warm_up = getattr(backend, "warm_up", None)
@@ -73,8 +108,9 @@ def _train(args: argparse.Namespace) -> int:
             print(f"Epoch {updates}, Loss: {clipped_cross_entropy(model.predict_proba(X), y):.4f}", flush=True)
 
     start = time.perf_counter()
-    model.fit(X, y, passes=settings.passes, lr=settings.lr, l2=settings.l2, reduction=settings.reduction,
-              log_every=settings.log_every, verbose=not preset.tutorial_loss,
+    model.fit(X, y, passes=None if epochs is not None else settings.passes, epochs=epochs, optimizer=optimizer,
+              schedule=schedule, batch_size=batch_size, l2=settings.l2, reduction=settings.reduction,
+              log_every=settings.log_every, verbose=0 if preset.tutorial_loss else 2,
               callback=print_clipped_loss if preset.tutorial_loss else None)
     elapsed = time.perf_counter() - start
 

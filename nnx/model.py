@@ -14,13 +14,13 @@ import numpy as np
 
 from .backends import get_backend
 from .backends.base import Backend
-from .batching import BatchStream, updates_per_epoch
+from .batching import updates_per_epoch
 from .early_stopping import EarlyStopping, EarlyStoppingTracker
 from .errors import PerformanceWarning
 from .initializers import initial_params
 from .memory import check_fit, check_loss, check_predict
 from .network import Network, Objective, TrainState
-from .optim import SGD, Optimizer, Schedule
+from .optim import Optimizer, Schedule
 from .progress import Progress, check_verbose
 from .training import FitRun, run_fit
 from .training_state import OptimizerState
@@ -210,7 +210,7 @@ class MLP:
         self.interrupted = self.stopped_early = False
         try:
             self.interrupted = run_fit(run, total, settings.log_every, self.history, on_log=on_log,
-                                       record_start=not self.history)
+                                       record_start=not self.history, on_progress=progress.advance)
             self.stopped_early = tracker is not None and tracker.waited >= early_stopping.patience
         finally:
             # Whatever happened, keep what the backend reached (finite by construction).

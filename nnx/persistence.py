@@ -14,6 +14,7 @@ the file itself holds (or, for a deflated member, can expand to).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -25,9 +26,13 @@ import numpy as np
 from .fileio import atomic_write
 from .initializers import INITIALIZERS
 from .network import DTYPES, HIDDEN_ACTIVATIONS, OUTPUT_HEADS, Network
+from .optim import OPTIMIZERS
+from .training_state import OptimizerState, new_generator
 
 FORMAT_NAME = "nnx-mlp"
-FORMAT_VERSION = 1
+# 2: the training state (optimiser settings, step, slots; minibatch generator and epoch
+# position) and the validation history, so a loaded model's next fit continues exactly.
+FORMAT_VERSION = 2
 SUFFIX = ".npz"
 
 _TEXT_FIELDS = {"format": None, "hidden": HIDDEN_ACTIVATIONS, "output": OUTPUT_HEADS, "init": INITIALIZERS,
@@ -92,9 +97,32 @@ def save_model(model, path: str | os.PathLike) -> Path:
     for layer, (W, b) in enumerate(model.params):
         arrays[f"W{layer}"] = W
         arrays[f"b{layer}"] = b
+    arrays.update(_training_arrays(model))
     with atomic_write(target) as handle:
         np.savez(handle, **arrays)
     return target
+
+
+def _training_arrays(model) -> dict[str, np.ndarray]:
+    """The fields a resumed fit needs: optimiser, step, slots, generator and epoch, validation history."""
+    training: OptimizerState = model.training
+    opt = training.optimizer
+    arrays = {
+        "optimizer": np.array("" if opt is None else json.dumps({"kind": opt.kind, **opt.settings()})),
+        "step": np.array(training.step, dtype=np.int64),
+        "rng_state": np.array(json.dumps(training.rng.bit_generator.state)),
+        "epoch_order": (np.empty(0, np.int64) if training.permutation is None
+                        else np.asarray(training.permutation, np.int64)),
+        "epoch_position": np.array(training.position, dtype=np.int64),
+    }
+    for name, pairs in training.slots.items():
+        for layer, (W, b) in enumerate(pairs):
+            arrays[f"slot_{name}_W{layer}"] = W
+            arrays[f"slot_{name}_b{layer}"] = b
+    for key, values in model.validation_history.items():
+        arrays[f"val_{key}_updates"] = np.array(list(values.keys()), dtype=np.int64)
+        arrays[f"val_{key}"] = np.array(list(values.values()), dtype=np.float64)
+    return arrays
 
 
 class _Invalid(Exception):
@@ -231,6 +259,11 @@ def _read_model(archive: _Archive):
     expected = {"format", "format_version", "layer_sizes", "hidden", "output", "init", "seed", "dtype",
                 "updates", "history_updates", "history_loss"}
     expected |= {f"{p}{layer}" for layer in range(net.n_layers) for p in "Wb"}
+    training = optimizer = None
+    if version >= 2:
+        optimizer = _read_optimizer(archive)
+        expected |= _TRAINING_FIELDS | {f"slot_{name}_{p}{layer}" for name in (optimizer.slots() if optimizer else ())
+                                        for layer in range(net.n_layers) for p in "Wb"}
     unknown = sorted(archive.fields() - expected)
     if unknown:
         raise _Invalid(unknown[0], f"is not a field of an nnx model file (format version {version})")
@@ -253,8 +286,77 @@ def _read_model(archive: _Archive):
                 raise _Invalid(name, "contains NaN or infinity")
             pair.append(value)
         params.append(tuple(pair))
+    validation = None
+    if version >= 2:
+        training = _read_training(archive, net, optimizer, seed)
+        validation = {key: _read_series(archive, f"val_{key}", updates) for key in ("loss", "accuracy")}
     return MLP._restore(net, init, None if seed < 0 else seed, params, updates,
-                        dict(zip(steps.tolist(), losses.tolist())))
+                        dict(zip(steps.tolist(), losses.tolist())), training, validation)
+
+
+_TRAINING_FIELDS = {"optimizer", "step", "rng_state", "epoch_order", "epoch_position", "val_loss_updates", "val_loss",
+                    "val_accuracy_updates", "val_accuracy"}
+
+
+def _json_text(archive: _Archive, field: str, max_bytes: int = _SCALAR_MAX_BYTES):
+    text = str(archive.read(field, kinds="U", shape=(), max_bytes=max_bytes)[()])
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Invalid(field, f"is not valid JSON ({exc})") from exc
+
+
+def _read_optimizer(archive: _Archive):
+    spec = _json_text(archive, "optimizer")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("kind") not in OPTIMIZERS:
+        raise _Invalid("optimizer", f"names no known optimiser (expected kind one of {', '.join(OPTIMIZERS)})")
+    settings = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "kind"}
+    try:
+        return OPTIMIZERS[spec["kind"]](**settings)
+    except (TypeError, ValueError) as exc:
+        raise _Invalid("optimizer", f"holds invalid settings ({exc})") from exc
+
+
+def _read_series(archive: _Archive, field: str, updates: int) -> dict[int, float]:
+    steps = archive.read(f"{field}_updates", kinds="iu", ndim=1)
+    values = archive.read(field, kinds="f", shape=steps.shape)
+    if steps.size and (steps.min() < 0 or steps.max() > updates or (np.diff(steps) <= 0).any()):
+        raise _Invalid(f"{field}_updates", f"must increase strictly within [0, updates={updates}]")
+    if not np.isfinite(values).all():
+        raise _Invalid(field, "contains NaN or infinity")
+    return dict(zip(steps.tolist(), values.tolist()))
+
+
+def _read_training(archive: _Archive, net: Network, optimizer, seed: int) -> OptimizerState:
+    step = _integer(archive, "step", 0, np.iinfo(np.int64).max)
+    rng = new_generator(None)
+    state = _json_text(archive, "rng_state")
+    try:
+        rng.bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise _Invalid("rng_state", f"is not a PCG64 generator state ({exc})") from exc
+    order = archive.read("epoch_order", kinds="iu", ndim=1)
+    position = _integer(archive, "epoch_position", 0, order.size)
+    if order.size and not np.array_equal(np.sort(order), np.arange(order.size)):
+        raise _Invalid("epoch_order", "is not a permutation of the sample indices")
+    slots = {}
+    for name in (optimizer.slots() if optimizer else ()):
+        pairs = []
+        for layer, (fan_in, fan_out) in enumerate(net.layer_shapes()):
+            pair = []
+            for field, shape in ((f"slot_{name}_W{layer}", (fan_in, fan_out)), (f"slot_{name}_b{layer}", (fan_out,))):
+                value = archive.read(field, kinds="f", shape=shape)
+                if value.dtype != net.np_dtype or not np.isfinite(value).all():
+                    raise _Invalid(field, f"must hold finite {net.dtype} values")
+                pair.append(value)
+            pairs.append(tuple(pair))
+        slots[name] = pairs
+    return OptimizerState(optimizer, step, slots, rng, order.astype(np.int64) if order.size else None,
+                          position if order.size else 0)
 
 
 def load(path: str | os.PathLike):

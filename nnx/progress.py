@@ -3,8 +3,8 @@
 0: nothing. 1: a progress bar on stderr (passes, loss, passes/s) when stderr is
 a terminal, drawn only once a fit has run for a moment, so short fits stay
 quiet. 2: one line per logging interval (the tutorials' "Loss after pass"),
-no bar. The bar moves at logging points: compiled backends never return to
-Python inside an interval.
+no bar. The bar moves between backend calls (logging points, and the chunks a
+long interval is run in): compiled backends never return to Python inside one.
 """
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ class Progress:
         elif self.bar is not None:
             self.bar.update(updates - self.start - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.4g}", **{k: f"{v:.4g}" for k, v in extra.items()}, refresh=False)
+
+    def advance(self, updates: int) -> None:
+        """Updates done inside a long logging interval (between its backend calls)."""
+        if self.bar is not None:
+            self.bar.update(updates - self.start - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -17,10 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backends.base import Backend, Data
-from .batching import Batches, BatchStream
+from .batching import BatchStream
 from .errors import NonFiniteLossError
 from .network import Network, Objective, TrainState
 from .optim import Optimizer, Schedule, learning_rates
+
+# A logging interval runs in backend calls of at most this many updates (and, with minibatches,
+# this many samples' indices), so its learning rates and batch order never take much memory.
+MAX_CHUNK_UPDATES = 4096
+MAX_CHUNK_SAMPLES = 1 << 22
 
 class _InterruptFlag:
     """Ctrl-C handling for one fit (main thread only; other threads keep Python's).
@@ -72,9 +77,27 @@ class FitRun:
         lrs = learning_rates(self.schedule, self.optimizer.lr, self.state.step, count, self.updates_per_epoch)
         return lrs, (self.stream.take(count) if self.stream is not None else None)
 
-    def train_and_loss(self, lrs, batches: Batches | None) -> float:
-        return self.backend.train_and_loss(self.net, self.state, self.data, self.objective, self.optimizer, lrs,
-                                           batches)
+    def chunk_updates(self) -> int:
+        """Updates per backend call: a logging interval runs in chunks of at most this many, so the
+        per-update learning rates and batch indices stay small however long the interval (the
+        numbers do not depend on where an interval is cut)."""
+        if self.stream is None:
+            return MAX_CHUNK_UPDATES
+        return max(1, min(MAX_CHUNK_UPDATES, MAX_CHUNK_SAMPLES // self.stream.batch_size))
+
+    def train(self, count: int, on_progress: Callable[[int], None] | None = None) -> float:
+        """``count`` updates, then the loss over all samples: the backend's ``train`` for every
+        chunk but the last, ``train_and_loss`` for the last."""
+        left = count
+        while True:
+            lrs, batches = self.next_interval(min(left, self.chunk_updates()))
+            left -= lrs.size
+            if left == 0:
+                return self.backend.train_and_loss(self.net, self.state, self.data, self.objective,
+                                                   self.optimizer, lrs, batches)
+            self.backend.train(self.net, self.state, self.data, self.objective, self.optimizer, lrs, batches)
+            if on_progress is not None:
+                on_progress(self.state.updates)
 
     def snapshot(self) -> tuple:
         """Everything an interval changes, to put back (a second Ctrl-C, a divergence replay)."""
@@ -83,28 +106,28 @@ class FitRun:
         return (copy(self.state.params), {k: copy(v) for k, v in self.state.slots.items()}, self.state.step,
                 self.state.updates, stream)
 
-    def restore(self, snap: tuple, *, stream: bool = True) -> None:
+    def restore(self, snap: tuple) -> None:
         params, slots, self.state.step, self.state.updates, stream_state = snap
         self.state.params[:] = params
         for name, pairs in slots.items():
             self.state.slots[name][:] = pairs
-        if stream and stream_state is not None:
+        if stream_state is not None:
             self.stream.restore(stream_state)
 
 
-def _locate_divergence(run: FitRun, snap: tuple, lrs, batches: Batches | None, stop: int) -> int:
+def _locate_divergence(run: FitRun, snap: tuple, stop: int) -> int:
     """Replay an interval one update at a time from its snapshot to find the first bad update,
-    leaving the state after the last good one. The replay reuses the fit's buffers
+    leaving the state after the last good one. The learning rates and batches come out the
+    same (closed-form schedule, restored batch stream). The replay reuses the fit's buffers
     (``state.scratch``): a second set would double a diverging fit's memory beyond what was
     checked before it started."""
-    run.restore(snap, stream=False)
-    start = run.state.updates
+    run.restore(snap)
     good = run.snapshot()
-    for u in range(stop - start):
-        one = None if batches is None else batches.select(u, u + 1)
-        if not math.isfinite(run.train_and_loss(lrs[u:u + 1], one)):
-            run.restore(good, stream=False)
-            return start + u + 1
+    while run.state.updates < stop:
+        if not math.isfinite(run.train(1)):
+            bad = run.state.updates
+            run.restore(good)
+            return bad
         good = run.snapshot()
     return stop
 
@@ -117,10 +140,12 @@ def _non_finite_start() -> NonFiniteLossError:
 
 
 def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
-            on_log: Callable[[int, float], bool | None] | None = None, record_start: bool = False) -> bool:
+            on_log: Callable[[int, float], bool | None] | None = None, record_start: bool = False,
+            on_progress: Callable[[int], None] | None = None) -> bool:
     """Train ``run.state`` for ``passes`` updates, logging into ``history`` every ``log_every``.
 
-    ``on_log(updates, loss)`` may return True to end the fit there (early stopping).
+    ``on_log(updates, loss)`` may return True to end the fit there (early stopping);
+    ``on_progress(updates)`` is told of the chunks done inside long intervals.
     Returns whether Ctrl-C ended the fit early; the state is then at a logging
     point (the one reached after the first Ctrl-C, or the last one before a
     second Ctrl-C)."""
@@ -134,7 +159,8 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
     with _InterruptFlag() as interrupt:
         try:
             if record_start:  # through the fit's own buffers: no second set just for this loss
-                loss = run.train_and_loss(learning_rates(None, run.optimizer.lr, 0, 0, 1), None)
+                loss = run.backend.train_and_loss(run.net, state, run.data, run.objective, run.optimizer,
+                                                  learning_rates(None, run.optimizer.lr, 0, 0, 1), None)
                 if not math.isfinite(loss):
                     raise _non_finite_start()
                 if log(loss):
@@ -147,14 +173,14 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
             snap = None
             try:
                 snap = run.snapshot()
-                lrs, batches = run.next_interval(min(log_every, end - state.updates))
-                loss = run.train_and_loss(lrs, batches)
+                loss = run.train(min(log_every, end - state.updates), on_progress)
                 if not math.isfinite(loss):
-                    bad = _locate_divergence(run, snap, lrs, batches, state.updates)
+                    bad = _locate_divergence(run, snap, state.updates)
+                    lr = learning_rates(run.schedule, run.optimizer.lr, state.step, 1, run.updates_per_epoch)[0]
                     raise NonFiniteLossError(
-                        f"the loss became non-finite at pass {bad} (lr={lrs[bad - 1 - snap[3]]:g}); training "
-                        f"stopped and the model keeps the parameters after pass {bad - 1}. Lower the learning "
-                        "rate or use reduction='mean'.", bad)
+                        f"the loss became non-finite at pass {bad} (lr={lr:g}); training stopped and the model "
+                        f"keeps the parameters after pass {bad - 1}. Lower the learning rate or use "
+                        "reduction='mean'.", bad)
             except KeyboardInterrupt:  # a second Ctrl-C: back to the last logging point, now
                 if snap is not None:
                     run.restore(snap)

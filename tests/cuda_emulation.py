@@ -22,6 +22,7 @@ emulation and a GPU agree within the parity tolerances, not bit for bit.
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -51,6 +52,7 @@ static nnx_uint3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 #define __shared__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
+#define __trap() abort()
 using std::min;
 using std::max;
 
@@ -124,23 +126,51 @@ static int nnx_emu_block(unsigned block, unsigned shared_bytes, int skip_line, B
 }
 """ % {"smem": SMEM_BYTES}
 
-# Runs nnx_tiny_train<double, W> from a file: 16 int64 (is_double, width, block, shared bytes, n, d, h, c, slices_h,
-# slices_n, lanes, act, head, passes, skip line, 0), 3 float64 (scale, lr, l2), then X, targets, W1, b1,
-# W2, b2 in the element type; writes W1 b1 W2 b2 to the output file. Exit status: the launch's.
+# Runs nnx_tiny_train<double, W> from a file (write_race_input): 24 int64 (RACE_HEADER), then float64 l2,
+# hyper[6] and the interval's lrs; int64 order, bounds and counters; then X, targets, W1, b1, W2, b2 and the
+# optimiser's state (n_slots x W1 b1 W2 b2) in the element type. Writes the parameters, the state and the
+# counters back. Exit status: the launch's.
+RACE_HEADER = ("is_double", "width", "block", "shared", "n", "rows", "d", "h", "c", "slices_h", "slices_n", "lanes",
+               "act", "head", "mean", "code", "n_slots", "batched", "passes", "skip_line", "n_lrs", "n_order")
 RACE_MAIN = r"""
+template <typename T>
+static bool nnx_emu_read(std::vector<T>& v, size_t n, FILE* in) {
+    v.resize(n);
+    return fread(v.data(), sizeof(T), n, in) == n;
+}
+
 template <typename T, int W>
-static int nnx_emu_run_file(const long long* hdr, const double* sc, FILE* in, FILE* out) {
-    const long long n = hdr[4], d = hdr[5], h = hdr[6], c = hdr[7];
-    std::vector<T> X(n * d), Y(n * c), W1(d * h), b1(h), W2(h * c), b2(c);
-    for (auto* v : {&X, &Y, &W1, &b1, &W2, &b2}) {
-        if (fread(v->data(), sizeof(T), v->size(), in) != v->size()) return 3;
+static int nnx_emu_run_file(const long long* hdr, FILE* in, FILE* out) {
+    const long long n = hdr[4], rows = hdr[5], d = hdr[6], h = hdr[7], c = hdr[8], n_slots = hdr[16];
+    std::vector<double> l2(1), hyper(6), lrs;
+    std::vector<long long> order, bounds, counters;
+    if (!nnx_emu_read(l2, 1, in) || !nnx_emu_read(hyper, 6, in) || !nnx_emu_read(lrs, hdr[20], in) ||
+        !nnx_emu_read(order, std::max(1LL, hdr[21]), in) || !nnx_emu_read(bounds, hdr[20] + 1, in) ||
+        !nnx_emu_read(counters, %(counters)d, in))
+        return 3;
+    std::vector<T> X, Y, W1, b1, W2, b2;
+    const long long sizes[6] = {n * d, n * c, d * h, h, h * c, c};
+    std::vector<T>* arrays[6] = {&X, &Y, &W1, &b1, &W2, &b2};
+    for (int i = 0; i < 6; ++i) {
+        if (!nnx_emu_read(*arrays[i], sizes[i], in)) return 3;
     }
-    const int status = nnx_emu_block((unsigned)hdr[2], (unsigned)hdr[3], (int)hdr[14], [&] {
-        nnx_tiny_train<T, W>(X.data(), Y.data(), W1.data(), b1.data(), W2.data(), b2.data(), (int)n, (int)d, (int)h,
-                             (int)c, (int)hdr[8], (int)hdr[9], (int)hdr[10], (int)hdr[11], (int)hdr[12], (T)sc[0],
-                             (T)sc[1], (T)sc[2], (int)hdr[13]);
+    std::vector<std::vector<T>> state(4 * n_slots);
+    std::vector<T*> table(2 * 2 * %(slots_max)d, nullptr);
+    for (long long k = 0; k < n_slots; ++k) {
+        for (int a = 0; a < 4; ++a) {
+            if (!nnx_emu_read(state[4 * k + a], sizes[2 + a], in)) return 3;
+            table[(a / 2) * 2 * %(slots_max)d + (a %% 2) * %(slots_max)d + k] = state[4 * k + a].data();
+        }
+    }
+    const int status = nnx_emu_block((unsigned)hdr[2], (unsigned)hdr[3], (int)hdr[19], [&] {
+        nnx_tiny_train<T, W>(X.data(), Y.data(), W1.data(), b1.data(), W2.data(), b2.data(), table.data(), (int)n,
+                             (int)rows, (int)d, (int)h, (int)c, (int)hdr[9], (int)hdr[10], (int)hdr[11], (int)hdr[12],
+                             (int)hdr[13], (int)hdr[14], (T)l2[0], (int)hdr[15], (int)n_slots, hyper.data(),
+                             lrs.data(), order.data(), bounds.data(), (int)hdr[17], counters.data(), (int)hdr[18]);
     });
     for (auto* v : {&W1, &b1, &W2, &b2}) fwrite(v->data(), sizeof(T), v->size(), out);
+    for (auto& v : state) fwrite(v.data(), sizeof(T), v.size(), out);
+    fwrite(counters.data(), sizeof(long long), counters.size(), out);
     return status;
 }
 
@@ -148,9 +178,8 @@ int main(int argc, char** argv) {
     if (argc != 3) return 2;
     FILE* in = fopen(argv[1], "rb");
     FILE* out = fopen(argv[2], "wb");
-    long long hdr[16];
-    double sc[3];
-    if (!in || !out || fread(hdr, 8, 16, in) != 16 || fread(sc, 8, 3, in) != 3) return 2;
+    long long hdr[24];
+    if (!in || !out || fread(hdr, 8, 24, in) != 24) return 2;
     int status = 2;
     const bool is_double = hdr[0] != 0;
     switch (hdr[1]) {
@@ -173,7 +202,7 @@ def _symbol(kernel: src.Kernel, ctype: str, width: int | None) -> str:
 
 def _wrappers(kernel: src.Kernel, ctype: str, width: int | None) -> str:
     """A grid-stride wrapper (every thread in turn) and a one-block wrapper (real threads)."""
-    params = [p.replace("T", ctype) if p != "T" else ctype for p in kernel.params]
+    params = [re.sub(r"\bT\b", ctype, src.c_type(p)) for p in kernel.params]
     decl = ", ".join(f"{p} a{i}" for i, p in enumerate(params))
     call = ", ".join(f"a{i}" for i in range(len(params)))
     inst = kernel.instance(ctype, width)
@@ -191,9 +220,9 @@ def source(sources: tuple[src.CudaSource, ...] = src.SOURCES, with_main: bool = 
     (the shared library) or the race checker's main (float64 only: it checks ordering, not rounding)."""
     code = SHIM + "".join(s.code() for s in sources)
     if with_main:
-        cases = "".join(f"        case {w}: status = is_double ? nnx_emu_run_file<double, {w}>(hdr, sc, in, out)"
+        cases = "".join(f"        case {w}: status = is_double ? nnx_emu_run_file<double, {w}>(hdr, in, out)"
                         f" : 2; break;\n" for w in src.TINY_WIDTHS)
-        return code + RACE_MAIN % {"cases": cases}
+        return code + RACE_MAIN % {"cases": cases, "counters": len(src.COUNTERS), "slots_max": src.SLOTS_MAX}
     return code + "".join(_wrappers(k, c, w) for s in sources for k in s.kernels
                           for c in src.ELEMENT_TYPES.values() for w in (k.widths or (None,)))
 
@@ -281,36 +310,97 @@ def build_reference_cublas(tmp: Path, soname: str = "libcublas_ref.so") -> ctype
     return ctypes.CDLL(str(lib))
 
 
+_INT_FILL = -0x5A5A5A5A5A5A5A5A  # what an integer buffer holds before anything writes it (floats: NaN)
+
+
+def _fill(dtype: np.dtype):
+    return np.nan if np.dtype(dtype).kind == "f" else _INT_FILL
+
+
+class EmulatedGraph:
+    """A captured sequence of launches, replayed with the arguments they were captured with."""
+
+    def __init__(self, stream: "EmulatedStream", ops: list):
+        self.stream, self.ops = stream, ops
+
+    def launch(self, stream) -> None:
+        assert stream is self.stream, "a graph is launched on the stream the program runs on"
+        stream.replays += 1
+        for op in self.ops:
+            op()
+
+
+class EmulatedStream:
+    """Stands in for a CUDA stream under capture: while it captures, the device records each
+    kernel launch and product (pointers and scalar arguments as they are then) instead of
+    running it, and ``end_capture`` returns the graph that replays them. Anything else the
+    programs do during a capture (an upload, say) fails, as on a GPU."""
+
+    def __init__(self):
+        self.recording: list | None = None
+        self.captures = 0
+        self.replays = 0
+
+    def begin_capture(self) -> None:
+        assert self.recording is None, "captures do not nest"
+        self.recording = []
+
+    def end_capture(self) -> EmulatedGraph:
+        ops, self.recording = self.recording, None
+        self.captures += 1
+        return EmulatedGraph(self, ops)
+
+
 class EmulatedDevice:
     """The device interface of ``cuda_program`` on NumPy and the host-compiled kernels.
 
     ``blas`` (a ``cuda_blas.OwnedHandle`` on the reference cuBLAS) routes the
     products through nnx's cuBLAS argument translation; without it NumPy
-    computes them.
+    computes them. ``stream`` (an ``EmulatedStream``) records the work issued
+    while it captures. ``launches`` lists every launch the host issued.
     """
 
     xp = np
 
-    def __init__(self, lib: ctypes.CDLL, blas=None):
-        self.lib, self.blas = lib, blas
+    def __init__(self, lib: ctypes.CDLL, blas=None, stream: EmulatedStream | None = None):
+        self.lib, self.blas, self.stream = lib, blas, stream
         self.launches: list[str] = []
         self._buffers: list[np.ndarray] = []
 
     def empty(self, shape, dtype) -> np.ndarray:
         n = int(np.prod(shape))
-        raw = np.full(n + 2 * GUARD, np.nan, dtype=dtype)
+        raw = np.full(n + 2 * GUARD, _fill(dtype), dtype=dtype)
         self._buffers.append(raw)
         return raw[GUARD:GUARD + n].reshape(shape)
 
     def guards_intact(self) -> bool:
         """No kernel wrote outside a buffer it was given."""
-        return all(np.isnan(b[:GUARD]).all() and np.isnan(b[-GUARD:]).all() for b in self._buffers)
+        def untouched(guard):
+            return np.isnan(guard).all() if guard.dtype.kind == "f" else (guard == _INT_FILL).all()
+        return all(untouched(b[:GUARD]) and untouched(b[-GUARD:]) for b in self._buffers)
 
     def ptr(self, a) -> int:
         return a.ctypes.data
 
+    def free_bytes(self) -> int:
+        return 1 << 40
+
+    def upload(self, dst, values: np.ndarray) -> None:
+        assert self.stream is None or self.stream.recording is None, "a host copy cannot be captured"
+        assert dst.shape == values.shape and dst.dtype == values.dtype, (dst.shape, dst.dtype, values.shape)
+        np.copyto(dst, values)
+
+    def _issue(self, op) -> None:
+        if self.stream is not None and self.stream.recording is not None:
+            self.stream.recording.append(op)
+        else:
+            op()
+
     def gemm(self, transa: str, transb: str, a, b, out, beta: float) -> None:
         self.launches.append("gemm")
+        self._issue(lambda: self._gemm(transa, transb, a, b, out, beta))
+
+    def _gemm(self, transa: str, transb: str, a, b, out, beta: float) -> None:
         if self.blas is not None:
             for x in (a, b, out):
                 assert x.flags.c_contiguous, "cuBLAS reads operands as C-contiguous buffers"
@@ -326,38 +416,54 @@ class EmulatedDevice:
 
     def launch(self, name: str, dtype, n_items: int, args: tuple, *, width: int | None = None,
                one_block: bool = False, threads: int = cuda_plan.THREADS, shared_mem: int = 0) -> None:
-        self.launches.append(name)
         ctype = src.ELEMENT_TYPES[np.dtype(dtype).name]
         spec = src.kernel(name)[1]
+        checked = kernel_args(name, np.dtype(dtype), args)  # what the real device checks before launching
+        self.launches.append(name)
         converted = []
-        for param, value in zip(spec.params, kernel_args(name, np.dtype(dtype), args)):
-            if param.endswith("*"):
+        for param, value in zip(spec.params, checked):
+            c = src.c_type(param)
+            if c.endswith("*"):
                 assert value.flags.c_contiguous, f"{name}: a non-contiguous array would be misread on the GPU"
                 converted.append(ctypes.c_void_p(value.ctypes.data))
-            elif param == "T":
+            elif c == "T":
                 converted.append(_ELEMENT[ctype](float(value)))
             else:
-                converted.append(_CTYPES[param](int(value)))
+                converted.append(_CTYPES[c](int(value)))
         symbol = _symbol(spec, ctype, width)
         if one_block:
-            status = getattr(self.lib, f"emu_block_{symbol}")(ctypes.c_uint(threads), ctypes.c_uint(shared_mem),
-                                                             *converted)
-            assert status == 0, f"{name}: launch refused or shared memory overrun (status {status})"
-            return
-        # A small grid, so that the grid-stride arithmetic is exercised across threads.
-        getattr(self.lib, f"emu_{symbol}")(ctypes.c_uint(min(3, cuda_plan.grid_for(n_items))), ctypes.c_uint(5),
-                                           *converted)
+            def run():
+                status = getattr(self.lib, f"emu_block_{symbol}")(ctypes.c_uint(threads), ctypes.c_uint(shared_mem),
+                                                                 *converted)
+                assert status == 0, f"{name}: launch refused or shared memory overrun (status {status})"
+        else:
+            # A small grid, so that the grid-stride arithmetic is exercised across threads.
+            def run():
+                getattr(self.lib, f"emu_{symbol}")(ctypes.c_uint(min(3, cuda_plan.grid_for(n_items))),
+                                                   ctypes.c_uint(5), *converted)
+        self._issue(run)
 
 
 def write_race_input(path: Path, tiny: cuda_plan.TinyPlan, dtype: np.dtype, arrays: list[np.ndarray],
-                     codes: tuple[int, int], scalars: tuple[float, float, float], passes: int,
-                     skip_line: int = -1) -> None:
-    """The race checker's input file for one ``nnx_tiny_train`` launch (layout in RACE_MAIN)."""
-    header = [int(dtype == np.float64), tiny.width, tiny.threads, tiny.shared_bytes(dtype.itemsize), tiny.n,
-              tiny.d, tiny.h, tiny.c, tiny.slices_h, tiny.slices_n, tiny.lanes, codes[0], codes[1], passes,
-              skip_line, 0]
+                     state: list[np.ndarray], codes: dict[str, int], l2: float, hyper: np.ndarray, lrs: np.ndarray,
+                     batches, counters: np.ndarray, skip_line: int = -1) -> None:
+    """The race checker's input file for one ``nnx_tiny_train`` launch (layout in RACE_MAIN): ``arrays``
+    are X, targets, W1, b1, W2, b2; ``state`` the optimiser's arrays, per state W1 b1 W2 b2; ``codes``
+    act, head, mean and code; ``batches`` a ``Batches`` or None."""
+    order = np.zeros(1, np.int64) if batches is None else np.ascontiguousarray(batches.order, np.int64)
+    bounds = np.zeros(lrs.size + 1, np.int64) if batches is None else np.ascontiguousarray(batches.bounds, np.int64)
+    values = dict(is_double=int(dtype == np.float64), width=tiny.width, block=tiny.threads,
+                  shared=tiny.shared_bytes(dtype.itemsize), n=tiny.n, rows=tiny.batch_rows, d=tiny.d, h=tiny.h,
+                  c=tiny.c, slices_h=tiny.slices_h, slices_n=tiny.slices_n, lanes=tiny.lanes,
+                  n_slots=len(state) // 4, batched=int(batches is not None), passes=int(lrs.size),
+                  skip_line=skip_line, n_lrs=int(lrs.size), n_order=int(order.size), **codes)
+    header = [values[name] for name in RACE_HEADER] + [0] * (24 - len(RACE_HEADER))
     with open(path, "wb") as f:
         f.write(np.array(header, dtype=np.int64).tobytes())
-        f.write(np.array(scalars, dtype=np.float64).tobytes())
-        for a in arrays:
+        f.write(np.array([l2, *hyper], dtype=np.float64).tobytes())
+        f.write(np.ascontiguousarray(lrs, np.float64).tobytes())
+        f.write(order.tobytes())
+        f.write(bounds.tobytes())
+        f.write(np.ascontiguousarray(counters, np.int64).tobytes())
+        for a in list(arrays) + list(state):
             f.write(np.ascontiguousarray(a, dtype=dtype).tobytes())

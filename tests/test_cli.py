@@ -118,6 +118,16 @@ INVALID_VALUES = [
     (("--l2", "-0.5"), "--l2 must be a finite number >= 0; got -0.5"),
     (("--l2", "nan"), "--l2 must be a finite number >= 0; got nan"),
     (("--seed", "-1"), "--seed must be an integer from 0 to 2**32 - 1; got -1"),
+    (("--passes", "5", "--epochs", "2"), "give --passes or --epochs, not both"),
+    (("--epochs", "-1"), "--epochs must be an integer >= 0; got -1"),
+    (("--batch-size", "0"), "--batch-size must be an integer >= 1; got 0"),
+    (("--optimizer", "adan"), "unknown optimizer 'adan'; expected one of sgd, adam, adamw, rmsprop. Did you mean "
+                               "'adam'?"),
+    (("--optimizer", "adam:lr=0.1", "--lr", "0.2"), "the learning rate is given twice ('adam:lr=0.1' and lr 0.2); give it once"),
+    (("--optimizer", "sgd:nesterov=True"), "SGD nesterov=True needs momentum > 0 and dampening=0 (as in PyTorch)"),
+    (("--schedule", "cosine:T_max=0"), "Cosine T_max must be a positive integer; got 0"),
+    (("--schedule", "cosine:T_max"), "cannot read the settings of schedule 'cosine:T_max' (settings must be given "
+                                     "as key=value); write them as cosine:key=value,key=value"),
     (("--save", "/nonexistent/dir/x.npz"),
      "cannot save to /nonexistent/dir/x.npz: the folder /nonexistent/dir does not exist; create it first"),
 ]
@@ -182,3 +192,14 @@ def test_a_failed_save_is_a_clear_error_and_keeps_the_old_file(cli, tmp_path, mo
 def test_hidden_units_option_is_used_as_given(cli):
     code, out, _ = cli("train", "--preset", "xor", "--hidden", "5", "--passes", "1")
     assert code == 0 and "network 2-5-1 (sigmoid/sigmoid" in out
+
+
+def test_train_with_an_optimiser_minibatches_and_a_schedule():
+    done = run_nnx("train", "--optimizer", "adam:lr=0.05", "--batch-size", "32", "--epochs", "30",
+                   "--schedule", "cosine:T_max=210", "--log-every", "70")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert ("Adam(lr=0.05, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False), schedule "
+            "Cosine(T_max=210, eta_min=0.0, per='update'), L2 0.01, sum reduction, batch 32, 30 epochs") in out
+    assert [int(v) for v in re.findall(r"Loss after pass (\d+):", out)] == [0, 70, 140, 210]
+    assert float(re.search(r"final training accuracy: ([0-9.]+)%", out).group(1)) > 85

@@ -17,10 +17,11 @@ import pytest
 
 from nnx.backends import cuda_blas
 from nnx.backends import cuda_plan as plan
-from nnx.backends.cuda_program import DenseProgram
+from nnx.backends.cuda_program import Trainer, build_program
 from nnx.backends.numpy_backend import NumpyBackend
+from nnx.batching import BatchStream
 from nnx.network import Network, Objective, TrainState
-from nnx.optim import SGD
+from nnx.optim import SGD, Adam
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the reference cuBLAS")
 REF = NumpyBackend()
@@ -95,33 +96,46 @@ def test_a_cublas_error_status_is_raised_with_its_name(reference, handle):
     assert reference.version(handle.handle) == 130000 and handle.own_workspace
 
 
+@pytest.mark.parametrize("batch", [None, 32], ids=["full", "batch32"])
 @pytest.mark.parametrize("sizes,hidden,output,block", [((4, 7, 5, 3), "tanh", "softmax", None),
                                                         ((6, 9, 2), "relu", "sigmoid", 16)])
 def test_dense_programs_through_the_cublas_calls_match_numpy(kernels, handle, monkeypatch, sizes, hidden, output,
-                                                             block):
+                                                             block, batch):
+    """Plain SGD on all rows, and Adam on minibatches (products over the batch buffer, its last,
+    smaller batch padded), through nnx's cuBLAS argument translation."""
     import cuda_emulation
 
     device = cuda_emulation.EmulatedDevice(kernels, blas=handle)
     rng = np.random.default_rng(3)
     net = Network(sizes, hidden, output, "float64")
-    n = 100
+    n, updates = 100, 50
     X = rng.normal(size=(n, sizes[0]))
     T = np.eye(sizes[-1])[rng.integers(0, sizes[-1], n)] if output == "softmax" else rng.uniform(size=(n, 2))
     params = [(rng.normal(size=(i, o)) / np.sqrt(i), rng.normal(size=o) * 0.1) for i, o in net.layer_shapes()]
     data = REF.prepare_data(net, X, T)
     if block is not None:
         monkeypatch.setattr(plan, "BLOCK_BYTES", block * plan.row_bytes(net))
-    program = DenseProgram(device, net, [(W.copy(), b.copy()) for W, b in params], data.X, data.T,
-                           plan.plan_chunks(net, n, 1 << 40))
-    for _ in range(50):
-        program.run_pass(1.0 / n, 0.5, 1e-3)
-    state = TrainState([(W.copy(), b.copy()) for W, b in params])
-    REF.train(net, state, data, Objective("mean", 1e-3), SGD(0.5), 50)
-    for (W, b), (W2, b2) in zip(state.params, program.params):
+    monkeypatch.setattr(plan, "is_tiny", lambda net: False)  # cuBLAS products, even for a small network
+    optimizer = SGD(0.5) if batch is None else Adam(0.01)
+    batches = None if batch is None else BatchStream(np.random.default_rng(4), n, batch, True).take(updates)
+    lrs = np.full(updates, optimizer.lr)
+
+    def fresh():
+        return TrainState([(W.copy(), b.copy()) for W, b in params], slots={
+            name: [(np.zeros_like(W), np.zeros_like(b)) for W, b in params] for name in optimizer.slots()})
+
+    state = fresh()
+    trainer = Trainer(device, net, data.X, lambda rows, slots: build_program(
+        device, net, state.params, data.X, data.T, free_bytes=1 << 40, what="a test", rows=rows, slots=slots))
+    trainer.train(state.slots, optimizer, lrs, batches, 0, 1e-3, True)
+    want = fresh()
+    REF.train(net, want, data, Objective("mean", 1e-3), optimizer, lrs, batches)
+    for (W, b), (W2, b2) in zip(want.params, state.params):
         assert np.max(np.abs(W - W2)) <= 1e-10 * np.max(np.abs(W)) and np.max(np.abs(b - b2)) <= 1e-10 * np.max(
             np.abs(b))
     # per row block: L forward products, dW and db per layer, a delta product per hidden layer
-    assert device.launches.count("gemm") == 50 * (4 * net.n_layers - 1) * program.plan.n_blocks
+    program = trainer.program(batch, len(optimizer.slots()))
+    assert device.launches.count("gemm") == updates * (4 * net.n_layers - 1) * program.plan.n_blocks
     assert device.guards_intact()
 
 

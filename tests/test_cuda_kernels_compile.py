@@ -23,6 +23,7 @@ import pytest
 from nnx.backends import cuda_plan
 from nnx.kernels import cuda_sources as src
 from nnx.network import ACTIVATION_CODES, HEAD_CODES
+from nnx.optim import Adam, RMSprop
 
 NVCC = shutil.which("nvcc") or next((str(p) for p in Path("/usr/local").glob("cuda*/bin/nvcc")), None)
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed on this machine")
@@ -41,6 +42,9 @@ def _compile_unit(source: src.CudaSource) -> str:
     for width in src.TINY_WIDTHS:
         checks.append(f"static_assert(NNX_ONE_BLOCK_THREADS({width}) == {src.one_block_threads(width)}, "
                       f'"one_block_threads({width}) differs from the header");')
+    for ctype, itemsize in (("float", 4), ("double", 8)):
+        checks.append(f"static_assert(sizeof(NnxOptimizer<{ctype}>) <= NNX_OPTIMIZER_BYTES && "
+                      f"sizeof({ctype}) == {itemsize}, \"the single-block kernel's shared layout\");")
     refs = ", ".join(f"(void*)&{name}" for name in source.name_expressions())
     checks.append(f"void* const nnx_instances[] = {{{refs}}};")
     return source.code() + "\n" + "\n".join(checks) + "\n"
@@ -115,15 +119,19 @@ def test_every_cu_file_is_listed_with_every_kernel() -> None:
         assert defined == {k.name for k in source.kernels}, source.filename
 
 
-def test_header_codes_match_the_network_codes() -> None:
-    defines = src.header_defines()
+def test_the_prelude_defines_the_python_tables() -> None:
+    defines = src.defines(src.prelude())
     for name, code in ACTIVATION_CODES.items():
         assert defines[f"NNX_ACT_{name.upper()}"] == code
     for name, code in HEAD_CODES.items():
         assert defines[f"NNX_HEAD_{name.upper()}"] == code
+    for cls in src.COMPILED_OPTIMIZERS:
+        assert defines[f"NNX_OPT_{cls.kind.upper()}"] == cls.code
     assert (defines["NNX_MODE_DELTA"], defines["NNX_MODE_OUTPUT"], defines["NNX_MODE_LOSS"]) == (
         src.MODE_DELTA, src.MODE_OUTPUT, src.MODE_LOSS)
     assert defines["NNX_TINY_MAX_WIDTH"] == src.TINY_MAX_WIDTH == cuda_plan.TINY_MAX_WIDTH
+    assert defines["NNX_SLOTS_MAX"] == src.SLOTS_MAX >= max(
+        len(cls().slots()) for cls in (Adam, RMSprop)) and len(RMSprop(momentum=0.5, centered=True).slots()) == 3
 
 
 def test_code_inlines_the_shared_header() -> None:

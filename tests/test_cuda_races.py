@@ -1,9 +1,10 @@
 """Races in the single-block kernel, hunted on the CPU with ThreadSanitizer.
 
 ``nnx_tiny_train`` is the one kernel whose threads share memory: its phases
-hand activations, deltas and partial gradients to each other through shared
-memory, separated by ``__syncthreads()``, and its lanes combine sums by warp
-shuffles. ``cuda_emulation.build_race_checker`` compiles the real source with
+hand activations, deltas, partial gradients, a minibatch's sample indices and
+the next update's record to each other through shared memory, separated by
+``__syncthreads()``, and its lanes combine sums by warp shuffles.
+``cuda_emulation.build_race_checker`` compiles the real source with
 ``-fsanitize=thread`` and runs the block as the GPU does (one thread per CUDA
 thread, a barrier per ``__syncthreads``), so a missing barrier shows as a data
 race report even when the numbers happen to come out right. The last test
@@ -21,16 +22,23 @@ import pytest
 
 from nnx.backends import cuda_plan as plan
 from nnx.backends.numpy_backend import NumpyBackend
+from nnx.batching import BatchStream
 from nnx.network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
-from nnx.optim import SGD
+from nnx.optim import SGD, Adam, RMSprop
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the race checker")
 
 REF = NumpyBackend()
-# The tutorial's plan (one hidden slice, 8 lanes per parameter) and one with fewer samples
-# than threads (hidden slices, so the partial-logits barrier is exercised too).
-CASES = [((2, 3, 2), 200, "tanh", "softmax"), ((2, 4, 2), 16, "sigmoid", "identity")]
-PASSES = 2
+# The tutorial's plan (one hidden slice, 8 lanes per parameter, full batch, plain SGD), one with fewer
+# rows than threads (hidden slices, so the partial-logits barrier is exercised too) under Adam on
+# minibatches (the batch's sample indices and the alternating update records are shared too), and
+# the tutorial's net under centered RMSprop with momentum on batches of 32 (three state arrays).
+CASES = {
+    "tutorial": ((2, 3, 2), 200, "tanh", "softmax", SGD(0.5), None),
+    "hidden-slices-adam-batches": ((2, 4, 2), 40, "sigmoid", "identity", Adam(0.05, amsgrad=True), 16),
+    "rmsprop-batches": ((2, 3, 2), 200, "tanh", "softmax", RMSprop(0.01, momentum=0.5, centered=True), 32),
+}
+PASSES = 3
 
 
 @pytest.fixture(scope="module")
@@ -55,33 +63,47 @@ def _problem(sizes, n, hidden, output):
     return net, X, T, params
 
 
-def _run(checker, sizes, n, hidden, output, skip_line=-1):
+def _run(checker, case, skip_line=-1):
+    """One launch of PASSES updates; (the NumPy backend's state after them, the checker's run, its output)."""
     import cuda_emulation
 
     exe, tmp = checker
+    sizes, n, hidden, output, optimizer, batch_size = CASES[case]
     net, X, T, params = _problem(sizes, n, hidden, output)
-    tiny = plan.plan_tiny_net(net, n)
+    batches = None if batch_size is None else BatchStream(np.random.default_rng(2), n, batch_size, True).take(PASSES)
+    tiny = plan.plan_tiny_net(net, n, batch_size, len(optimizer.slots()))
     assert tiny.one_block
+    lrs = optimizer.lr * np.linspace(1.0, 0.5, PASSES)
     (W1, b1), (W2, b2) = params
+    zeros = [np.zeros_like(a) for _ in optimizer.slots() for a in (W1, b1, W2, b2)]
     inp, out = tmp / "in.bin", tmp / "out.bin"
-    cuda_emulation.write_race_input(inp, tiny, np.dtype(np.float64), [X, T, W1, b1, W2, b2],
-                                    (ACTIVATION_CODES[hidden], HEAD_CODES[output]), (1.0 / n, 0.5, 1e-3), PASSES,
-                                    skip_line)
+    codes = dict(act=ACTIVATION_CODES[hidden], head=HEAD_CODES[output], mean=1, code=optimizer.code)
+    cuda_emulation.write_race_input(inp, tiny, np.dtype(np.float64), [X, T, W1, b1, W2, b2], zeros, codes, 1e-3,
+                                    optimizer.kernel_hyper(), lrs, batches, np.array([0, 5, 0, 0]), skip_line)
     run = subprocess.run([str(exe), str(inp), str(out)], capture_output=True, text=True, timeout=120)
-    return net, X, T, params, run, out
+    state = TrainState([(W.copy(), b.copy()) for W, b in params], step=5,
+                       slots={k: [(np.zeros_like(W), np.zeros_like(b)) for W, b in params] for k in optimizer.slots()})
+    REF.train(net, state, REF.prepare_data(net, X, T), Objective("mean", 1e-3), optimizer, lrs, batches)
+    return state, run, out
 
 
-@pytest.mark.parametrize("sizes,n,hidden,output", CASES, ids=["tutorial", "hidden-slices"])
-def test_single_block_kernel_has_no_data_race_and_matches_numpy(checker, sizes, n, hidden, output):
-    net, X, T, params, run, out = _run(checker, sizes, n, hidden, output)
+@pytest.mark.parametrize("case", CASES)
+def test_single_block_kernel_has_no_data_race_and_matches_numpy(checker, case):
+    state, run, out = _run(checker, case)
     assert "ThreadSanitizer" not in run.stderr, run.stderr[:3000]
     assert run.returncode == 0, run.stderr[:3000]
     got = np.fromfile(out, dtype=np.float64)
-    state = TrainState([(W.copy(), b.copy()) for W, b in params])
-    REF.train(net, state, REF.prepare_data(net, X, T), Objective("mean", 1e-3), SGD(0.5), PASSES)
-    want = np.concatenate([a.ravel() for pair in state.params for a in pair])
-    assert got.shape == want.shape
-    assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+    arrays = [a for pair in state.params for a in pair]
+    arrays += [a for name in state.slots for pair in state.slots[name] for a in pair]
+    want = np.concatenate([a.ravel() for a in arrays])
+    counters = got[want.size:].view(np.int64)
+    assert counters[:2].tolist() == [PASSES, 5 + PASSES]  # where the interval stands: next update, step
+    got = got[:want.size]
+    offset = 0
+    for a in arrays:
+        part = got[offset:offset + a.size]
+        assert np.max(np.abs(part - a.ravel())) <= 1e-12 * np.max(np.abs(a)), (case, offset)
+        offset += a.size
 
 
 def _barrier_lines() -> list[int]:
@@ -99,6 +121,6 @@ def test_every_barrier_is_needed_and_its_absence_is_reported(checker):
     lines = _barrier_lines()
     assert len(lines) == 5  # after staging, after partial logits, after the head, after gradients, after updates
     for line in lines:
-        *_, run, _ = _run(checker, *CASES[1], skip_line=line)
+        _, run, _ = _run(checker, "hidden-slices-adam-batches", skip_line=line)
         assert run.returncode != 0 and re.search(r"WARNING: ThreadSanitizer: data race", run.stderr), \
             f"no race reported without the __syncthreads() on line {line}:\n{run.stderr[:2000]}"

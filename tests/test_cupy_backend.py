@@ -18,8 +18,9 @@ import nnx
 from nnx import backends
 from nnx.backends import cuda_plan as plan
 from nnx.errors import BackendUnavailableError
+from nnx.batching import BatchStream
 from nnx.network import Network, Objective, TrainState
-from nnx.optim import SGD
+from nnx.optim import SGD, Adam, AdamW, Cosine, RMSprop, learning_rates
 
 CUPY_REASON = nnx.available_backends()["cupy"]
 _needs_gpu = pytest.mark.skipif(CUPY_REASON is not None, reason=f"cupy backend unavailable here: {CUPY_REASON}")
@@ -416,8 +417,9 @@ def test_graph_replay_keeps_python_launches_per_pass_small():
     probe.device.gemm = lambda *a, **k: (eager.append(1), original[1](*a, **k))
     _train_with(probe, (6, 40, 30, 4), 1)
     per_pass = len(eager)
-    assert per_pass == 19  # 3 layers: 6 + 3 products, 2 bias+activation, 2 back-activation, head, 3 updates
-    assert len(calls) == per_pass * (1 + 64 + 999 % 64)  # the warm-up pass, then two graphs captured once
+    assert per_pass == 20  # the update's record, 3 layers: 6 + 3 products, 2 bias+activation, 2 back-activation,
+    #                        the head, 3 updates
+    assert len(calls) == per_pass * (1 + 64 + 1000 % 64)  # the warm-up, then two graphs captured once
     assert backend._replayer.captures == 2
 
 
@@ -458,3 +460,86 @@ def test_every_kernel_instance_compiles_with_nvrtc():
                 for width in kernel.widths or (None,):
                     fn = device.function(kernel.name, np.dtype(dtype), width)
                     assert fn.num_regs > 0 and fn.local_size_bytes == 0
+
+
+# ------------------------------------------- optimisers, minibatches, schedules on a GPU
+def _train_intervals(backend, sizes, optimizer, batch_size, intervals, n=200, dtype="float64"):
+    """Intervals of updates at the seam, as the training driver runs them: a cosine schedule's
+    learning rates and the epochs' shuffled batches, one interval after another."""
+    model, X, y = _problem(sizes, n=n, dtype=dtype)
+    net = model.net
+    data = backend.prepare_data(net, X, np.eye(sizes[-1])[y])
+    state = TrainState(backend.prepare_params(net, model.params), slots={  # fresh zeros per state array
+        name: backend.prepare_params(net, [(np.zeros_like(W), np.zeros_like(b)) for W, b in model.params])
+        for name in optimizer.slots()})
+    stream = None if batch_size is None else BatchStream(np.random.default_rng(1), n, batch_size, True)
+    per_epoch = 1 if batch_size is None else -(-n // batch_size)
+    for count in intervals:
+        lrs = learning_rates(Cosine(T_max=30), optimizer.lr, state.step, count, per_epoch)
+        backend.train(net, state, data, Objective("mean", 1e-3), optimizer, lrs,
+                      None if stream is None else stream.take(count))
+    backend.synchronize()
+    slots = {name: backend.params_to_numpy(pairs) for name, pairs in state.slots.items()}
+    return backend.params_to_numpy(state.params), slots
+
+
+def _same_bits(a, b) -> bool:
+    return all(np.array_equal(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
+
+
+GPU_OPTIMIZERS = [SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), Adam(0.01, amsgrad=True),
+                  AdamW(0.01), RMSprop(0.005, momentum=0.5, centered=True)]
+
+
+@on_gpu
+@pytest.mark.parametrize("batch_size", [None, 32], ids=["full", "batch32"])
+@pytest.mark.parametrize("sizes", SHAPES, ids=str)
+def test_optimisers_match_numpy_and_graphs_change_launches_not_bits(sizes, batch_size):
+    """Each optimiser for ten intervals of one epoch (five updates at full batch) under a cosine
+    schedule: NumPy's numbers to 1e-10, and the same bits with and without CUDA graphs."""
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    intervals = [5 if batch_size is None else -(-200 // batch_size)] * 10
+    for optimizer in GPU_OPTIMIZERS:
+        want, want_slots = _train_intervals(NumpyBackend(), sizes, optimizer, batch_size, intervals)
+        graphs, graphs_slots = _train_intervals(_cupy_backend(), sizes, optimizer, batch_size, intervals)
+        eager, eager_slots = _train_intervals(_cupy_backend(graphs=False), sizes, optimizer, batch_size, intervals)
+        assert _rel_err(want, graphs) <= 1e-10, optimizer
+        for name in want_slots:
+            assert _rel_err(want_slots[name], graphs_slots[name]) <= 1e-10, (optimizer, name)
+            assert _same_bits(graphs_slots[name], eager_slots[name]), (optimizer, name)
+        assert _same_bits(graphs, eager), optimizer
+
+
+@on_gpu
+@pytest.mark.parametrize("sizes", SHAPES[1:], ids=str)
+def test_one_capture_serves_every_step_and_interval(sizes):
+    """Ten intervals of an epoch of minibatches under Adam and a schedule: one graph captured
+    (the epoch's 7 updates), replayed ten times."""
+    backend = _cupy_backend()
+    _train_intervals(backend, sizes, Adam(0.01), 32, [7] * 10)
+    assert backend._replayer.captures == 1
+    net = Network(tuple(sizes), "tanh", "softmax", "float64")
+    assert backend.graph_fallback(net) is None
+    assert backend.launches_per_pass(net, 200, batch_size=32, n_slots=2) == 1 / plan.GRAPH_PASSES
+
+
+@on_gpu
+def test_the_tutorial_net_runs_every_optimiser_and_minibatch_in_the_single_block_kernel():
+    backend = _cupy_backend()
+    calls = []
+    original = backend.device.launch
+    backend.device.launch = lambda name, *a, **k: (calls.append(name), original(name, *a, **k))
+    for optimizer in GPU_OPTIMIZERS:
+        _train_intervals(backend, (2, 3, 2), optimizer, 32, [7] * 3)
+    assert set(calls) == {"nnx_tiny_train"} and len(calls) == 3 * len(GPU_OPTIMIZERS)
+
+
+@on_gpu
+def test_the_backend_compiles_exactly_the_optimisers_the_kernels_implement():
+    class Tuned(Adam):
+        pass
+
+    backend = _cupy_backend()
+    assert all(backend.compiles(opt) for opt in GPU_OPTIMIZERS + [SGD(0.1)])
+    assert not backend.compiles(Tuned()) and not _cupy_backend(fused=False).compiles(Adam())

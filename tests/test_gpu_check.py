@@ -164,7 +164,7 @@ class _StandIn(NumpyBackend):
     def __init__(self, **switches):
         self.switches = switches
 
-    def launches_per_pass(self, net, n_samples):
+    def launches_per_pass(self, net, n_samples, batch_size=None, n_slots=0):
         return float(len(self.switches))
 
     def graph_fallback(self, net):
@@ -188,6 +188,23 @@ def test_smoke_paths_section_compares_bits_and_errors():
         assert row["passes"] == 3 and json.dumps(row)
 
 
+def test_smoke_optimizers_section_runs_every_path_and_optimiser():
+    smoke = _load("gpu_smoke")
+    rows = smoke.optimizers_section(_StandIn, intervals=2)
+    assert [(r["path"], r["optimizer"], r["batch_size"], r["dtype"]) for r in rows] == [
+        (p[0], o[0], o[2], o[3]) for p in smoke.OPTIMIZER_PATHS for o in smoke.OPTIMIZER_RUNS]
+    for row in rows:  # the NumPy backend against itself: same bits, no error, the planned path
+        assert row["ok"] and row["path_taken"] == row["path"] and row["rel_err_vs_numpy"] == 0.0, row
+        per = smoke.FULL_BATCH_INTERVAL if row["batch_size"] is None else -(-row["n"] // row["batch_size"])
+        assert row["updates"] == 2 * per and json.dumps(row)
+
+
+def _small_fits():
+    smoke = _load("gpu_smoke")
+    return tuple((Case(c.workload, min(c.n_samples, 300), c.layer_sizes, c.lr, hidden=c.hidden, reduction=c.reduction,
+                       l2=c.l2, data=c.data), dtype, batch, 2) for c, dtype, batch, _ in smoke.FITS)
+
+
 def _small_cases() -> tuple[Case, Case, Case]:
     tutorial = WORKLOADS["tutorial"].cases("full")[0]
     moons = WORKLOADS["large-hidden"].cases("tiny")[0]
@@ -199,11 +216,16 @@ def test_smoke_timings_section_times_each_case_and_saves_as_it_goes():
     smoke = _load("gpu_smoke")
     saved = []
     out = smoke.timings_section(lambda partial: saved.append(json.loads(json.dumps(partial))), _StandIn,
-                                _wall_seconds, np, _small_cases(), (20, 5, 3, 2))
+                                _wall_seconds, np, _small_cases(), (20, 5, 3, 2), _small_fits())
     tutorial, moons, blas = _small_cases()
+    (minibatch, *_), (mnist, *_) = _small_fits()
     assert list(out) == ["tutorial float64", "tutorial float32", f"moons {moons.id} float32",
-                         f"moons {moons.id} float64", f"blas-bound {blas.id} float32"]
-    assert len(saved) == 5 and list(saved[-1]) == list(out)
+                         f"moons {moons.id} float64", f"blas-bound {blas.id} float32",
+                         f"minibatch {minibatch.id} float64", f"mnist-shaped {mnist.id} float32"]
+    assert len(saved) == 7 and list(saved[-1]) == list(out)
+    fit = out[f"mnist-shaped {mnist.id} float32"]["cupy"]
+    assert fit["optimizer"] == "Adam" and fit["batch_size"] == 128 and fit["passes"] == 2 * 3  # 300 rows / 128
+    assert out[f"minibatch {minibatch.id} float64"]["cupy"]["passes"] == 2 * 7
     assert out["tutorial float64"]["cupy"]["passes"] == 20 and out["tutorial float64"]["cupy/op-by-op"]["passes"] == 5
     row = out[f"blas-bound {blas.id} float32"]
     assert row["share_of_products"] == pytest.approx(row["cupy/products-only"]["us_per_pass"] /
@@ -236,11 +258,13 @@ def _synthetic_folder(folder: Path) -> dict:
         {"name": "probe", "status": "ok", "seconds": 3.5, "limit": 25},
         {"name": "tests", "status": "timeout", "seconds": 75.0, "limit": 75}]}))
     smoke = _load("gpu_smoke")
-    timings = smoke.timings_section(lambda _: None, _StandIn, _wall_seconds, np, _small_cases(), (20, 5, 3, 2))
+    timings = smoke.timings_section(lambda _: None, _StandIn, _wall_seconds, np, _small_cases(), (20, 5, 3, 2),
+                                    _small_fits())
     blas_key = next(k for k in timings if k.startswith("blas-bound"))
     timings["blas-bound N65536-784x4096x10 float32"] = timings.pop(blas_key)
     (folder / "smoke.json").write_text(json.dumps({
         "errors": {}, "paths": smoke.paths_section(_StandIn, passes=2), "timings": timings,
+        "optimizers": smoke.optimizers_section(_StandIn, intervals=1),
         "kernels": {"compile_s": {"tiny_mlp.cu": 4.5}, "ok": True, "instances": [
             {"kernel": "nnx_tiny_train<double, 2>", "registers": 64, "local_bytes": 0, "static_shared_bytes": 0,
              "max_threads_per_block": 512}]}}))
@@ -285,6 +309,10 @@ def test_results_md_is_generated_from_the_folder_alone(tmp_path):
     merged = json.loads((folder / "bench.json").read_text())
     assert len(merged["benchmarks"]) == 6 and "nnx bench -b cupy ; nnx bench -b numba" == merged["nnx"]["command"]
     assert "`nnx_tiny_train<double, 2>` | 64 | 0 |" in text
+    assert "## Optimisers: 1 intervals under a cosine schedule" in text
+    assert ("| dense | 6-40-30-4, N=300 | adam amsgrad | 32 | float32 | 10 | True | True | 0.00e+00 | 0.0001 | 0 |"
+            in text)
+    assert re.search(r"\| minibatch N200-2x3x2 float64 \| cupy \| [\d.e+-]+ \| 14 \|", text)
     assert re.search(rf"\| large-hidden \| N4096-2x16384x2 \| float32 \| cupy \| 3k \|.*\| {moons:.3g}x \|", text)
     assert "CPU rows (numba): " in text and "16 threads" in text
 

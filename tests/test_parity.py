@@ -91,14 +91,6 @@ def test_softmax_head_and_dense_forward_match_numpy(backend):
     assert abs(loss - float(-(T * np.log(p)).sum())) <= 1e-12 * abs(loss)
 
 
-def test_gd_update_matches_the_l2_formula(backend):
-    rng = np.random.default_rng(2)
-    W, dW = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
-    Wb = backend.asarray(W.copy(), np.float64)  # asarray may alias; the op is in place
-    backend.gd_update(Wb, backend.asarray(dW.copy(), np.float64), 0.1, 0.01, backend.asarray(np.empty_like(W), np.float64))
-    assert scaled_error(backend.to_numpy(Wb), W - 0.1 * (dW + 0.01 * W)) <= ONE_PASS_TOL
-
-
 # -------------------------------------------- the reference math is correct
 def objective_for_gradcheck(np_backend, net, params, data, objective) -> float:
     """reduce(data loss) + l2/2 * sum(W**2): what ``gradients`` differentiates."""

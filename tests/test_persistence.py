@@ -17,7 +17,10 @@ import pytest
 import nnx
 
 FIELDS = {"format", "format_version", "layer_sizes", "hidden", "output", "init", "seed", "dtype", "updates",
-          "history_updates", "history_loss", "W0", "b0", "W1", "b1"}
+          "history_updates", "history_loss", "W0", "b0", "W1", "b1",
+          # format 2: the training state a resumed fit continues
+          "optimizer", "step", "rng_state", "epoch_order", "epoch_position", "val_loss_updates", "val_loss",
+          "val_accuracy_updates", "val_accuracy"}
 
 
 @pytest.fixture
@@ -167,7 +170,7 @@ def _edit(arrays, **changes):
 
 
 BAD_FIELDS = {
-    "version 0": ({"format_version": np.array(0)}, "format_version", r"is 0; expected an integer from 1 to 1"),
+    "version 0": ({"format_version": np.array(0)}, "format_version", r"is 0; expected an integer from 1 to 2"),
     "version -5": ({"format_version": np.array(-5)}, "format_version", r"is -5"),
     "version as a list": ({"format_version": np.array([1, 1])}, "format_version", r"has shape \(2,\)"),
     "version as text": ({"format_version": np.array("1")}, "format_version", r"has dtype <U1; expected integers"),
@@ -219,7 +222,7 @@ def test_load_checks_every_field_and_names_file_and_field(tmp_path, trained, cas
 
 def test_newer_format_says_upgrade(tmp_path, trained):
     path = trained.save(tmp_path / "m")
-    write_npz(path, _edit(arrays_of(path), format_version=np.array(2)))
+    write_npz(path, _edit(arrays_of(path), format_version=np.array(nnx.persistence.FORMAT_VERSION + 1)))
     with pytest.raises(ValueError, match=r"m.npz was written by a newer nnx.*format_version.*upgrade nnx"):
         nnx.load(path)
 
@@ -354,3 +357,34 @@ def test_fuzz_field_swaps_and_garbage_members_are_value_errors_naming_a_field(tm
             named = FIELD_NAMED.search(str(outcome))
             assert named and named.group(1) in FIELDS, str(outcome)
     print(f"{count} swap and garbage-member cases")
+
+
+def test_format_1_files_still_load_with_fresh_training_state(tmp_path, trained):
+    path = trained.save(tmp_path / "m")
+    v2_only = {"optimizer", "step", "rng_state", "epoch_order", "epoch_position", "val_loss_updates", "val_loss",
+               "val_accuracy_updates", "val_accuracy"}
+    arrays = {k: v for k, v in arrays_of(path).items() if k not in v2_only}
+    write_npz(path, _edit(arrays, format_version=np.array(1)))
+    old = nnx.load(path)
+    assert old.updates == trained.updates and old.training.optimizer is None and old.training.step == 0
+    for (W, b), (W0, b0) in zip(old.params, trained.params):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)
+
+
+def test_training_state_fields_are_checked(tmp_path):
+    X, y = nnx.datasets.moons(50, 0.2, 0)
+    with nnx.use_backend("numpy"):
+        model = nnx.MLP([2, 3, 2]).fit(X, y, epochs=2, batch_size=16, optimizer=nnx.optim.Adam(0.01), verbose=0,
+                                       log_every=3)
+    path = model.save(tmp_path / "m")
+    arrays = arrays_of(path)
+    cases = {
+        "optimizer": (np.array('{"kind": "adagrad"}'), "names no known optimiser"),
+        "rng_state": (np.array('{"bit_generator": "MT19937"}'), "is not a PCG64 generator state"),
+        "epoch_order": (np.zeros(50, np.int64), "is not a permutation"),
+        "slot_exp_avg_W0": (np.full((2, 3), np.nan), "must hold finite float64 values"),
+    }
+    for field, (value, message) in cases.items():
+        write_npz(path, _edit(arrays, **{field: value}))
+        with pytest.raises(ValueError, match=f"field '{field}' {message}"):
+            nnx.load(path)

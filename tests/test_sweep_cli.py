@@ -1,19 +1,21 @@
 """``nnx sweep`` and ``nnx.sweep`` as a user runs them: table, files, figures, exit codes, errors."""
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 import nnx
-from nnx.cli import main
+from nnx.cli import build_parser, main
 from nnx.sweep import command
 from nnx.sweep.runner import run_sweep
-from test_sweep_local import MARKERS, crashing_job
+from test_sweep_local import MARKERS, SLOW, crashing_job, noted_job
 
 
 def test_sweep_command_prints_the_table_and_writes_results_and_figures(tmp_path, capsys):
@@ -42,6 +44,41 @@ def test_sweep_command_prints_the_table_and_writes_results_and_figures(tmp_path,
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_command_sweeps_optimisers_batch_sizes_epochs_and_schedules(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", "--hidden", "1", "3", "--optimizer", "sgd", "adam", "sgd:momentum=0.9",
+                 "--batch-size", "full,32", "--epochs", "2", "--schedule", "cosine:T_max=14", "--backend", "numpy",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    header, rule, *rows = captured.out.split("\n\n")[0].splitlines()
+    assert header.split() == ["hidden", "optimizer", "lr", "batch", "train", "acc", "loss", "seconds", "passes/s",
+                              "backend", "status"]
+    # The product in order: optimizer (with its lr), batch size, hidden size fastest.
+    assert [row.split()[:4] for row in rows] == [[h, o, lr, b] for o, lr in (("sgd", "0.01"), ("adam", "0.001"),
+                                                                             ("sgd:momentum=0.9", "0.01"))
+                                                 for b in ("full", "32") for h in ("1", "3")]
+    assert len(re.findall(r"^\[\s*\d+/12\] hidden \d, optimizer \S+, lr 0.0\d+, batch (full|32): ok", captured.err,
+                          re.M)) == 12
+    with open(out / "summary.csv", newline="") as handle:
+        summary = list(csv.DictReader(handle))
+    assert [(r["optimizer"], r["batch_size"], r["epochs"], r["passes"], r["schedule"], r["passes_done"])
+            for r in summary[:4]] == [("sgd", "", "2", "", "cosine:T_max=14", "2")] * 2 + \
+        [("sgd", "32", "2", "", "cosine:T_max=14", "14")] * 2  # ceil(200 / 32) = 7 updates an epoch
+    # The same command again finds every result.
+    assert main(["sweep", "--hidden", "1,3", "--optimizer", "sgd", "adam", "sgd:momentum=0.9", "--batch-size",
+                 "full", "32", "--epochs", "2", "--schedule", "cosine:T_max=14", "--backend", "numpy", "--out",
+                 str(out)]) == 0
+    assert "12 finished earlier" in capsys.readouterr().err
+
+
+def test_axis_values_go_after_the_option_with_spaces_or_commas_and_gather_over_repeats():
+    args = build_parser().parse_args(["sweep", "--hidden", "1", "3,5", "--hidden", "7", "--optimizer", "sgd",
+                                      "adam:lr=0.01,amsgrad=True", "--batch-size", "full,32", "64", "--lr", "-1"])
+    assert args.hidden == [1, 3, 5, 7] and args.batch_size == [None, 32, 64] and args.lr == [-1.0]
+    assert args.optimizer == ["sgd", "adam:lr=0.01,amsgrad=True"]  # a spec's commas are its own
+
+
 def test_failed_jobs_make_the_exit_status_non_zero(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(MARKERS, str(tmp_path))
     monkeypatch.setattr(command, "run_sweep", functools.partial(run_sweep, job=crashing_job))
@@ -49,6 +86,18 @@ def test_failed_jobs_make_the_exit_status_non_zero(tmp_path, capsys, monkeypatch
     captured = capsys.readouterr()
     assert code == 1
     assert re.search(r"hidden 5: failed: the worker process running this job exited with code 3", captured.out)
+
+
+def test_slower_paths_are_noted_once_under_the_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(command, "run_sweep", functools.partial(run_sweep, job=noted_job))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nnx.PerformanceWarning)  # said as a note, not as a warning too
+        code = main(["sweep", "--hidden", "1,2", "--passes", "20", "--backend", "numpy", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.count(f"note: {SLOW}\n") == 1
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        assert [row["notes"] for row in csv.DictReader(handle)] == [SLOW, SLOW]
 
 
 def test_diverged_jobs_are_results_not_failures(tmp_path, capsys):
@@ -67,6 +116,14 @@ def test_diverged_jobs_are_results_not_failures(tmp_path, capsys):
     (["--workers", "0"], "workers must be an integer >= 1"),
     (["--plot", "grid.txt2"], "must end in one of"),
     (["--dataset", "csv:/nonexistent/points.csv"], "cannot read the CSV file"),
+    (["--optimizer", "sgd", "adma"], "unknown optimizer 'adma'; expected one of sgd, adam, adamw, rmsprop. "
+                                     "Did you mean 'adam'?"),
+    (["--optimizer", "adam:lr=0.01", "--lr", "0.1"], "the learning rate is given twice"),
+    (["--schedule", "cosine:T_max=-3"], "Cosine T_max must be a positive integer"),
+    (["--batch-size", "32", "x"], "'x' is not an integer or 'full'"),
+    (["--batch-size", "500"], "batch size 500 is larger than the 200 training samples of moons"),
+    (["--epochs", "5", "--passes", "10"], "give passes (updates) or epochs (passes over the data), not both"),
+    (["--epochs", "0"], "epochs must be an integer >= 1"),
 ])
 def test_unusable_options_fail_before_any_work(tmp_path, capsys, args, message):
     try:

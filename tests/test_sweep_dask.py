@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from nnx.sweep import make_executor
+from nnx.sweep.axes import Axes
 from nnx.sweep.dask_pool import DaskPool
 from nnx.sweep.executor import SchedulerUnavailableError, Task
 from nnx.sweep.local_pool import LocalPool
@@ -18,17 +19,27 @@ pytest.importorskip("distributed", reason="Dask distributed is not installed: pi
 
 
 def test_an_existing_cluster_by_address_gives_the_local_executors_records(tmp_path):
+    """Plain gradient descent, and optimisers, minibatches, epochs and schedules as axes."""
     from distributed import LocalCluster
 
-    axes = small(hidden=[0, 1, 3, 5])
-    local = run_sweep(axes, LocalPool(2), out=tmp_path / "local")
+    sweeps = {"plain": small(hidden=[0, 1, 3, 5]),
+              "new axes": Axes.of(backend="numpy", hidden=[1, 3], optimizer=["sgd:momentum=0.9", "rmsprop"],
+                                  batch_size=[None, 50], epochs=2, schedule=[None, "step:step_size=1,gamma=0.5"])}
+    local = {name: run_sweep(axes, LocalPool(2), out=tmp_path / f"local {name}") for name, axes in sweeps.items()}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        pool = make_executor("dask", address=cluster.scheduler_address)
-        assert not pool.local
-        dask = run_sweep(axes, pool, out=tmp_path / "dask")
+        dask = {}
+        for name, axes in sweeps.items():
+            pool = make_executor("dask", address=cluster.scheduler_address)
+            assert not pool.local
+            dask[name] = run_sweep(axes, pool, out=tmp_path / f"dask {name}")
         assert len(cluster.scheduler_info["workers"]) == 2  # the cluster outlives the sweep: nnx only connected
-    assert results_of(dask) == results_of(local)
-    assert all(r["status"] == "ok" for r in dask)
+    for name in sweeps:
+        assert results_of(dask[name]) == results_of(local[name])
+        assert all(r["status"] == "ok" for r in dask[name])
+    new = dask["new axes"]
+    assert len(new) == 16 and len({r["loss"] for r in new}) == 16
+    assert {(r["optimizer"], r["lr"], r["batch_size"], r["passes_done"]) for r in new} == {
+        (o, 0.01, b, 2 * (1 if b is None else 4)) for o in ("sgd:momentum=0.9", "rmsprop") for b in (None, 50)}
 
 
 def test_gpu_jobs_ask_for_a_gpu_only_where_the_cluster_declares_gpus():

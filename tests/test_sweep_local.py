@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,16 @@ def environment_job(config, data, keep_model):
                                            "MKL_NUM_THREADS")}
     return {"record": {"caps": caps, "numba": numba.config.NUMBA_NUM_THREADS, "blas": blas, "pid": os.getpid()},
             "model": None}
+
+
+SLOW = "the numpy backend took a slower path (a test's note)"
+
+
+def noted_job(config, data, keep_model):
+    """A job whose fit took a slower path: its record carries the note."""
+    result = run_job(config, data, keep_model)
+    result["record"]["notes"] = [SLOW]
+    return result
 
 
 def small(**settings):
@@ -254,3 +266,113 @@ def test_configurations_too_large_are_refused_by_name_before_any_job(tmp_path, m
     assert refused.value.needed >= samples * 2 * wide * 8
     assert not list(tmp_path.glob("*.*"))  # no job started: crashing_job leaves a marker per attempt
     assert not list((tmp_path / "out").glob("jobs/*.json"))
+
+
+# Optimisers, minibatches, epochs and schedules as axes: 3 x 2 x 2 fits of 3 epochs.
+NEW_AXES = dict(hidden=3, optimizer=["sgd", "adam:lr=0.01", "sgd:momentum=0.9"], batch_size=[None, 32],
+                schedule=[None, "cosine:T_max=10"], epochs=3)
+OPTIMIZERS = {"sgd": nnx.optim.SGD(0.01), "adam": nnx.optim.Adam(lr=0.01),
+              "sgd:momentum=0.9": nnx.optim.SGD(0.01, momentum=0.9)}
+
+
+def new_axes():
+    return Axes.of(backend="numpy", **NEW_AXES)
+
+
+@pytest.fixture(scope="module")
+def new_axes_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("new-axes")
+    return out, run_sweep(new_axes(), LocalPool(2), out=out, keep_models=True)
+
+
+def test_new_axes_are_honoured_by_the_workers_and_recorded(new_axes_reference):
+    """Each job is the fit its settings describe, written out by hand here, to the bit."""
+    out, records = new_axes_reference
+    assert [(r["optimizer"], r["schedule"], r["batch_size"]) for r in records] == [
+        (o, s, b) for o in OPTIMIZERS for s in (None, "cosine:T_max=10") for b in (None, 32)]
+    X, y = nnx.datasets.moons(200, 0.2, 0)
+    for r in records:
+        updates = 3 * (1 if r["batch_size"] is None else 7)  # ceil(200 / 32) = 7 batches an epoch
+        assert r["status"] == "ok" and (r["epochs"], r["passes"], r["passes_done"]) == (3, None, updates)
+        assert r["lr"] == 0.01
+        model = nnx.MLP([2, 3, 2], hidden="tanh", output="softmax", seed=0)
+        schedule = None if r["schedule"] is None else nnx.optim.Cosine(T_max=10)
+        with nnx.use_backend("numpy"):  # the sweep's backend
+            model.fit(X, y, epochs=3, optimizer=OPTIMIZERS[r["optimizer"]], batch_size=r["batch_size"],
+                      schedule=schedule, l2=0.01, reduction="sum", log_every=updates, verbose=0)
+            assert r["loss"] == model.history[updates] and r["train_accuracy"] == model.accuracy(X, y)
+        swept = nnx.load(out / "jobs" / f"{r['key']}.npz")
+        for (W, b), (W2, b2) in zip(model.params, swept.params):
+            np.testing.assert_array_equal(W, W2)
+            np.testing.assert_array_equal(b, b2)
+        stored = json.loads((out / "jobs" / f"{r['key']}.json").read_text())
+        assert {k: stored[k] for k in ("optimizer", "lr", "batch_size", "epochs", "schedule")} == \
+            {k: r[k] for k in ("optimizer", "lr", "batch_size", "epochs", "schedule")}
+    assert len({r["loss"] for r in records}) == len(records)  # every setting changed the result
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"epochs", "batch_size", "optimizer", "schedule"} <= set(header)
+
+
+def test_interrupted_sweep_with_new_axes_resumes_to_identical_records(new_axes_reference, tmp_path):
+    _, records = new_axes_reference
+    out = tmp_path / "out"
+    seen = []
+
+    def stop_after_two(record, done, total):
+        seen.append(record["key"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(SweepInterrupted):
+        run_sweep(new_axes(), LocalPool(2), out=out, keep_models=True, progress=stop_after_two)
+    resumed = run_sweep(new_axes(), LocalPool(2), out=out, keep_models=True)
+    assert resumed.reused == 2
+    assert results_of(resumed) == results_of(records)
+    for r in records:
+        first, second = nnx.load(new_axes_reference[0] / "jobs" / f"{r['key']}.npz"), resumed.models[r["key"]]
+        for (W, b), (W2, b2) in zip(first.params, second.params):
+            np.testing.assert_array_equal(W, W2)
+            np.testing.assert_array_equal(b, b2)
+    # A wider sweep over the same folder runs only what is new.
+    wider = run_sweep(Axes.of(backend="numpy", **{**NEW_AXES, "batch_size": [None, 32, 64]}), LocalPool(2), out=out)
+    assert wider.reused == len(records) and len(wider) == len(records) * 3 // 2
+
+
+def test_results_written_before_the_new_axes_resume_as_plain_gradient_descent(reference, tmp_path, monkeypatch):
+    """Records without the optimiser, batch-size, epochs and schedule fields (as earlier versions wrote
+    them) are found again by key and read as full-batch gradient descent."""
+    source, records = reference
+    out = tmp_path / "old"
+    shutil.copytree(source, out)
+    for path in (out / "jobs").glob("*.json"):
+        record = json.loads(path.read_text())
+        for name in ("epochs", "batch_size", "optimizer", "schedule"):
+            del record[name]
+        path.write_text(json.dumps(record))
+    monkeypatch.setenv(MARKERS, str(tmp_path))  # crashing_job would leave a marker if it ran
+    again = run_sweep(small(hidden=[0, 1, 2, 3, 4, 5]), LocalPool(2), out=out, keep_models=True, job=crashing_job)
+    assert again.reused == 6 and list(again) == list(records)
+    assert all((r["optimizer"], r["batch_size"], r["epochs"], r["schedule"]) == ("sgd", None, None, None)
+               for r in again)
+    assert not list(tmp_path.glob("*.*"))
+    both = run_sweep(small(hidden=[0, 1, 2, 3, 4, 5], optimizer=["sgd", "adam"]), LocalPool(2), out=out)
+    assert both.reused == 6 and [r["optimizer"] for r in both] == ["sgd"] * 6 + ["adam"] * 6
+    assert results_of(both[:6]) == results_of(records)
+
+
+def test_a_slower_path_is_recorded_by_the_job_and_said_once_by_the_sweep(monkeypatch):
+    """A fit's PerformanceWarning (a backend without a compiled loop for the optimiser) becomes a note
+    in the record instead of a line on the worker's stderr; the sweep warns once per note."""
+    with nnx.use_backend("numpy") as numpy_backend:
+        monkeypatch.setattr(type(numpy_backend), "compiles", lambda self, optimizer: False)
+    monkeypatch.setattr("nnx.model._SLOW_WARNED", set())
+    configs, datasets = plan(Axes.of(backend="numpy", hidden=3, optimizer="adam", epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nnx.PerformanceWarning)  # none escapes the job
+        record = run_job(configs[0], datasets[configs[0].data_sha256])["record"]
+    assert record["status"] == "ok" and len(record["notes"]) == 1
+    assert record["notes"][0].startswith("the numpy backend has no compiled loop for Adam")
+    with pytest.warns(nnx.PerformanceWarning) as caught:
+        records = run_sweep(small(hidden=[1, 2, 3]), LocalPool(2), job=noted_job)
+    assert [str(w.message) for w in caught if w.category is nnx.PerformanceWarning] == [SLOW]
+    assert all(r["notes"] == [SLOW] for r in records)

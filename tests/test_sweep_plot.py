@@ -9,6 +9,7 @@ import pytest
 
 import nnx
 from nnx.sweep import plot
+from nnx.sweep.axes import Axes
 from nnx.sweep.local_pool import LocalPool
 from nnx.sweep.runner import run_sweep
 from test_sweep_local import small
@@ -74,6 +75,23 @@ def test_metrics_figure_plots_accuracy_and_loss_against_hidden_size(swept):
     (line,) = loss.get_lines()
     np.testing.assert_allclose(line.get_ydata(), [r["loss"] for r in records])
     assert accuracy.get_xscale() == "symlog"
+
+
+def test_metrics_figure_has_a_line_per_optimiser_and_batch_size():
+    axes = Axes.of(backend="numpy", hidden=[1, 3, 5], optimizer=["sgd", "adam"], batch_size=[None, 32], epochs=2)
+    records = run_sweep(axes, LocalPool(2))
+    fig = plot.metrics(records, axes.varying())
+    accuracy, loss = fig.axes
+    series = {(o, lr, b): [r for r in records if (r["optimizer"], r["lr"], r["batch_size"]) == (o, lr, b)]
+              for o, lr in (("sgd", 0.01), ("adam", 0.001)) for b in (None, 32)}
+    labels = [f"optimizer {o}, lr {lr:g}, batch {b or 'full'}" for o, lr, b in series]
+    assert [line.get_label() for line in loss.get_lines()] == labels
+    assert [line.get_label() for line in accuracy.get_lines()] == labels
+    for line, group in zip(loss.get_lines(), series.values()):
+        np.testing.assert_array_equal(line.get_xdata(), [1, 3, 5])
+        np.testing.assert_array_equal(line.get_ydata(), [r["loss"] for r in group])
+    title = plot.panel_title(series["adam", 0.001, 32][1], axes.varying())
+    assert title == "Hidden Layer size 3 (optimizer adam, lr 0.001, batch 32)"
 
 
 def test_figures_are_written_atomically_in_the_format_of_their_name(swept, tmp_path):

@@ -16,13 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import GpuMemoryError, format_bytes
+from ..kernels import cuda_sources as src
 from ..kernels.cuda_sources import one_block_threads, tiny_width
 from ..network import Network
 
-TINY_MAX_WIDTH = 8            # widest input / output of the fused kernels (NNX_TINY_MAX_WIDTH)
+TINY_MAX_WIDTH = src.TINY_MAX_WIDTH  # widest input / output of the fused kernels
 THREADS = 256                 # threads per block of every grid-stride launch
 MAX_BLOCKS = 8192             # grid-stride loops cover the rest
-ONE_BLOCK_MAX_WORK = 8192     # N * H up to which whole passes may run inside one thread block
+ONE_BLOCK_MAX_WORK = 8192     # rows x H of an update up to which whole updates may run in one thread block
 ONE_BLOCK_SMEM_BYTES = 48 << 10  # shared memory one block gets without opting in: the single-block
 #                                  kernel's data, parameters, activations and partial sums must fit
 ONE_BLOCK_MAX_PASSES = 4096   # passes per single-block launch (keeps one launch short)
@@ -54,10 +55,14 @@ def is_tiny(net: Network) -> bool:
 
 @dataclass(frozen=True)
 class TinyPlan:
-    """How the fused kernels split one pass: H into ``slices_h``, the samples into ``slices_n``.
+    """How the fused kernels split one update: H into ``slices_h``, the rows into ``slices_n``.
 
-    With ``one_block``, whole passes run in one block of ``threads`` threads, where
-    ``lanes`` threads add up the slices of each parameter's gradient.
+    ``n`` rows of X are read: all samples, or for a sliced minibatch plan the
+    batch buffer's rows. An update trains on ``batch_rows`` of them at most
+    (``rows``; 0 means all ``n``). With ``one_block``, whole updates run in one
+    block of ``threads`` threads, where ``lanes`` threads add up the slices of
+    each parameter's gradient; its shared memory also holds the optimiser's
+    ``slots`` state arrays and, when ``batched``, the batch's sample indices.
     """
 
     n: int
@@ -69,6 +74,14 @@ class TinyPlan:
     one_block: bool
     threads: int = THREADS
     lanes: int = 1
+    rows: int = 0
+    slots: int = 0
+    batched: bool = False
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows one update trains on at most."""
+        return self.rows or self.n
 
     @property
     def grad_size(self) -> int:
@@ -81,40 +94,50 @@ class TinyPlan:
         return tiny_width(self.d, self.c)
 
     def workspace_elements(self) -> int:
+        """Device buffers of the sliced kernels: partial logits, deltas, partial gradients, row losses."""
         return self.slices_h * self.n * self.c + self.n * self.c + self.slices_n * self.grad_size + self.n
 
     def one_block_elements(self) -> int:
-        """Shared-memory elements of the single-block kernel (the layout in tiny_mlp.cu):
-        X | targets | parameters | activations | delta | partial logits | partial gradients."""
-        n, d, h, c = self.n, self.d, self.h, self.c
-        parts = self.slices_h * n * c if self.slices_h > 1 else 0
-        return n * d + n * c + self.grad_size + n * h + n * c + parts + self.slices_n * self.grad_size
+        """Shared-memory elements of T in the single-block kernel (the layout in tiny_mlp.cu): X | targets |
+        parameters | optimiser state | activations | delta | partial logits | partial gradients."""
+        n, m, d, h, c = self.n, self.batch_rows, self.d, self.h, self.c
+        parts = self.slices_h * m * c if self.slices_h > 1 else 0
+        return (n * d + n * c + (1 + self.slots) * self.grad_size + m * h + m * c + parts
+                + self.slices_n * self.grad_size)
 
     def shared_bytes(self, itemsize: int) -> int:
-        return self.one_block_elements() * itemsize
+        """The single-block kernel's dynamic shared memory: two update records and the optimiser's
+        settings, the elements above, and the batch's sample indices (int32) when batched."""
+        records = 2 * (8 * len(src.COUNTERS) + itemsize * src.COEF_COUNT) + src.OPTIMIZER_BYTES
+        return records + self.one_block_elements() * itemsize + (4 * self.batch_rows if self.batched else 0)
 
 
 def _power_of_two_at_most(x: int) -> int:
     return 1 << (max(1, x).bit_length() - 1)
 
 
-def plan_one_block(n: int, d: int, h: int, c: int, itemsize: int) -> TinyPlan | None:
+def plan_one_block(n: int, d: int, h: int, c: int, itemsize: int, rows: int | None = None, slots: int = 0,
+                   batched: bool = False) -> TinyPlan | None:
     """The single-block plan, or None when its shared memory would not fit.
 
-    Threads: 256 up to 256 samples, else as many as the kernel's registers allow
-    (512 up to width 4). Hidden slices give idle threads part of each sample's
-    hidden units when there are fewer samples than threads; sample slices give
-    each hidden unit as many threads as fit, fewer if shared memory runs short;
-    ``lanes`` threads (a power of two up to 32) add up each parameter's slices.
+    ``rows`` is the most rows one update trains on (a minibatch; all ``n`` by
+    default). Threads: 256 up to 256 rows, else as many as the kernel's
+    registers allow (512 up to width 4). Hidden slices give idle threads part
+    of each row's hidden units when there are fewer rows than threads; row
+    slices give each hidden unit as many threads as fit, fewer if shared memory
+    runs short; ``lanes`` threads (a power of two up to 32) add up each
+    parameter's slices.
     """
+    m = n if rows is None else rows
     width = tiny_width(d, c)
-    threads = THREADS if n <= THREADS else one_block_threads(width)
-    slices_h = max(1, min(h, threads // n))
-    slices_n = max(1, min(n, threads // h))
+    threads = THREADS if m <= THREADS else one_block_threads(width)
+    slices_h = max(1, min(h, threads // m))
+    slices_n = max(1, min(m, threads // h))
     while True:
         size = d * h + h + h * c + c
         lanes = min(32, _power_of_two_at_most(threads // size), _power_of_two_at_most(slices_n))
-        tiny = TinyPlan(n, d, h, c, slices_h, slices_n, True, threads, lanes)
+        tiny = TinyPlan(n, d, h, c, slices_h, slices_n, True, threads, lanes, 0 if rows is None else rows, slots,
+                        batched)
         if tiny.shared_bytes(itemsize) <= ONE_BLOCK_SMEM_BYTES:
             return tiny
         if slices_n == 1:
@@ -122,21 +145,26 @@ def plan_one_block(n: int, d: int, h: int, c: int, itemsize: int) -> TinyPlan | 
         slices_n = (slices_n + 1) // 2
 
 
-def plan_tiny(n: int, d: int, h: int, c: int, itemsize: int = 8) -> TinyPlan:
-    """One block when N x H is small and its shared memory fits, else slices that give each
-    launch about TINY_TARGET_ITEMS work items, from the shapes alone."""
-    if n * h <= ONE_BLOCK_MAX_WORK:
-        tiny = plan_one_block(n, d, h, c, itemsize)
+def plan_tiny(n: int, d: int, h: int, c: int, itemsize: int = 8, rows: int | None = None, slots: int = 0) -> TinyPlan:
+    """One block when an update's rows x H is small and its shared memory fits, else slices that
+    give each launch about TINY_TARGET_ITEMS work items, from the shapes alone.
+
+    ``rows`` is a minibatch's most rows (None: full batch over ``n``); ``slots`` the optimiser's
+    state arrays per parameter. A sliced minibatch plan is over the batch buffer's ``rows``.
+    """
+    m = n if rows is None else rows
+    if m * h <= ONE_BLOCK_MAX_WORK:
+        tiny = plan_one_block(n, d, h, c, itemsize, rows, slots, batched=rows is not None)
         if tiny is not None:
             return tiny
-    slices_h = max(1, min(-(-TINY_TARGET_ITEMS // n), h // TINY_MIN_SLICE))
-    slices_n = max(1, min(-(-TINY_TARGET_ITEMS // h), n // TINY_MIN_SLICE))
-    return TinyPlan(n, d, h, c, slices_h, slices_n, False)
+    slices_h = max(1, min(-(-TINY_TARGET_ITEMS // m), h // TINY_MIN_SLICE))
+    slices_n = max(1, min(-(-TINY_TARGET_ITEMS // h), m // TINY_MIN_SLICE))
+    return TinyPlan(m, d, h, c, slices_h, slices_n, False)
 
 
-def plan_tiny_net(net: Network, n_samples: int) -> TinyPlan:
+def plan_tiny_net(net: Network, n_samples: int, rows: int | None = None, slots: int = 0) -> TinyPlan:
     """``plan_tiny`` for a small network's shapes and dtype."""
-    return plan_tiny(n_samples, net.n_inputs, net.layer_sizes[1], net.n_outputs, net.np_dtype.itemsize)
+    return plan_tiny(n_samples, net.n_inputs, net.layer_sizes[1], net.n_outputs, net.np_dtype.itemsize, rows, slots)
 
 
 # ------------------------------------------------------------ dense networks
@@ -225,29 +253,43 @@ def data_bytes(net: Network, n_samples: int) -> int:
     return net.np_dtype.itemsize * n_samples * (net.n_inputs + net.n_outputs)
 
 
-def eager_launches_per_pass(net: Network, n_samples: int) -> int:
-    """Kernel and cuBLAS launches of one pass without graphs (what one graph replays per pass).
+TINY_PROGRAM_LAUNCHES = 5  # a sliced small-network update: logits, head, gradients, two updates
+
+
+def program_launches(net: Network, rows: int) -> int:
+    """Kernel and cuBLAS launches that compute one update's gradients on ``rows`` rows and apply it.
 
     Fused small networks: logits, head, gradients, two updates. Otherwise, per
     row block of L layers: L products and L-1 bias+activation kernels forward,
-    the head, 2 products per layer (dW, db) and a product plus a
-    back-activation per hidden layer; then one update per layer.
+    the head, 2 products per layer (dW, db) and a product plus a back-activation
+    per hidden layer; then one update per layer.
     """
     if is_tiny(net):
-        return 5
+        return TINY_PROGRAM_LAUNCHES
     layers = net.n_layers
-    n_blocks = -(-n_samples // min(block_rows(net), n_samples))
+    n_blocks = -(-rows // min(block_rows(net), rows))
     return n_blocks * (6 * layers - 2) + layers
 
 
-def launches_per_pass(net: Network, n_samples: int, *, graphs: bool = True, per_graph: int = GRAPH_PASSES) -> float:
-    """Launches the host issues per pass in a long run: the constant the launch-bound cases pay.
+def eager_launches_per_pass(net: Network, n_samples: int, batch_rows: int | None = None) -> int:
+    """Launches of one update without graphs (what one graph replays per update): nnx_begin_update,
+    nnx_gather_rows for a minibatch (of at most ``batch_rows`` rows), then ``program_launches``."""
+    if batch_rows is None:
+        return 1 + program_launches(net, n_samples)
+    return 2 + program_launches(net, batch_rows)
 
-    ``graphs=False`` (switched off, or capture impossible) counts every launch of a pass.
+
+def launches_per_pass(net: Network, n_samples: int, *, graphs: bool = True, per_graph: int = GRAPH_PASSES,
+                      batch_rows: int | None = None, slots: int = 0) -> float:
+    """Launches the host issues per update in a long run: the constant the launch-bound cases pay.
+
+    ``graphs=False`` (switched off, or capture impossible) counts every launch of an update;
+    ``batch_rows`` and ``slots`` (a minibatch's rows, the optimiser's state arrays) decide
+    whether a small network's updates fit the single-block kernel.
     """
-    if is_tiny(net) and plan_tiny_net(net, n_samples).one_block:
+    if is_tiny(net) and plan_tiny_net(net, n_samples, batch_rows, slots).one_block:
         return 1 / ONE_BLOCK_MAX_PASSES
-    eager = eager_launches_per_pass(net, n_samples)
+    eager = eager_launches_per_pass(net, n_samples, batch_rows)
     captured = passes_per_graph(eager, per_graph) if graphs else 0
     return 1 / captured if captured else float(eager)
 
@@ -255,5 +297,5 @@ def launches_per_pass(net: Network, n_samples: int, *, graphs: bool = True, per_
 __all__ = [
     "ChunkPlan", "GpuMemoryError", "TinyPlan", "block_rows", "data_bytes", "eager_launches_per_pass",
     "format_bytes", "graph_blocks", "grid_for", "is_tiny", "launches_per_pass", "passes_per_graph", "plan_chunks",
-    "plan_one_block", "plan_tiny", "plan_tiny_net", "row_bytes",
+    "plan_one_block", "plan_tiny", "plan_tiny_net", "program_launches", "row_bytes",
 ]

@@ -1,17 +1,22 @@
 """The CuPy backend: the whole training loop on an NVIDIA GPU.
 
-Data moves to the device once per ``fit`` and parameters stay there. Matrix
-products go to cuBLAS; the elementwise work around them runs in the fused
-kernels of ``nnx/kernels/*.cu`` (compiled once by NVRTC through
-``cupy.RawModule``, cached by CuPy); networks with one hidden layer and narrow
-ends use fused kernels that never store the N x H activations. Launch
-overhead is kept to a small constant per pass: tiny networks run whole passes
-inside one thread block, everything else replays captured CUDA graphs of
-``cuda_plan.GRAPH_PASSES`` passes, cuBLAS products included (``cuda_blas``:
-nnx's own handle, because CuPy's cuBLAS calls refuse stream capture).
-Reductions are fixed-order (no atomics), so a seed gives the same bits run to
-run. Op-level methods not overridden here run the base reference math
-unchanged on ``cupy``.
+Data moves to the device once per ``fit``; parameters and the optimiser's
+state (``TrainState.slots``) stay there. Matrix products go to cuBLAS; the
+elementwise work runs in the fused kernels of ``nnx/kernels/*.cu`` (compiled
+once by NVRTC through ``cupy.RawModule``, cached by CuPy); networks with one
+hidden layer and narrow ends use fused kernels that never store the N x H
+activations. Every optimiser the kernels implement (``compiles``: an exact
+class of ``cuda_sources.COMPILED_OPTIMIZERS``) runs on the device, on full
+batches or minibatches; any other runs the base reference loop. Each update
+reads its learning rate, batch and step from device memory
+(``cuda_program.UpdateRecord``), so launch overhead stays a small constant
+per update: tiny networks run whole intervals inside one thread block,
+everything else replays CUDA graphs of ``cuda_plan.GRAPH_PASSES`` updates,
+captured once per fit and reused across steps, schedules and intervals,
+cuBLAS products included (``cuda_blas``: nnx's own handle, because CuPy's
+cuBLAS calls refuse stream capture). Reductions are fixed-order (no atomics),
+so a seed gives the same bits run to run. Op-level methods not overridden
+here run the base reference math unchanged on ``cupy``.
 
 NVRTC contracts multiply-adds into FMAs (its default, kept for speed and
 accuracy); the CPU emulation of the kernels in the tests does not, so the two
@@ -33,11 +38,12 @@ from ..errors import BackendUnavailableError
 from ..kernels import cuda_sources as src
 from ..batching import Batches
 from ..network import ACTIVATION_CODES, Network, Objective, TrainState
-from ..optim import SGD, Optimizer
+from ..optim import Optimizer
 from . import cuda_blas
 from . import cuda_plan as plan
 from .base import Backend, Data, l2_penalty, learning_rates
-from .cuda_program import DenseProgram, PassReplayer, TinyProgram, kernel_args
+from .cuda_program import PassReplayer, Trainer, build_program, kernel_args, program_bytes
+from .cuda_program import compiles as kernels_implement
 
 _CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice; no driver at all reads as cudaErrorInsufficientDriver (35)
 _CUDA_LIBS_HINT = ("install the CUDA 12/13 runtime libraries, e.g. pip install 'cupy-cuda12x[ctk]' or "
@@ -93,6 +99,7 @@ def create() -> Backend:
     return CupyBackend()
 
 
+
 _MODULES: dict[str, cupy.RawModule] = {}
 
 
@@ -132,6 +139,10 @@ class CupyDevice:
 
     def empty(self, shape, dtype):
         return cupy.empty(shape, dtype=dtype)
+
+    def upload(self, dst, values: np.ndarray) -> None:
+        """Host values into an existing device buffer, on the current stream (never captured)."""
+        dst.set(np.ascontiguousarray(values, dtype=dst.dtype))
 
     def ptr(self, a) -> int:
         return int(a.data.ptr)
@@ -233,17 +244,21 @@ class CupyBackend(Backend):
         cupy.cuda.get_current_stream().synchronize()
         return time.perf_counter() - start
 
-    def launches_per_pass(self, net: Network, n_samples: int) -> float:
-        """Host-side launches per pass in a long run (graphs and single-block passes count fractions).
+    def launches_per_pass(self, net: Network, n_samples: int, batch_size: int | None = None,
+                          n_slots: int = 0) -> float:
+        """Host-side launches per update in a long run (graphs and single-block updates count fractions),
+        for minibatches of ``batch_size`` (None: full batch) and an optimiser with ``n_slots`` state arrays.
 
-        Counts every launch where graphs are off, where this network's passes
-        could not be captured (``graph_fallback`` says why) or where one pass
+        Counts every launch where graphs are off, where this network's updates
+        could not be captured (``graph_fallback`` says why) or where one update
         exceeds the graph node cap.
         """
         if not self.fused:
             raise NotImplementedError("the reference math issues one launch per array operation")
         graphs = self.graphs and self.graph_fallback(net) is None
-        return plan.launches_per_pass(net, n_samples, graphs=graphs, per_graph=self._per_graph)
+        rows = None if batch_size is None else min(batch_size, n_samples)
+        return plan.launches_per_pass(net, n_samples, graphs=graphs, per_graph=self._per_graph, batch_rows=rows,
+                                      slots=n_slots)
 
     def graph_fallback(self, net: Network) -> str | None:
         """Why this network's passes launch every kernel instead of replaying graphs, or None."""
@@ -301,17 +316,22 @@ class CupyBackend(Backend):
 
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int, batch_size: int | None = None, n_slots: int = 0) -> int:
-        """The least a fit needs on the device: the data, the parameters, and either the
-        single-block workspace or the fixed workspace plus one row block (chunks grow
-        to what is free), with the headroom left for cuBLAS and the CUDA context."""
+        """The least a fit needs on the device: the data; the parameters and the optimiser's state,
+        twice (the driver snapshots them per interval); the program that computes the loss over
+        all samples and, for minibatches or a single-block plan that the state reshapes, the
+        program that trains (a dense program's chunks grow to what is free); an epoch's sample
+        order; and the headroom left for cuBLAS and the CUDA context."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
         itemsize = net.np_dtype.itemsize
-        base = plan.data_bytes(net, n_samples) + 2 * n_params * itemsize + plan.HEADROOM_BYTES
-        if plan.is_tiny(net):
-            tiny = plan.plan_tiny_net(net, n_samples)
-            return base + (tiny.workspace_elements() + n_samples * (net.n_outputs + 1)) * itemsize
-        block = min(plan.block_rows(net), n_samples)
-        return base + plan.fixed_bytes(net, n_samples) + block * plan.row_bytes(net)
+        rows = None if batch_size is None else min(batch_size, n_samples)
+        need = (plan.data_bytes(net, n_samples) + 2 * (1 + n_slots) * n_params * itemsize + plan.HEADROOM_BYTES
+                + program_bytes(net, n_samples))
+        if rows is not None:
+            need += program_bytes(net, n_samples, rows, n_slots) + 8 * n_samples
+        elif plan.is_tiny(net) and plan.plan_tiny_net(net, n_samples, None, n_slots) != plan.plan_tiny_net(
+                net, n_samples):
+            need += program_bytes(net, n_samples, None, n_slots)
+        return need
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:
         return self.fit_bytes(net, n_samples)
@@ -323,67 +343,59 @@ class CupyBackend(Backend):
         return plan.GpuMemoryError(what, needed, available, advice)
 
     # -------------------------------------------------------------- programs
-    def _build(self, net: Network, params, X, T, what: str):
-        n = int(X.shape[0])
-        itemsize = net.np_dtype.itemsize
-        free = self.device.free_bytes()
-        if plan.is_tiny(net):
-            tiny = plan.plan_tiny_net(net, n)
-            needed = (tiny.workspace_elements() + n * (net.n_outputs + 1)) * itemsize
-            if needed + plan.HEADROOM_BYTES > free:
-                raise plan.GpuMemoryError(what, needed + plan.HEADROOM_BYTES, free,
-                                          "Use fewer samples or free GPU memory held by other arrays or processes.")
-            with self._out_of_memory(what, needed):
-                return TinyProgram(self.device, net, params, X, T, tiny)
-        chunks = plan.plan_chunks(net, n, free, what=what)
-        needed = plan.fixed_bytes(net, n) + chunks.chunk * plan.row_bytes(net)
-        with self._out_of_memory(what, needed):
-            return DenseProgram(self.device, net, params, X, T, chunks)
+    def _build(self, net: Network, params, X, T, what: str, rows: int | None = None, slots: int = 0, reuse=None):
+        """``cuda_program.build_program`` with CuPy's out-of-memory error turned into nnx's."""
+        with self._out_of_memory(what, program_bytes(net, int(X.shape[0]), rows, slots)):
+            return build_program(self.device, net, params, X, T, free_bytes=self.device.free_bytes(), what=what,
+                                 rows=rows, slots=slots, reuse=reuse)
 
-    def _program(self, net: Network, params, data: Data, what: str):
-        """The program bound to these data and parameter arrays, built once and reused.
+    def _fit(self, net: Network, params, data: Data, what: str):
+        """(serial, program, trainer) bound to these data and parameter arrays, built once and reused.
 
-        Cached per Data object (dropped when it is collected); a different set of
-        parameter arrays (a restored snapshot, say) builds a new program.
+        The program computes losses and gradients over all samples; the trainer
+        runs updates (and builds the programs they need on first use). Cached per
+        Data object (dropped when it is collected); a different set of parameter
+        arrays (a restored snapshot, say) builds a new program and trainer.
         """
         key = (net, self.device.ptr(data.X), self.device.ptr(data.T),
                tuple(self.device.ptr(a) for pair in params for a in pair))
         entry = self._programs.get(id(data))
         if entry is not None and entry[0] == key:
-            return entry[1], entry[2]
+            return entry[1:]
         if entry is None:
             weakref.finalize(data, self._programs.pop, id(data), None)
         self._programs.pop(id(data), None)  # free the old workspace before building the new one
         program = self._build(net, params, data.X, data.T, what)
-        self._programs[id(data)] = (key, next(self._serial), program)
+
+        def build(rows: int | None, slots: int):
+            batches = "" if rows is None else f" in minibatches of {rows}"
+            return self._build(net, params, data.X, data.T, f"training on {data.n_samples} samples{batches}", rows,
+                               slots, reuse=program)
+
+        with self._out_of_memory("the update record", 1 << 12):
+            trainer = Trainer(self.device, net, data.X, build)
+        self._programs[id(data)] = (key, next(self._serial), program, trainer)
         return self._programs[id(data)][1:]
 
     # ------------------------------------------------------------ overrides
     def compiles(self, optimizer: Optimizer) -> bool:
-        """Full-batch plain SGD at a constant lr runs the fused kernels; the rest the reference loop."""
-        return self.fused and type(optimizer) is SGD and not optimizer.slots() and not optimizer.weight_decay
+        """Whether ``optimizer`` runs in the fused kernels: its exact class is one the kernels
+        implement (``cuda_sources.COMPILED_OPTIMIZERS``; a subclass is another optimiser)."""
+        return self.fused and kernels_implement(optimizer)
 
     def train(self, net: Network, state: TrainState, data: Data, objective: Objective, optimizer: Optimizer,
               lrs, batches: Batches | None = None) -> None:
         lrs = learning_rates(optimizer, lrs)
-        if not self.compiles(optimizer) or batches is not None or (lrs.size and (lrs != lrs[0]).any()):
+        if not self.compiles(optimizer):
             return super().train(net, state, data, objective, optimizer, lrs, batches)
         passes = int(lrs.size)
         if passes <= 0:
             return None
-        serial, program = self._program(net, state.params, data, f"training on {data.n_samples} samples")
-        scale = 1.0 if objective.reduction == "sum" else 1.0 / data.n_samples
-        lr, l2 = float(lrs[0]), objective.l2
+        serial, _, trainer = self._fit(net, state.params, data, f"training on {data.n_samples} samples")
         with self._side_stream():
-            if getattr(program, "fused_passes", False):
-                program.run_passes(passes, scale, lr, l2)
-            elif self.graphs:
-                blocked = self.device.blas_unavailable if program.uses_blas else None
-                self._replayer.run((serial, scale, lr, l2), lambda: program.run_pass(scale, lr, l2), passes,
-                                   launches=program.launches_per_pass, tag=net, eager_reason=blocked)
-            else:
-                for _ in range(passes):
-                    program.run_pass(scale, lr, l2)
+            trainer.train(state.slots, optimizer, lrs, batches, state.step, objective.l2,
+                          objective.reduction == "mean", replayer=self._replayer if self.graphs else None,
+                          key=serial, tag=net, blas_unavailable=self.device.blas_unavailable)
         state.updates += passes
         state.step += passes
         return None
@@ -392,7 +404,7 @@ class CupyBackend(Backend):
         if not self.fused:
             logits = self.forward(net, params, data.X, logits=True)[-1]
             return self.head_loss_sum(net.output, logits, data.T)
-        _, program = self._program(net, params, data, f"the loss on {data.n_samples} samples")
+        _, program, _ = self._fit(net, params, data, f"the loss on {data.n_samples} samples")
         n = data.n_samples
         with self._out_of_memory("the loss", n * (net.n_outputs + 1) * net.np_dtype.itemsize):
             out, loss = cupy.empty((n, net.n_outputs), net.np_dtype), cupy.empty(n, net.np_dtype)
@@ -423,7 +435,7 @@ class CupyBackend(Backend):
     def gradients(self, net: Network, params, data: Data, objective: Objective):
         if not self.fused:
             return super().gradients(net, params, data, objective)
-        _, program = self._program(net, params, data, f"gradients on {data.n_samples} samples")
+        _, program, _ = self._fit(net, params, data, f"gradients on {data.n_samples} samples")
         scale = 1.0 if objective.reduction == "sum" else 1.0 / data.n_samples
         with self._side_stream():
             return program.gradients(scale, objective.l2)

@@ -34,7 +34,8 @@ def make_executor(scheduler: str = "local", *, workers: int | None = None, threa
 
 
 def sweep(hidden: int | Sequence[int] | None = None, *, lr=None, l2=None, seed=None, dtype=None, backend=None,
-          passes=None, activation=None, dataset=None, samples=None, noise=None, data_seed=None,
+          passes=None, epochs=None, batch_size=None, optimizer=None, schedule=None, activation=None,
+          dataset=None, samples=None, noise=None, data_seed=None,
           test_size: float | int | None = None, reduction: str | None = None,
           out: str | Path | None = "nnx-sweep", save_models: bool = False, scheduler: str = "local",
           workers: int | None = None, threads_per_worker: int = 1, address: str | None = None,
@@ -46,6 +47,13 @@ def sweep(hidden: int | Sequence[int] | None = None, *, lr=None, l2=None, seed=N
     seed 0), hidden sizes 0 (no hidden layer), 1, 2, 3, 4, 5, 20 and 50, 20,000
     passes of gradient descent, lr 0.01, L2 0.01, summed gradients.
 
+    ``optimizer`` takes ``nnx train``'s specs (``"adam"``, ``"sgd:momentum=0.9"``) or
+    ``nnx.optim`` optimisers, None being plain gradient descent; a spec without an lr
+    runs at each ``lr`` given (with no ``lr``: SGD at 0.01, the others at their own
+    defaults). ``batch_size`` None (or ``"full"``) is full batch; ``epochs`` replaces
+    ``passes``; ``schedule`` takes specs (``"cosine:T_max=2000"``) or ``nnx.optim``
+    schedules, None being a constant lr.
+
     Results go to ``out`` (one JSON per job, ``summary.csv`` and ``summary.json``);
     a rerun with the same settings reuses finished jobs. ``out=None`` keeps them
     in memory only. ``scheduler`` is ``"local"`` (spawned processes) or ``"dask"``
@@ -53,6 +61,7 @@ def sweep(hidden: int | Sequence[int] | None = None, *, lr=None, l2=None, seed=N
     ``SweepInterrupted`` (a ``KeyboardInterrupt``) after storing what finished.
     """
     axes = Axes.of(hidden=hidden, lr=lr, l2=l2, seed=seed, dtype=dtype, backend=backend, passes=passes,
+                   epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
                    activation=activation, dataset=dataset, samples=samples, noise=noise, data_seed=data_seed,
                    test_size=test_size, reduction=reduction)
     executor = make_executor(scheduler, workers=workers, threads_per_worker=threads_per_worker, address=address)

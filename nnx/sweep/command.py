@@ -10,15 +10,16 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, OutOfMemoryError
+from ..errors import BackendUnavailableError, OutOfMemoryError, PerformanceWarning
 from .api import SCHEDULERS, make_executor
-from .axes import BACKENDS, Axes
+from .axes import BACKENDS, FULL_BATCH, Axes
 from .config import TUTORIAL_HIDDEN, TUTORIAL_SETTINGS
 from .executor import SchedulerUnavailableError, default_workers
 from .job import FAILED
-from .runner import SweepInterrupted, run_sweep
+from .runner import SweepInterrupted, notes, run_sweep
 from . import table
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -31,15 +32,39 @@ def _number(kind: type, text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
-def comma_list(kind: type | None = None):
-    """An argparse type for 'a,b,c': a list of ints, floats or strings (checked later, by name)."""
-    def parse(text: str) -> list:
+def _batch_size(text: str) -> int | None:
+    if text.lower() == FULL_BATCH:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer or {FULL_BATCH!r}") from None
+
+
+def comma_list(kind: type | None = None, parse=None):
+    """An argparse type for 'a,b,c': a list of ints, floats, strings or ``parse(text)`` values
+    (checked later, by name)."""
+    def parse_list(text: str) -> list:
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
             raise argparse.ArgumentTypeError("give at least one value, comma-separated")
-        return [_number(kind, t) if kind else t for t in items]
-    parse.__name__ = f"comma-separated {kind.__name__ if kind else 'name'} list"
-    return parse
+        return [parse(t) if parse else _number(kind, t) if kind else t for t in items]
+    parse_list.__name__ = f"comma-separated {kind.__name__ if kind else 'name'} list"
+    return parse_list
+
+
+class AxisValues(argparse.Action):
+    """An axis's values: one or more after the option, each possibly a comma list
+    (``--hidden 1 3,50``), gathered over repeats of the option."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        for value in values:
+            items.extend(value if isinstance(value, list) else [value])
+        setattr(namespace, self.dest, items)
 
 
 def test_size(text: str) -> float | int:
@@ -56,33 +81,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  nnx sweep --plot sweep.png                      tutorial 003's sweep and its figure\n"
         "  nnx sweep --hidden 3,50 --lr 0.01,0.1 --seed 0,1,2 --test-size 0.25\n"
         "  nnx sweep --hidden 1024,4096,16384 --samples 4096 --passes 100\n"
+        "  nnx sweep --hidden 3,20 --optimizer sgd adam 'sgd:momentum=0.9' --batch-size full 32 --epochs 500\n"
         "  nnx sweep --scheduler dask --address tcp://HOST:8786\n\n"
         "Each job's result is written to --out as it ends; rerunning the same command skips finished jobs.\n"
         "Exit status: 0 when every job finished (diverged ones included), 1 when a job failed, 2 on\n"
         "unusable options, 130 after Ctrl-C.")
-    axes = parser.add_argument_group("axes (comma lists; the sweep is their product)")
-    axes.add_argument("--hidden", type=comma_list(int), metavar="H,...",
-                      help=f"hidden layer sizes, 0 for none (default: {','.join(map(str, TUTORIAL_HIDDEN))})")
-    axes.add_argument("--lr", type=comma_list(float), metavar="LR,...",
-                      help=f"learning rates (default: {TUTORIAL_SETTINGS['lr']})")
-    axes.add_argument("--l2", type=comma_list(float), metavar="L2,...",
-                      help=f"L2 strengths (default: {TUTORIAL_SETTINGS['l2']})")
-    axes.add_argument("--seed", type=comma_list(int), metavar="S,...",
-                      help="initialisation seeds (default: 0, the tutorial's)")
-    axes.add_argument("--dtype", type=comma_list(), metavar="DTYPE,...", help="float64 and/or float32 (default: float64)")
-    axes.add_argument("--backend", type=comma_list(), metavar="NAME,...",
-                      help=f"{', '.join(BACKENDS)} (default: auto: the GPU when one works)")
-    axes.add_argument("--passes", type=comma_list(int), metavar="P,...",
-                      help=f"full-batch gradient-descent passes (default: {TUTORIAL_SETTINGS['passes']})")
-    axes.add_argument("--activation", type=comma_list(), metavar="NAME,...",
-                      help="hidden activation: tanh, sigmoid, relu, identity (default: tanh)")
+    axes = parser.add_argument_group(
+        "axes (one or more values each, spaces or commas between them; the sweep is their product)")
+
+    def axis(flag: str, kind=None, metavar: str = "NAME", parse=None, **kwargs) -> None:
+        axes.add_argument(flag, action=AxisValues, type=comma_list(kind, parse), metavar=metavar, **kwargs)
+
+    axis("--hidden", int, "H",
+         help=f"hidden layer sizes, 0 for none (default: {','.join(map(str, TUTORIAL_HIDDEN))})")
+    axis("--lr", float, "LR", help=f"learning rates (default: {TUTORIAL_SETTINGS['lr']} for SGD, the "
+                                   "optimizer's own for the others)")
+    axis("--l2", float, "L2", help=f"L2 strengths (default: {TUTORIAL_SETTINGS['l2']})")
+    axis("--seed", int, "S", help="initialisation seeds (default: 0, the tutorial's)")
+    axis("--dtype", metavar="DTYPE", help="float64 and/or float32 (default: float64)")
+    axis("--backend", help=f"{', '.join(BACKENDS)} (default: auto: the GPU when one works)")
+    axis("--passes", int, "P", help=f"updates per fit (default: {TUTORIAL_SETTINGS['passes']})")
+    axis("--epochs", int, "E", help="passes over the training samples per fit, instead of --passes "
+                                    "(ceil(N / batch size) updates each)")
+    axis("--batch-size", metavar="B", parse=_batch_size,
+         help=f"minibatch sizes, {FULL_BATCH!r} for all samples at once (default: {FULL_BATCH})")
+    axes.add_argument("--optimizer", action=AxisValues, metavar="SPEC",
+                      help="sgd, adam, adamw or rmsprop with PyTorch's settings (NAME[:KEY=VALUE,...]), one "
+                           "spec per value, e.g. "
+                           "sgd adam 'sgd:momentum=0.9,nesterov=True' (default: sgd, the tutorial's plain "
+                           "gradient descent); a spec without lr runs at each --lr")
+    axes.add_argument("--schedule", action=AxisValues, metavar="SPEC",
+                      help="learning-rate schedules (NAME[:KEY=VALUE,...]), one spec per value: constant (default), "
+                           "'step:step_size=5000,gamma=0.5', 'exponential:gamma=0.999', 'cosine:T_max=20000', "
+                           "'warmup:total_iters=100'")
+    axis("--activation", help="hidden activation: tanh, sigmoid, relu, identity (default: tanh)")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=comma_list(), metavar="NAME,...",
+    data.add_argument("--dataset", action=AxisValues, type=comma_list(), metavar="NAME",
                       help="moons, spirals, xor or csv:PATH (the last column is the label; default: moons)")
-    data.add_argument("--samples", type=comma_list(int), metavar="N,...",
+    data.add_argument("--samples", action=AxisValues, type=comma_list(int), metavar="N",
                       help="samples to generate (default: moons 200, spirals 300)")
-    data.add_argument("--noise", type=comma_list(float), metavar="X,...", help="noise of the generated data (default: 0.2)")
-    data.add_argument("--data-seed", type=comma_list(int), metavar="S,...",
+    data.add_argument("--noise", action=AxisValues, type=comma_list(float), metavar="X",
+                      help="noise of the generated data (default: 0.2)")
+    data.add_argument("--data-seed", action=AxisValues, type=comma_list(int), metavar="S",
                       help="seed of the generated data and of the test split (default: 0)")
     data.add_argument("--test-size", type=test_size, metavar="F|N",
                       help="hold out a fraction (0.25) or a count (50) of the samples and report test accuracy")
@@ -121,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         axes = Axes.of(hidden=args.hidden, lr=args.lr, l2=args.l2, seed=args.seed, dtype=args.dtype,
-                       backend=args.backend, passes=args.passes, activation=args.activation,
+                       backend=args.backend, passes=args.passes, epochs=args.epochs, batch_size=args.batch_size,
+                       optimizer=args.optimizer, schedule=args.schedule, activation=args.activation,
                        dataset=args.dataset, samples=args.samples, noise=args.noise, data_seed=args.data_seed,
                        test_size=args.test_size, reduction=args.reduction)
         for path in (args.plot, args.plot_metrics):
@@ -148,8 +189,10 @@ def run(args: argparse.Namespace) -> int:
 
     keep_models = args.save_models or args.plot is not None
     try:
-        records = run_sweep(axes, executor, out=args.out, keep_models=keep_models, progress=progress,
-                            on_plan=on_plan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)  # printed below, with the table
+            records = run_sweep(axes, executor, out=args.out, keep_models=keep_models, progress=progress,
+                                on_plan=on_plan)
     except SweepInterrupted as stop:
         print(f"\nnnx sweep: {stop}. To finish the rest (finished jobs are skipped), run again: "
               f"{_resume_hint()}", file=sys.stderr)
@@ -160,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     print(table.table(records, varying, markdown=args.markdown))
     for line in table.problems(records, varying):
         print(line)
+    for note in notes(records):
+        print(f"note: {note}")
     csv_path, json_path = records.summary
     print(f"\nresults: {records.out}/jobs/ (one JSON per job); summary: {csv_path}, {json_path}")
     if args.plot is not None:

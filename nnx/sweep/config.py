@@ -18,6 +18,12 @@ SCHEMA = 1
 TUTORIAL_HIDDEN = (0, 1, 2, 3, 4, 5, 20, 50)
 TUTORIAL_SETTINGS = dict(dataset="moons", samples=200, noise=0.2, data_seed=0, lr=0.01, l2=0.01,
                          reduction="sum", activation="tanh", seed=0, passes=20_000, dtype="float64")
+# The tutorials' plain gradient descent (SGD without momentum) as the optimizer axis spells it.
+PLAIN_OPTIMIZER = "sgd"
+# Settings that joined the configuration after its first version, at the values every job had
+# before: left out of the canonical JSON at these values (so the keys of earlier results stand)
+# and filled in to records written before they existed.
+LATER_DEFAULTS = dict(epochs=None, batch_size=None, optimizer=PLAIN_OPTIMIZER, schedule=None)
 
 
 def canonical_json(value) -> str:
@@ -31,7 +37,10 @@ class JobConfig:
 
     ``hidden`` 0 means no hidden layer (``MLP([features, classes])``: logistic
     regression). ``backend`` is the requested name (``auto`` included); the
-    record says which backend ran.
+    record says which backend ran. The length is ``passes`` (updates) or
+    ``epochs`` (passes over the training samples), never both. ``optimizer`` and
+    ``schedule`` are canonical spec text (``nnx.sweep.trainers``); ``lr`` is the
+    learning rate the optimiser runs at, and ``batch_size`` None is full batch.
     """
 
     dataset: str            # moons, spirals, xor or csv
@@ -48,14 +57,19 @@ class JobConfig:
     seed: int               # initialisation seed
     dtype: str
     backend: str
-    passes: int
+    passes: int | None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str = PLAIN_OPTIMIZER
+    schedule: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @property
     def canonical(self) -> str:
-        return canonical_json({"schema": SCHEMA, **self.as_dict()})
+        values = {k: v for k, v in self.as_dict().items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+        return canonical_json({"schema": SCHEMA, **values})
 
     @property
     def key(self) -> str:
@@ -66,7 +80,15 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "JobConfig":
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        """The configuration of a record, one written before the later settings existed included."""
+        return cls(**{f.name: values[f.name] if f.name in values else LATER_DEFAULTS[f.name] for f in fields(cls)})
+
+
+def upgrade_record(record: dict) -> dict:
+    """A stored record with the settings that joined later filled in at the values its job ran with."""
+    for name, value in LATER_DEFAULTS.items():
+        record.setdefault(name, value)
+    return record
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(JobConfig))

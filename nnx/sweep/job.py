@@ -12,23 +12,27 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from .. import __version__
 from ..backends import use_backend
-from ..errors import NonFiniteLossError
+from ..batching import updates_per_epoch
+from ..errors import NonFiniteLossError, PerformanceWarning
 from ..model import MLP
 from ..network import Network
 from ..validation import check_network
+from . import trainers
 from .config import JobConfig
 from .data import Dataset, test_count
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 # Outcomes that a rerun reuses: the same configuration would give them again.
 FINISHED = (OK, DIVERGED)
-# Fields that describe the run rather than its result (they differ between reruns).
-RUN_FIELDS = ("seconds", "compile_seconds", "passes_per_s", "attempts", "host")
+# Fields that describe the run rather than its result (they differ between reruns). ``notes``: the
+# slower paths the fit took (``PerformanceWarning``s, which a worker says once per process).
+RUN_FIELDS = ("seconds", "compile_seconds", "passes_per_s", "attempts", "host", "notes")
 RESULT_FIELDS = ("status", "message", "train_accuracy", "test_accuracy", "loss", "test_loss",
                  "passes_done", "backend_used")
 
@@ -65,6 +69,25 @@ def training_samples(config: JobConfig, data: Dataset) -> int:
     return data.n_samples - (0 if config.test_size is None else test_count(config.test_size, data.n_samples))
 
 
+def optimizer_slots(config: JobConfig) -> int:
+    """State arrays per parameter the job's optimiser keeps (momentum, moments), for the memory check."""
+    return len(trainers.job_optimizer(config.optimizer, config.lr).slots())
+
+
+def total_updates(config: JobConfig, n_train: int) -> int:
+    """Updates the fit makes: its passes, or its epochs of ``ceil(N / batch_size)`` updates each."""
+    return config.passes if config.epochs is None else config.epochs * updates_per_epoch(n_train, config.batch_size)
+
+
+def fit_arguments(config: JobConfig, n_train: int) -> dict:
+    """``MLP.fit``'s arguments for a configuration trained on ``n_train`` samples: silent, with the
+    loss logged once, at the end."""
+    return dict(passes=config.passes, epochs=config.epochs, batch_size=config.batch_size,
+                optimizer=trainers.job_optimizer(config.optimizer, config.lr),
+                schedule=trainers.job_schedule(config.schedule), l2=config.l2, reduction=config.reduction,
+                log_every=total_updates(config, n_train), verbose=0)
+
+
 @contextlib.contextmanager
 def _machine_lock(name: str) -> Iterator[None]:
     """One process of this user on this machine at a time (no lock where ``fcntl`` is missing)."""
@@ -80,6 +103,21 @@ def _machine_lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _notes() -> Iterator[list[str]]:
+    """Collect the ``PerformanceWarning``s raised in the block (the worker's stderr is no place for
+    them: the sweep reports them once); other warnings go on as usual."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PerformanceWarning)  # recorded, whatever the filters outside say
+        yield notes
+    for warning in caught:
+        if issubclass(warning.category, PerformanceWarning):
+            notes.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _warm_up(backend, net: Network, n_samples: int) -> float:
@@ -121,11 +159,11 @@ def _fit(config: JobConfig, data: Dataset) -> tuple[dict, MLP]:
         compile_seconds = _warm_up(backend, model.net, X.shape[0])
         status, message = OK, None
         start = time.perf_counter()
-        try:
-            model.fit(X, y, passes=config.passes, lr=config.lr, l2=config.l2, reduction=config.reduction,
-                      log_every=config.passes)
-        except NonFiniteLossError as exc:
-            status, message = DIVERGED, str(exc)
+        with _notes() as notes:
+            try:
+                model.fit(X, y, **fit_arguments(config, X.shape[0]))
+            except NonFiniteLossError as exc:
+                status, message = DIVERGED, str(exc)
         seconds = time.perf_counter() - start
         if model.interrupted:  # SIGINT reached the worker: no result, a rerun runs it again
             return failed_record(config, f"interrupted by SIGINT after pass {model.updates}"), None
@@ -135,6 +173,6 @@ def _fit(config: JobConfig, data: Dataset) -> tuple[dict, MLP]:
             if X_test is not None:
                 metrics.update(test_accuracy=model.accuracy(X_test, y_test), test_loss=model.loss(X_test, y_test))
     record = _record(config, status=status, message=message, passes_done=model.updates, backend_used=backend.name,
-                     seconds=seconds, compile_seconds=compile_seconds,
+                     seconds=seconds, compile_seconds=compile_seconds, notes=notes or None,
                      passes_per_s=model.updates / seconds if seconds > 0 else None, **metrics)
     return record, model

@@ -39,23 +39,24 @@ def runs_on_gpu(configs: list[JobConfig]) -> dict[str, bool]:
     return {c.key: c.backend == "cupy" or (c.backend == AUTO and gpu_here) for c in configs}
 
 
-def memory_needs(jobs: list[tuple[str, str, Network, int]]) -> dict[str, dict]:
-    """For each (key, backend, network, training samples): the backend that will run it, its device,
-    the bytes the fit needs and the bytes free there, and ``nnx.memory.check_fit``'s refusal if any.
+def memory_needs(jobs: list[tuple[str, str, Network, int, int | None, int]]) -> dict[str, dict]:
+    """For each (key, backend, network, training samples, batch size, optimiser slots): the backend
+    that will run it, its device, the bytes the fit needs and the bytes free there, and
+    ``nnx.memory.check_fit``'s refusal if any.
 
     A module-level function of plain values: executors run it on their workers.
     """
     from .. import memory
 
     needs = {}
-    for key, backend_name, net, n_samples in jobs:
+    for key, backend_name, net, n_samples, batch_size, n_slots in jobs:
         with use_backend(backend_name) as backend:
             try:
-                memory.check_fit(backend, net, n_samples)
+                memory.check_fit(backend, net, n_samples, batch_size=batch_size, n_slots=n_slots)
                 device = None
             except OutOfMemoryError as exc:
                 device = exc.device
-            needs[key] = {"backend": backend.name, "need": memory.fit_bytes(backend, net, n_samples),
+            needs[key] = {"backend": backend.name, "need": backend.fit_bytes(net, n_samples, batch_size, n_slots),
                           "available": memory.available_bytes(backend), "refused_on": device}
     return needs
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import PerformanceWarning
 from . import data, preflight
 from .axes import Axes
 from .config import JobConfig
 from .executor import Executor, JobFunction, Task
-from .job import FAILED, network, run_job, training_samples
+from .job import FAILED, network, optimizer_slots, run_job, total_updates, training_samples
 from .records import SweepRecords
 from .store import ResultStore, pending_record
 from .table import job_label
@@ -55,7 +57,14 @@ def job_cost(config: JobConfig, dataset: data.Dataset) -> float:
     """Multiply-adds of one fit, near enough to start the largest jobs first."""
     sizes = config.layer_sizes(dataset.n_features, dataset.n_classes)
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    return float(config.passes) * dataset.n_samples * weights
+    rows = training_samples(config, dataset)
+    batch = rows if config.batch_size is None else min(config.batch_size, rows)
+    return float(total_updates(config, rows)) * batch * weights
+
+
+def notes(records) -> list[str]:
+    """The distinct notes of slower paths in ``records`` (``PerformanceWarning``s from the fits)."""
+    return list(dict.fromkeys(note for r in records for note in r.get("notes") or ()))
 
 
 def plan(axes: Axes) -> tuple[list[JobConfig], dict[str, data.Dataset]]:
@@ -102,8 +111,14 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
             records.summary = store.write_summary(list(records))
         return records
 
+    said: set[str] = set()
+
     def on_result(task: Task, result: dict) -> None:
         record = result["record"]
+        for note in notes([record]):  # a slower path a worker took, said here once
+            if note not in said:
+                said.add(note)
+                warnings.warn(note, PerformanceWarning, stacklevel=3)
         model = result.get("model") if record["status"] != FAILED else None
         with _interrupt_deferred():  # stored and counted, or neither
             if store is not None:
@@ -124,8 +139,8 @@ def run_sweep(axes: Axes, executor: Executor, *, out: str | Path | None = None, 
         try:
             executor.start(tasks)
             needs = executor.call(preflight.memory_needs, [
-                (t.key, t.config.backend, network(t.config, t.data), training_samples(t.config, t.data))
-                for t in tasks])
+                (t.key, t.config.backend, network(t.config, t.data), training_samples(t.config, t.data),
+                 t.config.batch_size, optimizer_slots(t.config)) for t in tasks])
             preflight.refuse_too_large(needs, {t.key: job_label(t.config.as_dict(), varying) for t in tasks})
             for t in tasks:
                 t.memory = needs[t.key]["need"]

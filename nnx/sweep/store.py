@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write
 from ..persistence import load
-from .config import CONFIG_FIELDS
+from .config import CONFIG_FIELDS, upgrade_record
 from .job import FINISHED, RESULT_FIELDS, RUN_FIELDS
 
 PENDING = "pending"
@@ -50,7 +50,9 @@ class ResultStore:
         """The stored record of a job that need not run again, else None.
 
         Failed jobs run again; so does a job whose model is wanted but was not kept.
-        An unreadable record (written by something else) is treated as missing.
+        An unreadable record (written by something else) is treated as missing. A record
+        written before the optimiser, batch-size, epochs and schedule settings existed
+        gains them at the values its job ran with (plain full-batch gradient descent).
         """
         try:
             record = json.loads(self.record_path(key).read_text(encoding="utf-8"))
@@ -60,7 +62,7 @@ class ResultStore:
             return None
         if need_model and not self.model_path(key).is_file():
             return None
-        return record
+        return upgrade_record(record)
 
     def save(self, record: dict, model=None) -> None:
         if model is not None:
@@ -80,13 +82,20 @@ class ResultStore:
             writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             for record in records:
-                writer.writerow({k: "" if v is None else v for k, v in record.items()})
+                writer.writerow({k: _cell(v) for k, v in record.items()})
         document = {"configurations": len(records), "counts": dict(Counter(r["status"] for r in records)),
                     "records": records}
         with atomic_write(json_path, "w") as handle:
             json.dump(document, handle, indent=1, allow_nan=False)
             handle.write("\n")
         return csv_path, json_path
+
+
+def _cell(value) -> str:
+    """A CSV cell: None empty, a list (a record's notes) joined."""
+    if value is None:
+        return ""
+    return " | ".join(map(str, value)) if isinstance(value, list) else value
 
 
 def pending_record(key: str, config: dict) -> dict:

@@ -7,12 +7,17 @@ from .job import DIVERGED, FAILED
 
 # How an axis is labelled in table headers and panel titles.
 AXIS_LABELS = {"dataset": "data", "samples": "samples", "noise": "noise", "data_seed": "data seed",
-               "backend": "backend", "dtype": "dtype", "passes": "passes", "lr": "lr", "l2": "L2",
+               "backend": "backend", "dtype": "dtype", "passes": "passes", "epochs": "epochs",
+               "optimizer": "optimizer", "lr": "lr", "schedule": "schedule", "batch_size": "batch", "l2": "L2",
                "activation": "activation", "seed": "seed"}
+# How a None value reads, per axis (full batch, no schedule).
+NONE_LABELS = {"batch_size": "full", "schedule": "constant"}
 
 
 def _value(record: dict, axis: str) -> str:
     value = record[axis]
+    if value is None:
+        return NONE_LABELS.get(axis, "-")
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
