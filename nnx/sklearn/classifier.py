@@ -61,11 +61,11 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
     def _prepare_targets(self, y, *, first: bool, classes=None):
         kind = type_of_target(y, input_name="y")
         if kind == _MULTILABEL:
-            return self._multilabel_targets(y, first=first, classes=classes)
+            return self._multilabel_targets(y, first=first)
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         if first:
-            found = np.unique(y) if classes is None else self._given_classes(classes, y)
+            found = np.unique(y) if classes is None else self._given_classes(classes)
             if len(found) < 2:
                 raise ValueError(f"MLPClassifier needs samples of at least 2 classes; got 1 class "
                                  f"({_label_list(found)})")
@@ -93,13 +93,15 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
         fits = counts[counts > 0].min() >= 2 and n_val >= n_classes and targets.size - n_val >= n_classes
         return targets if fits else None
 
-    def _given_classes(self, classes, y) -> np.ndarray:
-        found = np.unique(np.asarray(classes))
-        if len(found) != len(np.asarray(classes).ravel()):
-            raise ValueError(f"classes= lists a label more than once: {_label_list(np.asarray(classes).ravel())}")
+    @staticmethod
+    def _given_classes(classes) -> np.ndarray:
+        listed = np.asarray(classes).ravel()
+        found = np.unique(listed)
+        if len(found) != len(listed):
+            raise ValueError(f"classes= lists a label more than once: {_label_list(listed)}")
         return found
 
-    def _multilabel_targets(self, y, *, first: bool, classes=None):
+    def _multilabel_targets(self, y, *, first: bool):
         y = np.asarray(y)
         if first:
             self.classes_ = np.arange(y.shape[1])
@@ -131,6 +133,7 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
         return self._outputs(X)
 
     def predict_log_proba(self, X) -> np.ndarray:
+        """The logarithm of ``predict_proba`` (minus infinity where a probability underflows to 0)."""
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
