@@ -1,16 +1,76 @@
-"""Hidden activations on one row of a 2-D array: forward in place, and the backward
-pass fused with the incoming gradient (``g *= f'(a)``, f' from the output ``a``).
+"""Hidden activations, written once: ``activation`` (f of one value) and ``derivative``
+(f' from the output ``a``, as the tutorials write it), inlined wherever a kernel
+needs them; plus the row loops built on them (forward in place, and the backward
+pass fused with the incoming gradient, ``g *= f'(a)``).
 
-The activation is a runtime code (``nnx.network.ACTIVATION_CODES``); the branch
-sits outside each loop so every loop body stays branch-free and vectorises.
+The codes are ``nnx.network.ACTIVATION_CODES``, the one table Python and the
+kernels share. Each chain of branches ends with the identity code itself: any
+other value gives NaN, never silently the identity (and the Numba backend refuses
+such a code before any call). In the row loops the branch sits outside each loop,
+whose body calls the helper with a constant code, so every loop stays branch-free
+and vectorises.
 """
 from __future__ import annotations
 
+import math
+
 from numba import njit
 
+from ..network import ACTIVATION_CODES, HEAD_CODES
 from .cpu_math import CACHE, FASTMATH, like, vsigmoid, vtanh
 
-SIGMOID, TANH, RELU, IDENTITY = 0, 1, 2, 3
+SIGMOID = ACTIVATION_CODES["sigmoid"]
+TANH = ACTIVATION_CODES["tanh"]
+RELU = ACTIVATION_CODES["relu"]
+IDENTITY = ACTIVATION_CODES["identity"]
+HEAD_SOFTMAX = HEAD_CODES["softmax"]
+HEAD_SIGMOID = HEAD_CODES["sigmoid"]
+HEAD_IDENTITY = HEAD_CODES["identity"]
+
+_INLINE = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
+
+
+@njit(**_INLINE)
+def activation(code, x, libm):
+    """f(x) for one value. ``libm`` (a constant at each call site) takes libm's scalar
+    tanh and exp, faster for values computed one at a time; otherwise the
+    vectorisable ``vtanh``/``vsigmoid`` for loops over many values."""
+    one = like(x, 1.0)
+    if code == TANH:
+        return math.tanh(x) if libm else vtanh(x)
+    if code == SIGMOID:
+        return one / (one + math.exp(-x)) if libm else vsigmoid(x)
+    if code == RELU:
+        return like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
+    if code == IDENTITY:
+        return x
+    return like(x, math.nan)
+
+
+@njit(**_INLINE)
+def derivative(code, a):
+    """f' written from the output ``a``: 1 - a^2, a (1 - a), 1 where a > 0, 1."""
+    one = like(a, 1.0)
+    if code == TANH:
+        return one - a * a
+    if code == SIGMOID:
+        return a * (one - a)
+    if code == RELU:
+        return one if a > 0.0 else like(a, 0.0)  # multiplied in, so NaN in the gradient survives
+    if code == IDENTITY:
+        return one
+    return like(a, math.nan)
+
+
+@njit(**_INLINE)
+def head_activation(head):
+    """The activation a sigmoid or identity head applies to its logits; -1 (NaN) for any
+    other code, softmax included (its output is not elementwise)."""
+    if head == HEAD_SIGMOID:
+        return SIGMOID
+    if head == HEAD_IDENTITY:
+        return IDENTITY
+    return -1
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
@@ -18,28 +78,30 @@ def activate(code, v, r, n):
     """v[r, :n] = f(v[r, :n]) (a row index, not a view: no refcounting in hot loops)."""
     if code == TANH:
         for i in range(n):
-            v[r, i] = vtanh(v[r, i])
+            v[r, i] = activation(TANH, v[r, i], False)
     elif code == SIGMOID:
         for i in range(n):
-            v[r, i] = vsigmoid(v[r, i])
+            v[r, i] = activation(SIGMOID, v[r, i], False)
     elif code == RELU:
         for i in range(n):
-            x = v[r, i]
-            v[r, i] = like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
-    # IDENTITY: nothing to do
+            v[r, i] = activation(RELU, v[r, i], False)
+    elif code != IDENTITY:
+        for i in range(n):
+            v[r, i] = activation(code, v[r, i], False)  # NaN: an unknown code
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def grad_times_derivative(code, g, gr, a, ar, n):
-    """g[gr, :n] *= f'(a[ar, :n]) with f' written from the output: 1-a^2, a(1-a), a>0."""
+    """g[gr, :n] *= f'(a[ar, :n])."""
     if code == TANH:
         for i in range(n):
-            x = a[ar, i]
-            g[gr, i] *= like(x, 1.0) - x * x
+            g[gr, i] *= derivative(TANH, a[ar, i])
     elif code == SIGMOID:
         for i in range(n):
-            x = a[ar, i]
-            g[gr, i] *= x * (like(x, 1.0) - x)
+            g[gr, i] *= derivative(SIGMOID, a[ar, i])
     elif code == RELU:
         for i in range(n):
-            g[gr, i] *= like(g, 1.0) if a[ar, i] > 0.0 else like(g, 0.0)  # a multiply, so NaN in g survives
+            g[gr, i] *= derivative(RELU, a[ar, i])
+    elif code != IDENTITY:
+        for i in range(n):
+            g[gr, i] *= derivative(code, a[ar, i])  # NaN: an unknown code

@@ -57,13 +57,31 @@ def _pow2(n: np.int64) -> np.float64:
     return np.int64((n + 1023) << 52).view(np.float64)
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _ln2_reduce(x):
+    """(k, r) with x = k ln2 + r, |r| <= ln2 / 2 (Cody-Waite: ln2 in two parts), k a float."""
+    k = np.floor(x * _LOG2E + 0.5)
+    return k, (x - k * _LN2_HI) - k * _LN2_LO
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def rational_exp(x):
+    """exp(x) = 2**k * A / B in Cephes' rational form, as (k, A, B) for finite ``x``:
+    x = k ln2 + r, |r| <= ln2 / 2, A = Q(r^2) + r P(r^2), B = Q(r^2) - r P(r^2).
+    Callers scale A by 2**k and share the division by B with their own."""
+    k, r = _ln2_reduce(x)
+    rr = r * r
+    pr = ((_EP0 * rr + _EP1) * rr + _EP2) * r
+    qr = ((_EQ0 * rr + _EQ1) * rr + _EQ2) * rr + _EQ3
+    return np.int64(k), qr + pr, qr - pr
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vexp64(x):
     """exp(x) in float64, within ~2 ulp of libm; +inf above 709.8, 0 below -745.2."""
     x = np.float64(x)
     safe = 0.0 if x != x else min(max(x, -746.0), 710.0)
-    k = np.floor(safe * _LOG2E + 0.5)
-    r = (safe - k * _LN2_HI) - k * _LN2_LO
+    k, r = _ln2_reduce(safe)
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -102,13 +120,8 @@ def _vtanh64(x):
     p = ((_TP0 * z + _TP1) * z + _TP2) * z
     q = ((z + _TQ1) * z + _TQ2) * z + _TQ3
     t = min(2.0 * ax, 40.0)  # NaN: 40, and NaN is put back at the end
-    k = np.floor(t * _LOG2E + 0.5)
-    r = (t - k * _LN2_HI) - k * _LN2_LO
-    rr = r * r
-    pr = ((_EP0 * rr + _EP1) * rr + _EP2) * r
-    qr = ((_EQ0 * rr + _EQ1) * rr + _EQ2) * rr + _EQ3
-    a = (qr + pr) * _pow2(np.int64(k))  # 0 <= k <= 58
-    b = qr - pr
+    k, num, b = rational_exp(t)
+    a = num * _pow2(k)  # 0 <= k <= 58
     small = ax < 0.625
     num = ax * (q + p) if small else a - b
     den = q if small else a + b
@@ -135,21 +148,26 @@ def _pow2_32(n: np.int32) -> np.float32:
     return np.int32((n + np.int32(127)) << np.int32(23)).view(np.float32)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
-def _vexp32(x):
-    """exp(x) in float32, Cephes expf, a few ulp; +inf above 88.72, 0 below -103.97."""
-    x = np.float32(x)
-    safe = np.float32(0.0) if x != x else min(max(x, np.float32(-104.0)), np.float32(89.0))
-    k = np.floor(safe * np.float32(_LOG2E) + np.float32(0.5))
-    r = (safe - k * np.float32(_LN2_HI32)) - k * np.float32(_LN2_LO32)
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _expf_parts(x):
+    """exp(x) = 2**k * p for finite float32 ``x``, as (k, p): Cephes expf's reduction
+    x = k ln2 + r and its polynomial for exp(r), |r| <= ln2 / 2."""
+    k = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))
+    r = (x - k * np.float32(_LN2_HI32)) - k * np.float32(_LN2_LO32)
     p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
     p = p * r + np.float32(8.3334519073e-3)
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    p = p * (r * r) + r + np.float32(1.0)
-    n = np.int32(k)
+    return np.int32(k), p * (r * r) + r + np.float32(1.0)
+
+@njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
+def _vexp32(x):
+    """exp(x) in float32, Cephes expf, a few ulp; +inf above 88.72, 0 below -103.97."""
+    x = np.float32(x)
+    safe = np.float32(0.0) if x != x else min(max(x, np.float32(-104.0)), np.float32(89.0))
+    n, p = _expf_parts(safe)
     half = n >> np.int32(1)
     y = p * _pow2_32(half) * _pow2_32(n - half)
     y = np.float32(np.inf) if x > np.float32(_EXP_MAX32) else y
@@ -171,15 +189,8 @@ def _vtanh32(x):
     p = p * z + np.float32(-3.33332819422e-1)
     small = ax + ax * (z * p)
     t = min(np.float32(2.0) * ax, np.float32(40.0))  # NaN: 40, and NaN is put back at the end
-    k = np.floor(t * np.float32(_LOG2E) + np.float32(0.5))
-    r = (t - k * np.float32(_LN2_HI32)) - k * np.float32(_LN2_LO32)
-    e = np.float32(1.9875691500e-4)
-    e = e * r + np.float32(1.3981999507e-3)
-    e = e * r + np.float32(8.3334519073e-3)
-    e = e * r + np.float32(4.1665795894e-2)
-    e = e * r + np.float32(1.6666665459e-1)
-    e = e * r + np.float32(5.0000001201e-1)
-    e = (e * (r * r) + r + np.float32(1.0)) * _pow2_32(np.int32(k))  # 0 <= k <= 58
+    k, e = _expf_parts(t)
+    e = e * _pow2_32(k)  # 0 <= k <= 58
     big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
     y = math.copysign(small if ax < np.float32(0.625) else big, x)
     return x if x != x else y

@@ -5,7 +5,10 @@ Per block of samples (feature-major, vectorised over samples) one sweep over the
 hidden units goes forward (hidden pre-activation, activation, logits), then the
 loss head, then one sweep back (hidden delta, all four gradients). The block's
 hidden activations (H x block) are the only scratch; the N x H activations are
-never stored. Blocks are sized so that scratch stays in L1/L2.
+never stored. Blocks are sized so that scratch stays in L1/L2. With minibatches,
+each update first gathers its samples by index into small feature-major batch
+buffers (the data itself is never copied or permuted), and the optimiser step
+(``cpu_update``) follows every update inside the same call.
 
 Samples split into a fixed number of chunks (from the sizes alone); each chunk
 sums its own partial gradients and the chunks are added in order, so results
@@ -15,7 +18,8 @@ Compile time: each entry point (``train_2x2``, ``train_any`` and their
 ``_parallel`` twins, ``predict``) pulls in only the code its path runs. They
 share one loop, ``_train``, which takes the chunk kernel and the chunk runner
 as first-class functions, so a tutorial-sized fit never compiles the parallel
-runner or the general kernel. Only the entry points are cached on disk.
+runner or the general kernel. The optimiser step is a function pointer, so no
+entry point compiles optimiser code. Only the entry points are cached on disk.
 """
 from __future__ import annotations
 
@@ -25,14 +29,12 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 from numba.extending import overload
 
-from .cpu_activation import RELU, SIGMOID, TANH, activate, grad_times_derivative
-from .cpu_math import (CACHE, _EP0, _EP1, _EP2, _EQ0, _EQ1, _EQ2, _EQ3, _EXP_MIN, _LN2_HI, _LN2_LO, _LOG2E, FASTMATH,
-                       _is32, _pow2, _vexp32, like, vexp, vtanh)
+from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, TANH, activate, activation, derivative,
+                             grad_times_derivative, head_activation)
+from .cpu_math import CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, rational_exp, vexp
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_update import gd_update
-
-HEAD_SOFTMAX, HEAD_SIGMOID = 0, 1
+from .cpu_update import data_pointer
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
@@ -140,32 +142,6 @@ def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     return loss
 
 
-@njit(**_SHARED)
-def _act(code, x):
-    """One hidden activation (``code`` as in ``cpu_activation``), for one value at a time:
-    libm's scalar exp and tanh, which beat the vectorisable versions outside vector loops."""
-    if code == TANH:
-        return math.tanh(x)
-    if code == SIGMOID:
-        return like(x, 1.0) / (like(x, 1.0) + math.exp(-x))
-    if code == RELU:
-        return like(x, 0.0) if x < 0.0 else x  # NaN stays NaN, as np.maximum
-    return x
-
-
-@njit(**_SHARED)
-def _act_derivative(code, a):
-    """f' written from the output ``a``, as the tutorials do: 1-a^2, a(1-a), a>0."""
-    one = like(a, 1.0)
-    if code == TANH:
-        return one - a * a
-    if code == SIGMOID:
-        return a * (one - a)
-    if code == RELU:
-        return one if a > 0.0 else like(a, 0.0)
-    return one
-
-
 @njit(**_INNER)
 def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                 hb, z, g, d, m, s, dW1, db1, dW2, db2):
@@ -184,7 +160,7 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             acc = b1[j]
             for k in range(n_in):
                 acc += XT[k, n] * W1[k, j]
-            h[j] = _act(code, acc)
+            h[j] = activation(code, acc, True)
         for c in range(n_out):
             acc = b2[c]
             for j in range(n_hidden):
@@ -207,15 +183,14 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             for c in range(n_out):
                 gg[c] = (gg[c] * inv - TT[c, n]) * scale
         else:
+            out_code = head_activation(head)
             for c in range(n_out):
-                y = _act(SIGMOID, zz[c]) if head == HEAD_SIGMOID else zz[c]
+                y = activation(out_code, zz[c], True)
                 diff = y - TT[c, n]
                 if loss_only:
                     loss += 0.5 * diff * diff
-                elif head == HEAD_SIGMOID:
-                    gg[c] = diff * (y * (like(y, 1.0) - y)) * scale
                 else:
-                    gg[c] = diff * scale
+                    gg[c] = diff * derivative(out_code, y) * scale  # identity: exactly diff * scale
             if loss_only:
                 continue
         for c in range(n_out):
@@ -225,7 +200,7 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             for c in range(n_out):
                 dW2[j, c] += h[j] * gg[c]
                 back += gg[c] * W2[j, c]
-            back *= _act_derivative(code, h[j])
+            back *= derivative(code, h[j])
             db1[j] += back
             for k in range(n_in):
                 dW1[k, j] += XT[k, n] * back
@@ -244,17 +219,10 @@ def _softmax2_grad64(za, zb, ta, tb, scale):
     big = za > zb
     m = za if big else zb
     d = (zb if big else za) - m  # <= 0, or NaN
-    dc = max(d, -746.0)
-    k = np.floor(dc * _LOG2E + 0.5)
-    r = (dc - k * _LN2_HI) - k * _LN2_LO
-    rr = r * r
-    pr = ((_EP0 * rr + _EP1) * rr + _EP2) * r
-    qr = ((_EQ0 * rr + _EQ1) * rr + _EQ2) * rr + _EQ3
-    n = np.int64(k)
+    n, num, b = rational_exp(max(d, -746.0))
     half = n >> 1
-    a = (qr + pr) * _pow2(half) * _pow2(n - half)
+    a = num * _pow2(half) * _pow2(n - half)
     a = 0.0 if d < _EXP_MIN else a
-    b = qr - pr
     inv = 1.0 / (a + b)
     p_big = b * inv
     p_small = a * inv
@@ -310,7 +278,6 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     z0 = z[0]
     z1 = z[1]
     zero = like(W1, 0.0)  # in W1's precision: a float64 literal would make float32 loops float64
-    one = like(W1, 1.0)
     loss = 0.0
     if not loss_only:
         _zero(dW1, db1, dW2, db2)
@@ -331,7 +298,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
             v0 = W2[j, 0]
             v1 = W2[j, 1]
             for n in range(nb):
-                h = vtanh(bj + x0[n0 + n] * w0 + x1[n0 + n] * w1)
+                h = activation(TANH, bj + x0[n0 + n] * w0 + x1[n0 + n] * w1, False)
                 hb[j, n] = h
                 z0[n] += h * v0
                 z1[n] += h * v1
@@ -372,7 +339,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 gb = z1[n]
                 s_h0 += h * ga
                 s_h1 += h * gb
-                dd = (ga * v0 + gb * v1) * (one - h * h)
+                dd = (ga * v0 + gb * v1) * derivative(TANH, h)
                 s_d += dd
                 s_x0 += x0[n0 + n] * dd
                 s_x1 += x1[n0 + n] * dd
@@ -439,84 +406,118 @@ def _side_by_side_any(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT,
 
 
 @njit(**_SHARED)
-def _train(chunk, side_by_side, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
-           chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    """The pass loop shared by every entry point; ``side_by_side`` is None for the
-    serial ones (one chunk, on views made once: reshapes and reference counts cost
-    more than a whole tiny pass). Chunks are added in order: the same bits on any
-    thread count."""
+def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+           chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    """The update loop shared by every entry point; ``side_by_side`` is None for the serial
+    ones (one chunk, on views made once: reshapes and reference counts cost more than a
+    whole tiny pass). Chunks are added in order: the same bits on any thread count.
+
+    ``n_updates`` steps (forward and backward on the data or a gathered minibatch, then
+    ``update``), then with ``want_loss`` the summed data loss of all samples: in one go on
+    the full data, or batch-sized range by range through the batch buffers.
+    """
+    batch_rows, granule, order, bounds = batch
+    lrs, update, addresses, n_slots, step0 = interval
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
-    lr = hyper[0]
-    l2 = hyper[1]
-    scale = hyper[2]
-    n_rows = XT.shape[1]  # with the padding: the 2x2 kernel masks it, the general one stops at n_samples
+    l2 = hyper[0]
+    mean = hyper[2] != 0.0
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
     dW1, db1, dW2, db2 = _views(grads, n_in, n_hidden, n_out)
     n_p = grads.size
+    n_loss = 0 if not want_loss else 1 if batch_rows == 0 else -(-n_samples // batch_rows)
     loss = 0.0
-    for p in range(passes + 1):
-        loss_only = p == passes
-        if loss_only and not want_loss:
-            break
+    for p in range(n_updates + n_loss):
+        loss_only = p >= n_updates
+        # with the padding: the 2x2 kernel masks it, the general one stops at n_real
+        n_real, n_rows, scale = n_samples, XT.shape[1], hyper[1]
+        if batch_rows > 0:  # XT/TT are the batch buffers
+            start = (p - n_updates) * batch_rows if loss_only else bounds[p]
+            n_real = min(batch_rows, n_samples - start) if loss_only else bounds[p + 1] - start
+            # gathered feature-major into the batch buffers, padded to whole blocks with copies
+            # of the batch's first sample (the 2x2 kernel gives them exactly zero gradient)
+            n_rows = -(-n_real // granule) * granule
+            for i in range(n_rows):
+                j = start + (i if i < n_real else 0)
+                r = j if loss_only else order[j]
+                for k in range(n_in):
+                    XT[k, i] = X[r, k]
+                for c in range(n_out):
+                    TT[c, i] = T[r, c]
+            hyper[3] = 1.0 / n_real if mean else 1.0  # the batch's scale, in the parameters' dtype
+            scale = hyper[3]
         if side_by_side is None:
-            loss = chunk(XT, TT, n_samples, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+            part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
                          hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
             losses = np.empty(n_chunks)
-            side_by_side(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+            side_by_side(loss_only, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                          scale, scratch, pg, losses)
-            loss = 0.0
+            part = 0.0
             for c in range(n_chunks):
-                loss += losses[c]
+                part += losses[c]
             if not loss_only:
                 for i in range(n_p):
                     grads[i] = pg[0, i]
                 for c in range(1, n_chunks):
                     for i in range(n_p):
                         grads[i] += pg[c, i]
-        if not loss_only:
-            gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)
+        if loss_only:
+            loss += part
+        else:
+            update(data_pointer(theta), data_pointer(addresses), n_p, n_slots, w_off.size, lrs[p], np.float64(l2),
+                   step0 + p + 1)
     return loss
 
 
 # ------------------------------------------------------------- entry points
-# Same arguments for all five: ``passes`` updates of ``theta`` (W1, b1, W2, b2 flat)
-# in place, then, with ``want_loss``, the summed data loss at the new parameters.
-# ``XT``/``TT`` are feature-major, the first ``n_samples`` columns real, the rest
-# (up to a multiple of the block granule) padding for the 2x2 kernel.
+# Same arguments for all five: ``n_updates`` steps of ``theta`` (W1, b1, W2, b2 flat) and
+# the optimiser state in place, then, with ``want_loss``, the summed data loss of
+# all samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the
+# data feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of
+# the block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows,
+# granule, order, bounds)): ``XT``/``TT`` are batch buffers, and update u gathers samples
+# ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most,
+# padded to ``granule``). ``interval`` = (lrs, update, addresses, n_slots, step0):
+# ``update`` is the optimiser step (``cpu_update``), run with ``lrs[u]`` and step
+# ``step0 + u + 1``. ``hyper`` is [l2, full-batch scale, mean?, scratch].
 @njit(**_ENTRY)
-def train_2x2(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-              theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_2x2, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
-
-
-@njit(**_ENTRY)
-def train_2x2_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len,
-                       bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_2x2, _side_by_side_2x2, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
-
-
-@njit(**_ENTRY)
-def train_any(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-              theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_any, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+def train_2x2(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
+              grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_2x2, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                  interval)
 
 
 @njit(**_ENTRY)
-def train_tiny(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_tiny, None, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+def train_2x2_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+                       theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_2x2, _side_by_side_2x2, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
+                  batch, interval)
 
 
 @njit(**_ENTRY)
-def train_any_parallel(passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len,
-                       bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper):
-    return _train(_chunk_any, _side_by_side_any, passes, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper)
+def train_any(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
+              grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_any, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                  interval)
+
+
+@njit(**_ENTRY)
+def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
+               grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                  interval)
+
+
+@njit(**_ENTRY)
+def train_any_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
+                       theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_any, _side_by_side_any, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
+                  batch, interval)
 
 
 # ------------------------------------------------------------------ predict
@@ -543,9 +544,9 @@ def _predict_rows(XT, r0, r1, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out):
             for c in range(n_out):
                 for n in range(nb):
                     z[c, n] *= s[n]
-        elif head == HEAD_SIGMOID:
+        elif head != HEAD_IDENTITY:
             for c in range(n_out):
-                activate(SIGMOID, z, c, nb)
+                activate(head_activation(head), z, c, nb)
         for c in range(n_out):
             for n in range(nb):
                 out[c, n0 + n] = z[c, n]

@@ -1,4 +1,6 @@
-"""The whole training loop, ``passes`` full-batch updates, in one compiled call.
+"""The whole training loop in one compiled call: a logging interval of updates, full
+batch or on minibatches gathered by index, each followed by the optimiser step
+(``cpu_update``, called through a function pointer), then the loss of all samples.
 
 The network is described by flat arrays so one specialisation per dtype serves
 every depth, width, activation and head:
@@ -19,16 +21,15 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from .cpu_activation import IDENTITY, grad_times_derivative
+from .cpu_activation import HEAD_SOFTMAX, IDENTITY, grad_times_derivative
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
-from .cpu_update import gd_update
+from .cpu_update import data_pointer
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
-HEAD_SOFTMAX = 0
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
@@ -278,56 +279,106 @@ def column_sums(D, out):
             out[j] += D[r, j]
 
 
+@njit(**_OPTS)
+def gather_rows(X, T, order, start, nb, shuffled, feature_major_x, feature_major_t, bx, bxt, bt, btt):
+    """Samples ``order[start:start + nb]`` (``start..start + nb`` unless ``shuffled``) of the
+    sample-major data into the batch buffers: sample-major, and feature-major where a fused
+    first layer (``bxt``) or a fused head (``btt``) reads them."""
+    n_in = X.shape[1]
+    n_out = T.shape[1]
+    for i in range(nb):
+        r = order[start + i] if shuffled else start + i
+        for k in range(n_in):
+            bx[i * n_in + k] = X[r, k]
+        for c in range(n_out):
+            bt[i * n_out + c] = T[r, c]
+        if feature_major_x:
+            for k in range(n_in):
+                bxt[k * nb + i] = X[r, k]
+        if feature_major_t:
+            for c in range(n_out):
+                btt[c * nb + i] = T[r, c]
+
+
 @njit(**_SHARED)
-def _train(fused_unit, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
-           unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len,
-           theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
-    """``passes`` updates of ``theta`` in place (forward, gradients, then W -= lr (dW + l2 W));
-    with ``want_loss``, one more forward returns the summed data loss at the new parameters."""
+def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
+           unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg,
+           hyper, batch, interval):
+    """``n_updates`` steps in place (forward, gradients, then ``update``: the optimiser step
+    with ``lrs[u]`` and step ``step0 + u + 1``); with ``want_loss``, the summed data loss of
+    all samples at the new parameters.
+
+    ``batch`` = (batch_rows, order, bounds, bx, bxt, bt, btt). Full batch (``batch_rows`` 0):
+    every step on ``X``/``T`` (``XT``/``TT`` feature-major where fused runs read them), the
+    loss in one more forward. Minibatches: step u on the samples ``order[bounds[u]:bounds[u +
+    1]]`` gathered into the batch buffers, and the loss range by range through the same
+    buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
+    n_slots, step0); ``hyper`` is [l2, full-batch scale, mean?, scratch].
+    """
+    batch_rows, order, bounds, bx, bxt, bt, btt = batch
+    lrs, update, addresses, n_slots, step0 = interval
     n_layers = sizes.size - 1
-    n = X.shape[0]
+    n_samples = X.shape[0]
+    n_in = sizes[0]
+    n_out = sizes[n_layers]
     n_units = unit_kind.size
-    lr = hyper[0]
-    l2 = hyper[1]
-    scale = hyper[2]
-    n_bias = sizes[1:]
+    l2 = np.float64(hyper[0])
+    mean = hyper[2] != 0.0
     last = n_layers - 1
+    fused_in = unit_kind[0] == UNIT_FUSED
+    fused_head = unit_kind[n_units - 1] == UNIT_FUSED
     # modes as runtime values: a literal argument would compile each callee once per value
     forward, backward, head_pass, loss_pass = (np.int64(MODE_FORWARD), np.int64(MODE_BACKWARD),
                                                np.int64(MODE_HEAD), np.int64(MODE_LOSS))
-    for p in range(passes + 1):
-        final = p == passes
-        if final and not want_loss:
-            break
+    n_loss = 0 if not want_loss else 1 if batch_rows == 0 else -(-n_samples // batch_rows)
+    loss = 0.0
+    for p in range(n_updates + n_loss):
+        final = p >= n_updates
+        Xc, XTc, Tc, TTc, scale = X, XT, T, TT, hyper[1]
+        if batch_rows > 0:
+            start = (p - n_updates) * batch_rows if final else bounds[p]
+            nb = min(batch_rows, n_samples - start) if final else bounds[p + 1] - start
+            gather_rows(X, T, order, start, nb, not final, fused_in, fused_head, bx, bxt, bt, btt)
+            Xc = bx[:nb * n_in].reshape((nb, n_in))
+            Tc = bt[:nb * n_out].reshape((nb, n_out))
+            if fused_in:
+                XTc = bxt[:nb * n_in].reshape((n_in, nb))
+            if fused_head:
+                TTc = btt[:nb * n_out].reshape((n_out, nb))
+            hyper[3] = 1.0 / nb if mean else 1.0  # the batch's scale, in the parameters' dtype
+            scale = hyper[3]
+        n = Xc.shape[0]
         for u in range(n_units):
             t0 = unit_t0[u]
             t1 = unit_t1[u]
             if unit_kind[u] == UNIT_BLAS:
-                a_in = X if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
+                a_in = Xc if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
                 Z = _stored(acts, act_off, sizes, t0, n)
                 np.dot(a_in, _weights(theta, w_off, sizes, t0), Z)
                 code = IDENTITY if t0 == last else codes[t0]
                 rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code)
             elif t1 < last:
-                fused_unit(forward, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
+                fused_unit(forward, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XTc, TTc,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
-        if unit_kind[n_units - 1] == UNIT_BLAS:
-            loss = rows_head(head, _stored(acts, act_off, sizes, last, n), T,
+        if not fused_head:
+            part = rows_head(head, _stored(acts, act_off, sizes, last, n), Tc,
                              _stored(deltas, act_off, sizes, last, n), scale, final)
             if final:
-                return loss
+                loss += part
+                continue
         elif final:
             u = n_units - 1
-            return fused_unit(loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, X, XT,
-                              TT, acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
-                              scratch, pg, pg_off, scale)
+            loss += fused_unit(loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, Xc, XTc,
+                               TTc, acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
+                               scratch, pg, pg_off, scale)
+            continue
         for u in range(n_units - 1, -1, -1):
             t0 = unit_t0[u]
             t1 = unit_t1[u]
             if unit_kind[u] == UNIT_BLAS:
                 D = _stored(deltas, act_off, sizes, t0, n)
-                a_in = X if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
+                a_in = Xc if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
                 fan_in = sizes[t0]
                 fan_out = sizes[t0 + 1]
                 w0 = w_off[t0]
@@ -340,11 +391,11 @@ def _train(fused_unit, passes, want_loss, sizes, codes, head, w_off, b_off, act_
                                          codes[t0 - 1])
             else:
                 mode = head_pass if t1 == last else backward
-                fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT,
+                fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XTc, TTc,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
-        gd_update(theta, grads, w_off, b_off, n_bias, lr, l2)
-    return 0.0
+        update(data_pointer(theta), data_pointer(addresses), theta.size, n_slots, w_off.size, lrs[p], l2, step0 + p + 1)
+    return loss
 
 
 @njit(**_OPTS)
@@ -355,28 +406,30 @@ def _no_fused_runs(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT,
 
 
 # ------------------------------------------------------------- entry points
-# Same arguments for all three: the fused runs on this thread, chunked across threads, or none.
+# Same arguments for all three (see ``_train``): the fused runs on this thread, chunked
+# across threads, or none.
 @njit(**_ENTRY)
-def train_passes(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
-                 unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper):
-    return _train(fused_unit_serial, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
-                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
-                  acts, deltas, scratch, pg, hyper)
-
-
-@njit(**_ENTRY)
-def train_passes_parallel(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
-                          unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
-                          deltas, scratch, pg, hyper):
-    return _train(fused_unit_parallel, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
-                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
-                  acts, deltas, scratch, pg, hyper)
+def train_passes(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
+                 unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper,
+                 batch, interval):
+    return _train(fused_unit_serial, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
+                  deltas, scratch, pg, hyper, batch, interval)
 
 
 @njit(**_ENTRY)
-def train_passes_blas(passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
-                      unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch,
-                      pg, hyper):
-    return _train(_no_fused_runs, passes, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
-                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
-                  acts, deltas, scratch, pg, hyper)
+def train_passes_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
+                          unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
+                          scratch, pg, hyper, batch, interval):
+    return _train(fused_unit_parallel, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
+                  deltas, scratch, pg, hyper, batch, interval)
+
+
+@njit(**_ENTRY)
+def train_passes_blas(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
+                      unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
+                      scratch, pg, hyper, batch, interval):
+    return _train(_no_fused_runs, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
+                  unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
+                  scratch, pg, hyper, batch, interval)

@@ -158,9 +158,9 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
     end = state.updates + passes
     with _InterruptFlag() as interrupt:
         try:
-            if record_start:  # through the fit's own buffers: no second set just for this loss
+            if record_start:  # through the fit's own buffers (its batch size too): no second set for this loss
                 loss = run.backend.train_and_loss(run.net, state, run.data, run.objective, run.optimizer,
-                                                  learning_rates(None, run.optimizer.lr, 0, 0, 1), None)
+                                                  *run.next_interval(0))
                 if not math.isfinite(loss):
                     raise _non_finite_start()
                 if log(loss):

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from ..batching import Batches
 from ..network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
-from ..optim import SGD, Optimizer
+from ..optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .base import BOOKKEEPING_BYTES, Backend, Data, l2_penalty, learning_rates, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
@@ -52,6 +52,9 @@ COMPILED_PREDICT_MIN = 1 << 16
 # Fused runs smaller than this many multiply-adds per pass stay on one thread.
 PARALLEL_MIN_WORK = 1 << 20
 MAX_CHUNKS = 16
+# Scalars of one optimiser step (nnx.kernels.cpu_update.N_COEF; kept here so memory checks
+# never import the kernels).
+N_COEF = 9
 
 
 @dataclass
@@ -77,6 +80,17 @@ class _Plan:
     deltas: np.ndarray
     scratch: np.ndarray
     pg: np.ndarray
+    # minibatch buffers (1-element placeholders for full-batch plans): the gathered batch,
+    # sample-major (bx, bt) and feature-major where fused layers read it (bxt, btt); the
+    # one-hidden-layer kernel reads it feature-major from bx, bt, padded to MLP1_GRANULE
+    bx: np.ndarray
+    bxt: np.ndarray
+    bt: np.ndarray
+    btt: np.ndarray
+    coef: np.ndarray  # the optimiser step's scalars, in the parameters' dtype
+    # rows the buffers hold: every sample (full batch) or the largest minibatch
+    rows: int = 0
+    batched: bool = False
     # one hidden layer with both layers fused: the dedicated whole-loop kernel (cpu_mlp1)
     mlp1: bool = False
     mlp1_bs: int = 0
@@ -88,6 +102,12 @@ class _Plan:
     parallel: bool = False
     # the data in the layout the kernels read, made once per fit
     _bound: tuple = field(default=(), repr=False)
+    # the optimiser state, flat like theta (n_slots x n_params), made for the first optimiser
+    slots: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_bias(self) -> np.ndarray:
+        return self.sizes[1:]
 
     @property
     def first_fused(self) -> bool:
@@ -101,7 +121,8 @@ class _Plan:
         return [self.theta[w0:b0] for w0, b0 in zip(self.w_off, self.b_off)]
 
     def feature_major(self, data: Data) -> tuple[np.ndarray, np.ndarray]:
-        """(XT, TT): the inputs and targets feature-major where fused kernels read them.
+        """(XT, TT): the inputs and targets feature-major where full-batch fused kernels read
+        them (minibatch plans gather from the data as given instead).
 
         The one-hidden-layer kernel reads them padded to whole vector blocks with
         copies of real samples (finite wherever the data is; their gradient is
@@ -110,29 +131,47 @@ class _Plan:
         if self._bound and self._bound[0] is data:
             return self._bound[1], self._bound[2]
         X, T = data.X, data.T
-        if self.mlp1:
+        dummy = np.zeros((1, 1), X.dtype)
+        if self.batched and self.mlp1:  # the batch buffers, which each update gathers into
+            cols = self.bx.size // X.shape[1]
+            XT, TT = self.bx.reshape((X.shape[1], cols)), self.bt.reshape((T.shape[1], cols))
+        elif self.batched:
+            XT = TT = dummy
+        elif self.mlp1:
             padded = -(-data.n_samples // MLP1_GRANULE) * MLP1_GRANULE
             pad = np.arange(padded) % data.n_samples
             XT = np.ascontiguousarray(X[pad].T)
             TT = np.ascontiguousarray(T[pad].T)
         else:
-            dummy = np.zeros((1, 1), X.dtype)
             XT = np.ascontiguousarray(X.T) if self.first_fused else dummy
             TT = np.ascontiguousarray(T.T) if self.head_fused else dummy
         self._bound = (data, XT, TT)
         return XT, TT
 
+    def optimizer_slots(self, n_slots: int) -> np.ndarray:
+        """The flat optimiser state buffer for ``n_slots`` arrays (kept while the count holds)."""
+        if self.slots is None or self.slots.shape[0] != n_slots:
+            self.slots = np.zeros((n_slots, self.theta.size), self.theta.dtype)
+        return self.slots
+
     def load(self, params) -> None:
-        for layer, (W, b) in enumerate(params):
-            w0, b0 = self.w_off[layer], self.b_off[layer]
-            self.theta[w0:b0] = np.asarray(W).reshape(-1)
-            self.theta[b0:b0 + b.size] = b
+        self.load_flat(self.theta, params)
 
     def store(self, params) -> None:
+        self.store_flat(self.theta, params)
+
+    def load_flat(self, flat: np.ndarray, params) -> None:
+        """``params`` ((W, b) pairs) into ``flat``, laid out like theta."""
         for layer, (W, b) in enumerate(params):
             w0, b0 = self.w_off[layer], self.b_off[layer]
-            W[...] = self.theta[w0:b0].reshape(W.shape)
-            b[...] = self.theta[b0:b0 + b.size]
+            flat[w0:b0] = np.asarray(W).reshape(-1)
+            flat[b0:b0 + b.size] = b
+
+    def store_flat(self, flat: np.ndarray, params) -> None:
+        for layer, (W, b) in enumerate(params):
+            w0, b0 = self.w_off[layer], self.b_off[layer]
+            W[...] = flat[w0:b0].reshape(W.shape)
+            b[...] = flat[b0:b0 + b.size]
 
 
 def _max_threads() -> int:
@@ -191,12 +230,16 @@ def _mlp1_split(n_in: int, hidden: int, n_out: int, n_samples: int) -> tuple[int
 
 
 def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, *, allocate: bool = True,
-              gradients: bool = True):
+              gradients: bool = True, batch_rows: int | None = None):
     """Lay out parameters, choose paths and blocks, and allocate every buffer once.
 
-    With ``allocate=False``, only the bytes those buffers would take (memory checks);
-    with ``gradients=False`` (a forward pass), no gradient buffers.
+    Buffers hold all ``n_samples`` rows, or with ``batch_rows`` (minibatches) that many:
+    each update gathers its batch into them, and the loss goes through them range by
+    range. With ``allocate=False``, only the bytes those buffers would take (memory
+    checks); with ``gradients=False`` (a forward pass), no gradient buffers.
     """
+    batched = batch_rows is not None
+    n_samples = min(batch_rows, n_samples) if batched else n_samples  # the rows every buffer holds
     dtype = net.np_dtype
     sizes = np.asarray(net.layer_sizes, dtype=np.int64)
     n_layers = net.n_layers
@@ -247,7 +290,7 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         unit_chunk_len.append(chunk_len)
         max_chunks = max(max_chunks, chunks)
         max_scratch = max(max_scratch, bs * (sum(widths) + 2 * max(widths) + 2))
-    codes = [ACTIVATION_CODES[net.hidden]] * n_layers
+    codes = [_activation_code(net.hidden)] * n_layers
     mlp1 = n_layers == 2 and units == [(1, 0, 1)]
     if mlp1:
         bs, chunks, chunk_len = _mlp1_split(shapes[0][0], shapes[0][1], shapes[1][1], n_samples)
@@ -269,12 +312,24 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         max_grad_chunks, n_grads = max_chunks, n_params
     buffers = {"theta": (n_params,), "grads": (n_grads,), "acts": (n_stored,), "deltas": (n_stored,),
                "scratch": (_max_threads() if max_chunks > 1 else 1, max_scratch),
-               "pg": (max_grad_chunks if max_grad_chunks > 1 else 1, max(pg_size, 1))}
+               "pg": (max_grad_chunks if max_grad_chunks > 1 else 1, max(pg_size, 1)),
+               "bx": (1,), "bxt": (1,), "bt": (1,), "btt": (1,), "coef": (N_COEF,)}
+    if batched:
+        n_in, n_out = net.n_inputs, net.n_outputs
+        if mlp1:  # feature-major, padded to whole blocks
+            cols = -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE
+            buffers.update(bx=(n_in * cols,), bt=(n_out * cols,))
+        else:
+            buffers.update(bx=(n_samples * n_in,), bt=(n_samples * n_out,))
+            if units[0][0] == 1:
+                buffers["bxt"] = (n_samples * n_in,)
+            if units[-1][0] == 1:
+                buffers["btt"] = (n_samples * n_out,)
     if not allocate:
         return sum(int(np.prod(shape)) for shape in buffers.values()) * dtype.itemsize
     i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
     return _Plan(
-        sizes=sizes, codes=i64(codes), head=HEAD_CODES[net.output],
+        sizes=sizes, codes=i64(codes), head=_head_code(net.output), rows=n_samples, batched=batched,
         w_off=i64(w_off), b_off=i64(b_off), act_off=i64(act_off), pg_off=i64(pg_off),
         unit_kind=i64([u[0] for u in units]), unit_t0=i64([u[1] for u in units]),
         unit_t1=i64([u[2] for u in units]), unit_bs=i64(unit_bs), unit_chunks=i64(unit_chunks),
@@ -284,6 +339,21 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         mlp1_chunk_len=chunk_len if mlp1 else 0,
         kernel=kernel + ("_parallel" if parallel else ""), parallel=parallel,
     )
+
+
+def _activation_code(name: str) -> int:
+    """The kernels' code for a hidden activation, from nnx.network's table; anything else is refused here,
+    before any kernel runs (the kernels turn an unknown code into NaN, never into the identity)."""
+    if name not in ACTIVATION_CODES:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATION_CODES)}")
+    return ACTIVATION_CODES[name]
+
+
+def _head_code(name: str) -> int:
+    """The kernels' code for an output head (see ``_activation_code``)."""
+    if name not in HEAD_CODES:
+        raise ValueError(f"unknown output head {name!r}; expected one of {', '.join(HEAD_CODES)}")
+    return HEAD_CODES[name]
 
 
 class NumbaBackend(Backend):
@@ -302,51 +372,52 @@ class NumbaBackend(Backend):
     def quiet_floating_point(self):
         return np.errstate(all="ignore")
 
-    def plan(self, net: Network, n_samples: int, state: TrainState | None = None) -> _Plan:
-        """The plan for this network and batch size: kept in ``state`` for the rest of a fit
-        (a fit's buffers are its own, so fits in several threads never share them)."""
-        key = (net, n_samples, self.fused_max_dim)
+    def plan(self, net: Network, n_samples: int, state: TrainState | None = None,
+             batch_rows: int | None = None, *, any_rows: bool = False) -> _Plan:
+        """The plan for this network, sample count and batch size (None: full batch), kept in
+        ``state`` for the rest of a fit (a fit's buffers are its own, so fits in several threads
+        never share them). ``any_rows``: a loss alone, which any plan of the fit can compute."""
+        key = (net, n_samples, batch_rows, self.fused_max_dim)
         cached = state.scratch.get("numba_plan") if state is not None else None
-        if cached is not None and cached[0] == key:
+        if cached is not None and (cached[0] == key or (any_rows and cached[0][:2] == key[:2]
+                                                        and cached[0][3] == key[3])):
             return cached[1]
-        plan = make_plan(net, n_samples, self.fused_max_dim)
+        if cached is not None:
+            del state.scratch["numba_plan"]  # its buffers go before the new ones are made
+            cached = None
+        plan = make_plan(net, n_samples, self.fused_max_dim, batch_rows=batch_rows)
         if state is not None:
             state.scratch["numba_plan"] = (key, plan)
         return plan
 
     def compiles(self, optimizer: Optimizer) -> bool:
-        """Full-batch plain SGD at a constant lr runs compiled; the rest runs the reference loop."""
-        return type(optimizer) is SGD and not optimizer.slots() and not optimizer.weight_decay
-
-    def _compiled_lr(self, optimizer: Optimizer, lrs: np.ndarray, batches: Batches | None) -> float | None:
-        if not self.compiles(optimizer) or batches is not None or (lrs.size and (lrs != lrs[0]).any()):
-            return None
-        return float(lrs[0]) if lrs.size else optimizer.lr
+        """Whether the compiled loop runs ``optimizer``: its exact class is in ``COMPILED_OPTIMIZERS``
+        (never ``isinstance``: a subclass may change the math, so it runs the reference loop)."""
+        return type(optimizer) in COMPILED_OPTIMIZERS
 
     def train(self, net: Network, state: TrainState, data: Data, objective: Objective, optimizer: Optimizer,
               lrs, batches: Batches | None = None) -> None:
-        """The updates in one compiled call where the kernels cover them, else the base loop."""
-        lrs = learning_rates(optimizer, lrs)
-        lr = self._compiled_lr(optimizer, lrs, batches)
-        if lr is None:
+        """The updates, full batch or on ``batches``, with the optimiser step after each, in one
+        compiled call; optimisers the kernels do not compile run on the base loop."""
+        if not self.compiles(optimizer):
             return super().train(net, state, data, objective, optimizer, lrs, batches)
+        lrs = learning_rates(optimizer, lrs)
         if lrs.size:
-            self._train(net, state, data, objective, lr, lrs.size, want_loss=False)
+            self._train(net, state, data, objective, optimizer, lrs, batches, want_loss=False)
 
     def train_and_loss(self, net: Network, state: TrainState, data: Data, objective: Objective,
                        optimizer: Optimizer, lrs, batches: Batches | None = None) -> float:
-        """The updates and the loss at the new parameters in one compiled call."""
-        lrs = learning_rates(optimizer, lrs)
-        lr = self._compiled_lr(optimizer, lrs, batches)
-        if lr is None:
+        """The updates and the loss of all samples at the new parameters in one compiled call."""
+        if not self.compiles(optimizer):
             return super().train_and_loss(net, state, data, objective, optimizer, lrs, batches)
-        return self._train(net, state, data, objective, lr, lrs.size, want_loss=True)
+        return self._train(net, state, data, objective, optimizer, learning_rates(optimizer, lrs), batches,
+                           want_loss=True)
 
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
-        return self._train(net, TrainState(params), data, objective, 0.0, 0, want_loss=True)
+        return self._train(net, TrainState(params), data, objective, None, _NO_LRS, None, want_loss=True)
 
     def data_loss(self, net: Network, params, data: Data) -> float:
-        return self._train(net, TrainState(params), data, Objective(), 0.0, 0, want_loss=True)
+        return self._train(net, TrainState(params), data, Objective(), None, _NO_LRS, None, want_loss=True)
 
     def predict_output(self, net: Network, params, X):
         """Head outputs from the compiled fused forward where the network has one
@@ -380,14 +451,23 @@ class NumbaBackend(Backend):
 
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int, batch_size: int | None = None, n_slots: int = 0) -> int:
-        """The plan's buffers, the data twice (as given and feature-major, padded), three
-        parameter copies and the validated targets: the loss is computed inside the
-        compiled loop, so no N x H forward."""
+        """The plan's buffers (N rows, or batch-sized with minibatches), the optimiser state
+        (flat here, and per array in the fit's state with two copies: the interval's snapshot
+        and the divergence replay), the data (and its feature-major copy, full batch only),
+        the minibatch order (an epoch's permutation and an interval's indices, up to an
+        epoch) and the validated targets: the loss is computed inside the compiled loop,
+        so no N x H forward."""
         n_params = sum((i + 1) * o for i, o in net.layer_shapes())
-        padded = -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE
+        itemsize = net.np_dtype.itemsize
         per_sample = net.n_inputs + net.n_outputs
-        plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False)
-        return (plan + net.np_dtype.itemsize * ((n_samples + padded) * per_sample + 3 * n_params)
+        plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False, batch_rows=batch_size)
+        if batch_size is None:
+            data = (n_samples + -(-n_samples // MLP1_GRANULE) * MLP1_GRANULE) * per_sample
+            order = 0
+        else:
+            data = n_samples * per_sample
+            order = 8 * (2 * n_samples + 2 * -(-n_samples // batch_size) + 2)
+        return (plan + itemsize * (data + n_slots * n_params + 3 * n_params * (1 + n_slots)) + order
                 + validated_targets_bytes(net, n_samples) + BOOKKEEPING_BYTES)
 
     def predict_bytes(self, net: Network, n_samples: int) -> int:
@@ -400,58 +480,102 @@ class NumbaBackend(Backend):
         """The loss runs the training kernel with no passes: a fit's buffers and data."""
         return self.fit_bytes(net, n_samples)
 
-    def _train(self, net: Network, state: TrainState, data: Data, objective: Objective, lr: float, passes: int,
-               want_loss: bool) -> float:
-        plan = self.plan(net, data.n_samples, state)
+    def _train(self, net: Network, state: TrainState, data: Data, objective: Objective,
+               optimizer: Optimizer | None, lrs: np.ndarray, batches: Batches | None, want_loss: bool) -> float:
+        """``len(lrs)`` updates (params, slots, step and update count in ``state``) and, with
+        ``want_loss``, the objective at the new parameters, in one compiled call. A loss alone
+        (no updates) goes through whatever plan the fit already has."""
+        updates = int(lrs.size)
+        rows = batches.max_size if batches is not None else None
+        plan = self.plan(net, data.n_samples, state, rows, any_rows=updates == 0)
         plan.load(state.params)
-        data_loss = self._run(plan, net, data, objective, lr, passes, want_loss)
-        if passes:
+        names = optimizer.slots() if optimizer is not None else ()
+        slots = plan.optimizer_slots(len(names))
+        for row, name in enumerate(names):
+            plan.load_flat(slots[row], state.slots[name])
+        data_loss = self._run(plan, net, data, objective, optimizer, lrs, batches, state.step, want_loss)
+        if updates:
             plan.store(state.params)
-            state.updates += passes
-            state.step += passes
+            for row, name in enumerate(names):
+                plan.store_flat(slots[row], state.slots[name])
+            state.updates += updates
+            state.step += updates
         if not want_loss:
             return float("nan")
         with self.quiet_floating_point():  # an overflowing penalty is a non-finite loss, reported by the driver
             return (data_loss + l2_penalty(plan.weights(), objective.l2)) / data.n_samples
 
-    def _run(self, plan: _Plan, net: Network, data: Data, objective: Objective, lr: float, passes: int,
-             want_loss: bool) -> float:
-        """The compiled call; returns the summed data loss at the new parameters when asked."""
-        from ..kernels import cpu_mlp1, cpu_train
+    def _run(self, plan: _Plan, net: Network, data: Data, objective: Objective, optimizer: Optimizer | None,
+             lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool) -> float:
+        """The compiled call; returns the summed data loss of all samples at the new parameters
+        when asked."""
+        from ..kernels import cpu_mlp1, cpu_train, cpu_update
 
         n = data.n_samples
         scale = 1.0 if objective.reduction == "sum" else 1.0 / n
-        hyper = np.array([lr, objective.l2, scale], dtype=net.np_dtype)
+        hyper = np.array([objective.l2, scale, objective.reduction == "mean", 0.0], dtype=net.np_dtype)
+        # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
+        update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
+        settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
+        order, bounds = _NO_INDEX, _NO_INDEX
+        if plan.batched and batches is not None:  # (a loss alone may come with the fit's batches or none)
+            order, bounds = _kernel_array(batches.order, np.int64), _kernel_array(batches.bounds, np.int64)
+        batch_rows = plan.rows if plan.batched else 0
+        slots = plan.slots if plan.slots is not None else plan.optimizer_slots(0)
+        arrays = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
+                  "n_bias": plan.n_bias, "settings": settings, "coef": plan.coef}  # alive through the call
+        addresses = np.array([arrays[name].ctypes.data for name in cpu_update.ADDRESSES], dtype=np.int64)
+        interval = (_kernel_array(lrs, np.float64), update, addresses, slots.shape[0], step)
         XT, TT = plan.feature_major(data)
         if plan.mlp1:
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
-            args = (passes, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
+            args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
                     plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
-                    plan.w_off, plan.b_off, plan.sizes[1:], hyper)
+                    plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
+                    (batch_rows, MLP1_GRANULE, order, bounds), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
-            args = (passes, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
+            args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
                     plan.unit_chunk_len, plan.theta, plan.grads, data.X, XT, data.T, TT, plan.acts, plan.deltas,
-                    plan.scratch, plan.pg, hyper)
+                    plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, plan.bx, plan.bxt, plan.bt, plan.btt),
+                    interval)
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
-    def warm_up(self, net: Network, n_samples: int = 8) -> float:
-        """Compile (or load from cache) the kernel ``net`` trains with; returns the seconds spent.
+    def warm_up(self, net: Network, n_samples: int = 8, optimizer: Optimizer | None = None) -> float:
+        """Compile (or load from cache) what a fit of ``net`` with ``optimizer`` (None: plain
+        gradient descent, ``fit``'s default) runs; returns the seconds spent.
 
         One kernel serves every size of a path (2x2 tanh, any one-hidden-layer
-        net, deeper nets), serial or chunked across threads, so ``n_samples``
-        should be the fit's own. The CLI and benchmarks call this before timing
-        so compile time is reported apart from run time.
+        net, deeper nets), serial or chunked across threads, full batch or
+        minibatches, with any optimiser, so ``n_samples`` should be the fit's own;
+        the optimiser's step is compiled once per family and dtype. The CLI and
+        benchmarks call this before timing so compile time is reported apart from
+        run time.
         """
         start = time.perf_counter()
         X = np.zeros((n_samples, net.n_inputs), net.np_dtype)
         T = np.zeros((n_samples, net.n_outputs), net.np_dtype)
         self._run(make_plan(net, n_samples, self.fused_max_dim), net, self.prepare_data(net, X, T), Objective(),
-                  0.0, 0, want_loss=True)
+                  optimizer if optimizer is not None else SGD(0.01), _NO_LRS, None, 0, want_loss=True)
         return time.perf_counter() - start
+
+
+# What the compiled loop runs: the exact optimiser classes (``compiles``), each with its step in
+# nnx.kernels.cpu_update; anything else, subclasses included, runs on the reference loop.
+COMPILED_OPTIMIZERS = (SGD, Adam, AdamW, RMSprop)
+_NO_LRS = np.empty(0, np.float64)
+_NO_INDEX = np.empty(0, np.int64)
+_NO_SETTINGS = np.zeros(7, np.float64)
+
+
+def _kernel_array(a, dtype) -> np.ndarray:
+    """``a`` as the kernels take it: C-contiguous and writeable (a read-only array is another
+    type to Numba, so it would compile a second specialisation), copied only when needed."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 # Layers that take parallel regions from any number of threads (Numba's own table); under
