@@ -549,8 +549,8 @@ def test_random_state_kinds():
 
 
 @pytest.mark.parametrize("training", [
-    dict(),  # the defaults: Adam on shuffled minibatches of 200 (the reference loop on every backend today)
-    dict(optimizer="sgd", batch_size="full", learning_rate=0.3),  # full batch: Numba's and CuPy's compiled loops
+    dict(),  # the defaults: Adam on shuffled minibatches of 200
+    dict(optimizer="sgd", batch_size="full", learning_rate=0.3),  # plain full-batch gradient descent
 ], ids=["adam-minibatches", "sgd-full-batch"])
 def test_same_seed_same_model_on_every_backend(backend_name, training):
     """The estimator's own backend parameter, on each backend, against the NumPy backend's numbers."""
@@ -559,7 +559,7 @@ def test_same_seed_same_model_on_every_backend(backend_name, training):
                     random_state=4, **training)
     reference = MLPClassifier(**settings, backend="numpy").fit(X, y)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nnx.PerformanceWarning)
+        warnings.simplefilter("error", nnx.PerformanceWarning)  # compiled wherever the backend compiles
         other = MLPClassifier(**settings, backend=backend_name).fit(X, y)
     assert other.model_.backend_name == backend_name
     assert other.model_.updates == reference.model_.updates == 60 * (2 if not training else 1)
