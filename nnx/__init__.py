@@ -15,10 +15,11 @@ from .version import __version__
 
 
 def __getattr__(name: str):
-    # nnx.sweep (callable: nnx.sweep(...)) loads on first use, keeping `import nnx` light.
-    if name == "sweep":
+    # nnx.sweep (callable: nnx.sweep(...)) and nnx.sklearn (needs scikit-learn) load on first use,
+    # keeping `import nnx` light.
+    if name in ("sweep", "sklearn"):
         import importlib
-        return importlib.import_module(".sweep", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nnx' has no attribute {name!r}")
 
 
