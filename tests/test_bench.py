@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ workloads
 def test_workload_names_are_the_documented_stable_ones():
-    assert list(WORKLOADS) == ["tutorial", "sweep", "large-hidden", "blas-bound", "xor", "crossover"]
+    assert list(WORKLOADS) == ["tutorial", "sweep", "large-hidden", "blas-bound", "xor", "crossover", "minibatch",
+                              "mnist-shaped"]
     with pytest.raises(ValueError, match="tutorial"):
         get_workload("tutorail")
 
