@@ -25,6 +25,11 @@ class Batches:
     def updates(self) -> int:
         return int(self.bounds.size - 1)
 
+    def select(self, start: int, stop: int) -> "Batches":
+        """Updates start..stop of this interval, as batches of their own."""
+        lo, hi = int(self.bounds[start]), int(self.bounds[stop])
+        return Batches(self.order[lo:hi], self.bounds[start:stop + 1] - lo, self.max_size)
+
 
 def updates_per_epoch(n_samples: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else -(-n_samples // batch_size)
