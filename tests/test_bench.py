@@ -419,7 +419,9 @@ def _run_suite(*args: str, sizes: str = "tiny") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
                            "xor and (numpy or tutorial)", *args,
                            str(REPO / "benchmarks")], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "NNX_BENCH_SIZES": sizes})
+                          # without CI's PYTEST_ADDOPTS (-n 2): pytest-benchmark times nothing under xdist
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
+                               "NNX_BENCH_SIZES": sizes})
 
 
 def test_tiny_suite_runs_untimed_unless_asked(tmp_path):
