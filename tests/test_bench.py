@@ -419,8 +419,10 @@ def _run_suite(*args: str, sizes: str = "tiny") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
                            "xor and (numpy or tutorial)", *args,
                            str(REPO / "benchmarks")], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          # without CI's PYTEST_ADDOPTS (-n 2): pytest-benchmark times nothing under xdist
-                          env={**{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
+                          # outside xdist (CI's PYTEST_ADDOPTS and the worker's PYTEST_XDIST_* variables):
+                          # pytest-benchmark times nothing under xdist
+                          env={**{k: v for k, v in os.environ.items()
+                                  if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")},
                                "NNX_BENCH_SIZES": sizes})
 
 

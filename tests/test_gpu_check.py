@@ -67,9 +67,9 @@ class _PointerRecordingBackend(NumpyBackend):
     def __init__(self):
         self.keys: set[tuple[int, ...]] = set()
 
-    def train(self, net, state, data, objective, optimizer, passes):
+    def train(self, net, state, data, objective, optimizer, lrs, batches=None):
         self.keys.add(tuple(a.ctypes.data for pair in state.params for a in pair))
-        return super().train(net, state, data, objective, optimizer, passes)
+        return super().train(net, state, data, objective, optimizer, lrs, batches)
 
 
 def test_every_timed_round_trains_the_same_parameter_arrays(monkeypatch):
