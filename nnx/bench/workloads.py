@@ -196,12 +196,13 @@ def _minibatch() -> Workload:
 
 
 def _mnist_shaped() -> Workload:
-    def case(n, epochs):
-        return Case("mnist-shaped", n, (784, 256, 10), lr=1e-3, l2=0.0, reduction="mean", data="random",
+    def case(n, epochs, sizes=(784, 256, 10)):
+        return Case("mnist-shaped", n, sizes, lr=1e-3, l2=0.0, reduction="mean", data="random",
                     optimizer="adam", batch_size=128, epochs=epochs, dtypes=("float32",))
     return Workload("mnist-shaped", "N=60,000 seeded Gaussian inputs, 784-256-10 tanh/softmax, float32, Adam "
                                     "(lr 1e-3), batches of 128 (469 updates), mean loss: one epoch a round",
-                    {"tiny": (case(512, 1),), "quick": (case(60_000, 1),), "full": (case(60_000, 1),)}, peers=True)
+                    {"tiny": (case(256, 1, (32, 16, 10)),), "quick": (case(60_000, 1),), "full": (case(60_000, 1),)},
+                    peers=True)
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in
