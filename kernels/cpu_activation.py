@@ -65,7 +65,8 @@ def derivative(code, a):
 @njit(**_INLINE)
 def head_activation(head):
     """The activation a sigmoid or identity head applies to its logits; -1 (NaN) for any
-    other code, softmax included (its output is not elementwise)."""
+    other code, softmax included (its output is not elementwise). For kernels that work one
+    value at a time (the vectorised loops branch on the head code themselves)."""
     if head == HEAD_SIGMOID:
         return SIGMOID
     if head == HEAD_IDENTITY:
@@ -85,9 +86,9 @@ def activate(code, v, r, n):
     elif code == RELU:
         for i in range(n):
             v[r, i] = activation(RELU, v[r, i], False)
-    elif code != IDENTITY:
+    elif code != IDENTITY:  # not an activation code (refused before any kernel runs): NaN, never the identity
         for i in range(n):
-            v[r, i] = activation(code, v[r, i], False)  # NaN: an unknown code
+            v[r, i] = math.nan
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
@@ -102,6 +103,6 @@ def grad_times_derivative(code, g, gr, a, ar, n):
     elif code == RELU:
         for i in range(n):
             g[gr, i] *= derivative(RELU, a[ar, i])
-    elif code != IDENTITY:
+    elif code != IDENTITY:  # not an activation code: NaN, never the identity
         for i in range(n):
-            g[gr, i] *= derivative(code, a[ar, i])  # NaN: an unknown code
+            g[gr, i] = math.nan

@@ -417,11 +417,10 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     ``update``), then with ``want_loss`` the summed data loss of all samples: in one go on
     the full data, or batch-sized range by range through the batch buffers.
     """
-    batch_rows, granule, order, bounds, gather, meta = batch
-    lrs, update, addresses, n_slots, step0 = interval
+    batch_rows, order, bounds, gather, meta = batch
+    lrs, update, addresses, step0 = interval
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
     l2 = hyper[0]
-    mean = hyper[2] != 0.0
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
     dW1, db1, dW2, db2 = _views(grads, n_in, n_hidden, n_out)
     n_p = grads.size
@@ -430,8 +429,7 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     for p in range(n_updates + n_loss):
         loss_only = p >= n_updates
         if batch_rows > 0:  # XT/TT are the batch buffers; meta and hyper[3] say what is in them
-            c_call(gather, (X, T, order, bounds, XT, TT, hyper, meta, n_in, n_out, XT.shape[1], p, n_updates,
-                            batch_rows, granule, X.shape[0], np.int64(mean)))
+            c_call(gather, (X, T, order, bounds, XT, TT, hyper, meta, p))
         # real samples, columns with the padding (the 2x2 kernel masks it, the general one stops
         # at n_real) and the loss scale: the full data's (set before the call) or the batch's
         n_real, n_rows, scale = meta[0], meta[1], hyper[3]
@@ -454,7 +452,7 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
         if loss_only:
             loss += part
         else:
-            c_call(update, (theta, addresses, n_p, n_slots, w_off.size, lrs[p], np.float64(l2), step0 + p + 1))
+            c_call(update, (theta, addresses, lrs[p], np.float64(l2), step0 + p + 1))
     return loss
 
 
@@ -463,13 +461,14 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
 # the optimiser state in place, then, with ``want_loss``, the summed data loss of all
 # samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the data
 # feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of the
-# block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows, granule,
-# order, bounds, gather, meta)): ``XT``/``TT`` are batch buffers, and update u gathers samples
+# block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows, order,
+# bounds, gather, meta)): ``XT``/``TT`` are batch buffers, and update u gathers samples
 # ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most, padded
-# to ``granule``) with the compiled gather at address ``gather`` (``cpu_gather``).
-# ``interval`` = (lrs, update, addresses, n_slots, step0): ``update`` is the address of the
+# to whole blocks) with the compiled gather at address ``gather`` (``cpu_gather``).
+# ``interval`` = (lrs, update, addresses, step0): ``update`` is the address of the
 # optimiser step (``cpu_update``), run with ``lrs[u]`` and step ``step0 + u + 1``. ``hyper``
-# is [l2, full-batch scale, mean?, this step's scale]; ``meta`` [this step's samples, columns].
+# is [l2, full-batch scale, mean?, this step's scale]; ``meta`` (``cpu_gather.META``) starts
+# [this step's samples, columns].
 @njit(**_ENTRY)
 def train_2x2(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
               grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):

@@ -2,78 +2,65 @@
 
 The gradient follows the NumPy reference order: (y - T) * (y * (1 - y)) for
 sigmoid, then times ``scale``; the loss is 0.5 * sum((y - T)**2) when asked for.
-The head code (``nnx.network.HEAD_CODES``) maps to the activation code of its
-output (``head_activation``): a code that is neither sigmoid nor identity gives
-NaN, never the identity.
+The head codes are ``nnx.network.HEAD_CODES``; the branches end with the identity
+code itself, and any other code gives NaN, never the identity.
 """
 from __future__ import annotations
 
+import math
+
 from numba import njit
 
-from .cpu_activation import IDENTITY, SIGMOID, activation, derivative, head_activation
-from .cpu_math import CACHE, FASTMATH
-
-
-
-@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _half_squared_and_delta(code, z, t, scale):
-    """(0.5 (y - t)^2, dLoss/dz * scale) for one logit ``z``, y = f(z) for the activation
-    ``code`` of the head (sigmoid or identity; any other code gives NaN)."""
-    y = activation(code, z, False)
-    d = y - t
-    return 0.5 * d * d, d * derivative(code, y) * scale  # identity: d * 1 * scale, exactly d * scale
+from .cpu_activation import HEAD_IDENTITY, HEAD_SIGMOID
+from .cpu_math import CACHE, FASTMATH, like, vsigmoid
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
     """delta[:, :nb] from feature-major logits; returns the summed loss if ``want_loss``."""
-    code = head_activation(head)
     loss = 0.0
     for c in range(z.shape[0]):
-        if code == SIGMOID:
+        if head == HEAD_SIGMOID:
             for n in range(nb):
-                half_sq, d = _half_squared_and_delta(SIGMOID, z[c, n], TT[c, n0 + n], scale)
-                delta[c, n] = d
+                y = vsigmoid(z[c, n])
+                d = y - TT[c, n0 + n]
                 if want_loss:
-                    loss += half_sq
-        elif code == IDENTITY:
+                    loss += 0.5 * d * d
+                delta[c, n] = d * (y * (like(y, 1.0) - y)) * scale
+        elif head == HEAD_IDENTITY:
             for n in range(nb):
-                half_sq, d = _half_squared_and_delta(IDENTITY, z[c, n], TT[c, n0 + n], scale)
-                delta[c, n] = d
+                d = z[c, n] - TT[c, n0 + n]
                 if want_loss:
-                    loss += half_sq
-        else:
+                    loss += 0.5 * d * d
+                delta[c, n] = d * scale
+        else:  # not a squared-error head code (refused before any kernel runs)
             for n in range(nb):
-                half_sq, d = _half_squared_and_delta(code, z[c, n], TT[c, n0 + n], scale)
-                delta[c, n] = d
-                if want_loss:
-                    loss += half_sq
+                delta[c, n] = math.nan
+            loss = math.nan
     return loss
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def squared_error_rows(head, Z, T, r0, r1, scale, D, want_loss):
     """D[r] from sample-major logits for rows r0..r1; returns the summed loss if ``want_loss``."""
-    code = head_activation(head)
     loss = 0.0
     n_out = Z.shape[1]
     for r in range(r0, r1):
-        if code == SIGMOID:
+        if head == HEAD_SIGMOID:
             for c in range(n_out):
-                half_sq, d = _half_squared_and_delta(SIGMOID, Z[r, c], T[r, c], scale)
-                D[r, c] = d
+                y = vsigmoid(Z[r, c])
+                d = y - T[r, c]
                 if want_loss:
-                    loss += half_sq
-        elif code == IDENTITY:
+                    loss += 0.5 * d * d
+                D[r, c] = d * (y * (like(y, 1.0) - y)) * scale
+        elif head == HEAD_IDENTITY:
             for c in range(n_out):
-                half_sq, d = _half_squared_and_delta(IDENTITY, Z[r, c], T[r, c], scale)
-                D[r, c] = d
+                d = Z[r, c] - T[r, c]
                 if want_loss:
-                    loss += half_sq
-        else:
+                    loss += 0.5 * d * d
+                D[r, c] = d * scale
+        else:  # not a squared-error head code (refused before any kernel runs)
             for c in range(n_out):
-                half_sq, d = _half_squared_and_delta(code, Z[r, c], T[r, c], scale)
-                D[r, c] = d
-                if want_loss:
-                    loss += half_sq
+                D[r, c] = math.nan
+            loss = math.nan
     return loss

@@ -294,20 +294,18 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     samples ``order[bounds[u]:bounds[u + 1]]`` of ``data_X``/``data_T`` into them (by the
     compiled gather at address ``gather``, ``cpu_gather``), and the loss goes range by range
     through the same buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
-    n_slots, step0), ``update`` the address of the optimiser step (``cpu_update``); ``hyper``
-    is [l2, full-batch scale, mean?, this step's scale], ``meta`` [this step's rows, -]: the
+    step0), ``update`` the address of the optimiser step (``cpu_update``); ``hyper``
+    is [l2, full-batch scale, mean?, this step's scale], ``meta`` (``cpu_gather.META``) starts
+    [this step's rows, -]: the
     kernel reads both each step (a minibatch's gather writes them), so a step's data is
     always the same arrays cut to ``meta[0]`` rows.
     """
     batch_rows, order, bounds, data_X, data_T, gather, meta = batch
-    lrs, update, addresses, n_slots, step0 = interval
+    lrs, update, addresses, step0 = interval
     n_layers = sizes.size - 1
     n_samples = data_X.shape[0]
-    n_in = sizes[0]
-    n_out = sizes[n_layers]
     n_units = unit_kind.size
     l2 = np.float64(hyper[0])
-    mean = hyper[2] != 0.0
     last = n_layers - 1
     # modes as runtime values: a literal argument would compile each callee once per value
     forward, backward, head_pass, loss_pass = (np.int64(MODE_FORWARD), np.int64(MODE_BACKWARD),
@@ -317,9 +315,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
     for p in range(n_updates + n_loss):
         final = p >= n_updates
         if batch_rows > 0:  # into X, XT, T, TT (the batch buffers); meta[0], hyper[3]: rows and scale
-            c_call(gather, (data_X, data_T, order, bounds, X, XT, T, TT, hyper, meta, n_in, n_out, p, n_updates,
-                            batch_rows, np.int64(unit_kind[0] == UNIT_FUSED),
-                            np.int64(unit_kind[n_units - 1] == UNIT_FUSED), n_samples, np.int64(mean)))
+            c_call(gather, (data_X, data_T, order, bounds, X, XT, T, TT, hyper, meta, p))
         n = meta[0]  # rows this step: every sample (set before the call) or the batch's
         scale = hyper[3]
         Xc = X[:n]
@@ -370,7 +366,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
-        c_call(update, (theta, addresses, theta.size, n_slots, w_off.size, lrs[p], l2, step0 + p + 1))
+        c_call(update, (theta, addresses, lrs[p], l2, step0 + p + 1))
     return loss
 
 

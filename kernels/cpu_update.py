@@ -56,19 +56,20 @@ def family(optimizer) -> str:
 
 
 def signature(dtype: str):
-    """update(theta, addresses, n_params, n_slots, n_layers, lr, l2, step): ``theta`` points to the
-    flat parameters, ``addresses`` to the int64 addresses of the other arrays (``ADDRESSES``);
+    """update(theta, addresses, lr, l2, step): ``theta`` points to the flat parameters,
+    ``addresses`` to int64s: the addresses of the other arrays and the sizes (``ADDRESSES``);
     ``lr`` is this update's learning rate, ``l2`` the tutorial's L2, ``step`` the 1-based count
-    of updates made with the slots. Addresses rather than a pointer argument per array keep the
-    call, which every training kernel compiles, small (``cpu_ccall.c_call``)."""
-    i64 = types.int64
-    return c_signature(types.void, types.Array(_DTYPES[dtype], 1, "C"), types.Array(i64, 1, "C"), i64, i64, i64,
-                       types.float64, types.float64, i64)
+    of updates made with the slots. Addresses rather than an argument per array keep the call,
+    which every training kernel compiles, small (``cpu_ccall.c_call``)."""
+    return c_signature(types.void, types.Array(_DTYPES[dtype], 1, "C"), types.Array(types.int64, 1, "C"),
+                       types.float64, types.float64, types.int64)
 
 
-# What ``addresses`` holds, in order: the gradients, the slots (n_slots x n_params) and ``coef``
-# in the parameters' dtype; w_off, b_off, n_bias (int64, a value per layer); ``settings`` (float64).
-ADDRESSES = ("grads", "slots", "w_off", "b_off", "n_bias", "settings", "coef")
+# What ``addresses`` holds, in order: the addresses of the gradients, the slots (n_slots x
+# n_params) and ``coef`` in the parameters' dtype, of w_off, b_off, n_bias (int64, a value
+# per layer) and of ``settings`` (float64); then n_params, n_slots and n_layers.
+ADDRESSES = ("grads", "slots", "w_off", "b_off", "n_bias", "settings", "coef", "n_params", "n_slots", "n_layers")
+
 
 @intrinsic
 def _pointer(typingctx, address, like):
@@ -81,13 +82,14 @@ def _pointer(typingctx, address, like):
 
 
 @njit(inline="always")
-def _arrays(theta_p, addresses_p, n, n_slots, n_layers):
-    """(theta, grads, slots, w_off, b_off, n_bias, settings, coef) from an update's arguments."""
-    a = carray(addresses_p, 7)
+def _arrays(theta_p, addresses_p):
+    """(theta, grads, slots, w_off, b_off, n_bias, settings, coef, n_layers) from an update's arguments."""
+    a = carray(addresses_p, 10)
+    n, n_slots, n_layers = a[7], a[8], a[9]
     return (carray(theta_p, n), carray(_pointer(a[0], theta_p), n), carray(_pointer(a[1], theta_p), (n_slots, n)),
             carray(_pointer(a[2], np.int64), n_layers), carray(_pointer(a[3], np.int64), n_layers),
             carray(_pointer(a[4], np.int64), n_layers), carray(_pointer(a[5], np.float64), N_SETTINGS),
-            carray(_pointer(a[6], theta_p), N_COEF))
+            carray(_pointer(a[6], theta_p), N_COEF), n_layers)
 
 
 @njit(inline="always", error_model="numpy")
@@ -99,10 +101,11 @@ def _add_l2(theta, grads, w_off, b_off, n_layers, l2):
                 grads[i] += l2 * theta[i]
 
 
-def _gd(theta_p, addresses_p, n, n_slots, n_layers, lr_, l2_, step):
+def _gd(theta_p, addresses_p, lr_, l2_, step):
     """theta += (grads + l2 W) * -lr over weights, theta += grads * -lr over biases: the
     tutorial's order (dW += l2 W, dW *= -lr, W += dW)."""
-    a = carray(addresses_p, 7)  # only what it reads: a small function, quick to compile
+    a = carray(addresses_p, 10)  # only what it reads: a small function, quick to compile
+    n, n_layers = a[7], a[9]
     theta, grads, coef = carray(theta_p, n), carray(_pointer(a[0], theta_p), n), carray(_pointer(a[6], theta_p), 2)
     offsets = carray(_pointer(a[2], np.int64), n_layers)
     ends = carray(_pointer(a[3], np.int64), n_layers)
@@ -124,10 +127,11 @@ def _gd(theta_p, addresses_p, n, n_slots, n_layers, lr_, l2_, step):
             theta[i] += grads[i] * neg_lr
 
 
-def _sgd(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
+def _sgd(theta_p, addresses_p, lr, l2_, step):
     """SGD with momentum and/or weight decay: g += wd p; buf = g at step 1, else
     momentum buf + (1 - dampening) g; g = g + momentum buf (Nesterov) or buf; p += g * -lr."""
-    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef, n_layers = _arrays(theta_p, addresses_p)
+    n, n_slots = theta.size, slots.shape[0]
     coef[0] = -lr
     coef[1] = hyper[0]
     coef[2] = 1.0 - hyper[1]
@@ -152,10 +156,11 @@ def _sgd(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
         theta[i] = p + g * neg_lr
 
 
-def _adam(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
+def _adam(theta_p, addresses_p, lr, l2_, step):
     """Adam and AdamW (decoupled decay: p *= 1 - lr wd first), AMSGrad too:
     m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
-    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef, n_layers = _arrays(theta_p, addresses_p)
+    n, n_slots = theta.size, slots.shape[0]
     b1, b2, wd = hyper[0], hyper[1], hyper[3]
     decoupled = hyper[6] == OPT_ADAMW
     t = float(step)
@@ -197,10 +202,11 @@ def _adam(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
         theta[i] = p - step_size * (m / (math.sqrt(v) / root + eps))
 
 
-def _rmsprop(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
+def _rmsprop(theta_p, addresses_p, lr, l2_, step):
     """RMSprop: sq = alpha sq + (1 - alpha) g^2; avg = sqrt(sq - ga^2) + eps (centred, ga the
     running mean of g) or sqrt(sq) + eps; p -= lr buf with buf = momentum buf + g / avg, or lr g / avg."""
-    theta, grads, slots, w_off, b_off, n_bias, hyper, coef = _arrays(theta_p, addresses_p, n, n_slots, n_layers)
+    theta, grads, slots, w_off, b_off, n_bias, hyper, coef, n_layers = _arrays(theta_p, addresses_p)
+    n, n_slots = theta.size, slots.shape[0]
     coef[0] = -lr
     coef[1] = hyper[0]
     coef[2] = 1.0 - hyper[0]
@@ -241,7 +247,7 @@ def _rmsprop(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
             theta[i] = p + neg_lr * (g / avg)
 
 
-def _none(theta_p, addresses_p, n, n_slots, n_layers, lr, l2_, step):
+def _none(theta_p, addresses_p, lr, l2_, step):
     """No step: the update handed to a call that makes none (a loss alone)."""
 
 

@@ -148,6 +148,64 @@ def test_baseline_and_numpy_backend_do_the_same_training(workload):
             np.testing.assert_allclose(b, b0.ravel(), rtol=1e-9, atol=1e-12)
 
 
+def test_minibatch_workloads_are_the_issues_fits():
+    (mini,) = WORKLOADS["minibatch"].cases("full")
+    assert (mini.n_samples, mini.layer_sizes, mini.optimizer, mini.batch_size, mini.epochs) == (200, (2, 3, 2), "adam",
+                                                                                                32, 2000)
+    assert mini.data == "moons" and mini.updates_per_pass == 7 and mini.id == "N200-2x3x2-adam-b32"
+    (mnist,) = WORKLOADS["mnist-shaped"].cases("full")
+    assert (mnist.n_samples, mnist.layer_sizes, mnist.optimizer, mnist.batch_size, mnist.epochs) == (
+        60_000, (784, 256, 10), "adam", 128, 1)
+    assert mnist.data == "random" and mnist.dtypes == ("float32",) and mnist.updates_per_pass == 469
+    assert {job.dtype for job in plan([mnist], ["numpy"], ["float32", "float64"])} == {"float32"}
+    assert not applies(BASELINE, WORKLOADS["minibatch"]) and applies(BASELINE, WORKLOADS["tutorial"])
+    assert all(applies(p, WORKLOADS[w]) for p in peers.PEERS for w in ("minibatch", "mnist-shaped"))
+
+
+def test_minibatch_targets_train_on_the_same_batches_as_a_fit():
+    """Both backends and a hand-written loop over the same batches (Adam, mean loss) land together."""
+    from nnx.bench.targets import minibatches
+
+    case = WORKLOADS["minibatch"].cases("tiny")[0]
+    batches = minibatches(case, 2)
+    assert batches.updates == 2 * case.updates_per_pass and sorted(batches.order[:case.n_samples]) == list(
+        range(case.n_samples))
+    results = []
+    for name in ("numpy", "numba") if available()["numba"] is None else ("numpy",):
+        target = BackendTarget(name, case, "float64")
+        target.reset()
+        target.run(2)
+        results.append(target.backend.params_to_numpy(target.state.params))
+        assert target.state.step == batches.updates
+    X, _, T = make_data(case)
+    params = [list(pair) for pair in initial_params(case.layer_sizes, case.init, 0)]
+    m = [[np.zeros_like(a) for a in pair] for pair in params]
+    v = [[np.zeros_like(a) for a in pair] for pair in params]
+    for u in range(batches.updates):  # the tutorial's tanh/softmax pass on each batch, Adam's formulas
+        rows = batches.order[batches.bounds[u]:batches.bounds[u + 1]]
+        x, t = X[rows], T[rows]
+        (W1, b1), (W2, b2) = params
+        h = np.tanh(x @ W1 + b1)
+        z = h @ W2 + b2
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        dz = (p - t) / len(rows)
+        dh = dz @ W2.T * (1 - h * h)
+        grads = [(x.T @ dh, dh.sum(axis=0)), (h.T @ dz, dz.sum(axis=0))]
+        step = u + 1
+        for layer in range(2):
+            for k in range(2):
+                g = grads[layer][k]
+                m[layer][k] = 0.9 * m[layer][k] + 0.1 * g
+                v[layer][k] = 0.999 * v[layer][k] + 0.001 * g * g
+                denom = np.sqrt(v[layer][k]) / np.sqrt(1 - 0.999 ** step) + 1e-8
+                params[layer][k] = params[layer][k] - case.lr / (1 - 0.9 ** step) * m[layer][k] / denom
+    for got in results:
+        for (W, b), (W0, b0) in zip(got, params):
+            np.testing.assert_allclose(W, W0, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(b, b0, rtol=1e-9, atol=1e-12)
+
+
 def test_reset_returns_to_the_initial_parameters():
     case = WORKLOADS["tutorial"].cases("tiny")[0]
     target = BackendTarget("numpy", case, "float32")

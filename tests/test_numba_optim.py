@@ -67,6 +67,12 @@ def interval(n_samples: int, batch_size: int | None, epochs: int, seed: int = 7)
     return epochs * per_epoch, stream.take(epochs * per_epoch)
 
 
+def part(batches: Batches, start: int, stop: int) -> Batches:
+    """Updates start..stop of an interval's batches, as an interval of their own."""
+    lo, hi = int(batches.bounds[start]), int(batches.bounds[stop])
+    return Batches(batches.order[lo:hi], batches.bounds[start:stop + 1] - lo, batches.max_size)
+
+
 def fresh_state(backend, net, params, optimizer) -> TrainState:
     def zeros():
         return [(np.zeros_like(W), np.zeros_like(b)) for W, b in params]
@@ -162,15 +168,17 @@ def test_float32_minibatches_stay_float32_and_close(path):
 
 # ------------------------------------------------------------ the step itself
 @numba.njit
-def _call(update, theta, addresses, n_slots, n_layers, lr, l2, step):
-    c_call(update, (theta, addresses, theta.size, n_slots, n_layers, lr, l2, step))
+def _call(update, theta, addresses, lr, l2, step):
+    c_call(update, (theta, addresses, lr, l2, step))
 
 
 def _step(update, theta, grads, slots, w_off, b_off, n_bias, settings, lr, l2, step, coef):
     """One call of a compiled update, its arrays passed by address as the training kernels pass them."""
-    arrays = dict(grads=grads, slots=slots, w_off=w_off, b_off=b_off, n_bias=n_bias, settings=settings, coef=coef)
-    addresses = np.array([arrays[name].ctypes.data for name in cpu_update.ADDRESSES], np.int64)
-    _call(update.address, theta, addresses, slots.shape[0], w_off.size, lr, l2, step)
+    values = dict(grads=grads, slots=slots, w_off=w_off, b_off=b_off, n_bias=n_bias, settings=settings, coef=coef)
+    values = {name: a.ctypes.data for name, a in values.items()}
+    values.update(n_params=theta.size, n_slots=slots.shape[0], n_layers=w_off.size)
+    addresses = np.array([values[name] for name in cpu_update.ADDRESSES], np.int64)
+    _call(update.address, theta, addresses, lr, l2, step)
 
 
 STEP_OPTIMIZERS = [SGD(0.1, weight_decay=0.01), SGD(0.1, momentum=0.9), SGD(0.1, momentum=0.8, dampening=0.3),
@@ -242,10 +250,10 @@ def test_ten_updates_in_one_call_equal_five_and_five(net_name, optimizer_name, b
     data = backend.prepare_data(net, X, T)
     objective = Objective("mean", 0.01)
     once = fresh_state(backend, net, params, optimizer)
-    backend.train(net, once, data, objective, optimizer, lrs, batches.select(0, 10) if batches else None)
+    backend.train(net, once, data, objective, optimizer, lrs, part(batches, 0, 10) if batches else None)
     split = fresh_state(backend, net, params, optimizer)
     for lo, hi in ((0, 5), (5, 10)):
-        backend.train(net, split, data, objective, optimizer, lrs[lo:hi], batches.select(lo, hi) if batches else None)
+        backend.train(net, split, data, objective, optimizer, lrs[lo:hi], part(batches, lo, hi) if batches else None)
     assert once.step == split.step == 10 and once.updates == split.updates == 10
     for a, b in zip(backend.params_to_numpy(once.params), backend.params_to_numpy(split.params)):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

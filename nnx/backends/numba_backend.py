@@ -524,9 +524,9 @@ class NumbaBackend(Backend):
 
         n = data.n_samples
         scale = 1.0 if objective.reduction == "sum" else 1.0 / n
-        # [l2, full-batch scale, mean?, this step's scale]; meta: [this step's samples, columns]
-        # (the kernels read both each step; a minibatch's gather rewrites them)
-        hyper = np.array([objective.l2, scale, objective.reduction == "mean", scale], dtype=net.np_dtype)
+        mean = objective.reduction == "mean"
+        # [l2, full-batch scale, mean?, this step's scale] (a minibatch's gather rewrites the last)
+        hyper = np.array([objective.l2, scale, mean, scale], dtype=net.np_dtype)
         # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
         update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
         settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
@@ -537,19 +537,25 @@ class NumbaBackend(Backend):
         # the minibatch gather, compiled on the first minibatch fit only (never called with full batches)
         gather = cpu_gather.gatherer("columns" if plan.mlp1 else "rows", net.dtype).address if batch_rows else 0
         slots = plan.slots if plan.slots is not None else plan.optimizer_slots(0)
-        arrays = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
+        lrs = _kernel_array(lrs, np.float64)
+        values = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
                   "n_bias": plan.n_bias, "settings": settings, "coef": plan.coef}  # alive through the call
-        addresses = np.array([arrays[name].ctypes.data for name in cpu_update.ADDRESSES], dtype=np.int64)
-        interval = (_kernel_array(lrs, np.float64), update.address, addresses, slots.shape[0], step)
+        values = {name: a.ctypes.data for name, a in values.items()}
+        values.update(n_params=plan.theta.size, n_slots=slots.shape[0], n_layers=plan.w_off.size)
+        addresses = np.array([values[name] for name in cpu_update.ADDRESSES], dtype=np.int64)
+        interval = (lrs, update.address, addresses, step)
         XT, TT = plan.feature_major(data)
-        meta = np.array([n, XT.shape[1]], dtype=np.int64)
+        sizes = dict(rows=n, columns=XT.shape[1], n_in=net.n_inputs, n_out=net.n_outputs, batch_rows=batch_rows,
+                     n_data=n, mean=mean, n_updates=lrs.size, feature_major_x=plan.batched and plan.first_fused,
+                     feature_major_t=plan.batched and plan.head_fused, granule=MLP1_GRANULE)
+        meta = np.array([sizes[name] for name in cpu_gather.META], dtype=np.int64)  # (cpu_gather: meta)
         if plan.mlp1:
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
                     plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
                     plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
-                    (batch_rows, MLP1_GRANULE, order, bounds, gather, meta), interval)
+                    (batch_rows, order, bounds, gather, meta), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
             X, T = data.X, data.T
