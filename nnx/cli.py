@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -113,7 +115,18 @@ def _train(args: argparse.Namespace) -> int:
               log_every=settings.log_every, verbose=0 if preset.tutorial_loss else 2,
               callback=print_clipped_loss if preset.tutorial_loss else None)
     elapsed = time.perf_counter() - start
+    if not (model.interrupted and threading.current_thread() is threading.main_thread()):
+        return _summarise(model, X, y, preset, backend, elapsed, save_path)
+    # winding down after Ctrl-C: a further Ctrl-C must not cut the summary or the save short
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _summarise(model, X, y, preset, backend, elapsed, save_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
+
+def _summarise(model: MLP, X, y, preset, backend, elapsed: float, save_path) -> int:
+    """The run's closing lines (accuracy, rate, interruption) and its save."""
     done = model.updates
     print(f"final training accuracy: {100 * model.accuracy(X, y):.2f}%")
     if preset.output == "sigmoid":

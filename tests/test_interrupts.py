@@ -143,10 +143,22 @@ def test_a_loss_already_non_finite_before_training_is_reported_at_pass_0():
 
 
 # ---------------------------------------------------------------- real signals to `nnx train`
-def _start(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
-    return subprocess.Popen([sys.executable, "-u", "-m", "nnx", "train", "--backend", "numpy", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+@pytest.fixture
+def start_cli():
+    """Starts `nnx train` children, killed at teardown: a failed or timed-out test leaves no run behind."""
+    children: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+        children.append(subprocess.Popen([sys.executable, "-u", "-m", "nnx", "train", "--backend", "numpy", *args],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        return children[-1]
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
 def _wait_for(proc: subprocess.Popen, pattern: str) -> str:
@@ -169,9 +181,9 @@ def _finish(proc: subprocess.Popen, seen: str) -> tuple[int, str, str]:
     return proc.returncode, seen + out, err
 
 
-def test_cli_one_ctrl_c_stops_at_a_logging_point_prints_the_summary_saves_and_exits_130(tmp_path):
+def test_cli_one_ctrl_c_stops_at_a_logging_point_prints_the_summary_saves_and_exits_130(tmp_path, start_cli):
     path = tmp_path / "run"
-    proc = _start("--passes", "100000000", "--log-every", "500", "--save", str(path))
+    proc = start_cli("--passes", "100000000", "--log-every", "500", "--save", str(path))
     seen = _wait_for(proc, r"Loss after pass 1000:")
     proc.send_signal(signal.SIGINT)
     code, out, err = _finish(proc, seen)
@@ -189,9 +201,9 @@ def test_cli_one_ctrl_c_stops_at_a_logging_point_prints_the_summary_saves_and_ex
     assert_same(saved, expected)
 
 
-def test_cli_one_ctrl_c_ends_the_whole_relu_run(tmp_path):
+def test_cli_one_ctrl_c_ends_the_whole_relu_run(tmp_path, start_cli):
     path = tmp_path / "relu"
-    proc = _start("--preset", "relu", "--passes", "100000000", "--log-every", "200", "--save", str(path))
+    proc = start_cli("--preset", "relu", "--passes", "100000000", "--log-every", "200", "--save", str(path))
     seen = _wait_for(proc, r"^Epoch 400, Loss:")
     proc.send_signal(signal.SIGINT)
     code, out, err = _finish(proc, seen)
@@ -203,10 +215,10 @@ def test_cli_one_ctrl_c_ends_the_whole_relu_run(tmp_path):
     assert nnx.load(path).updates == done
 
 
-def test_cli_a_second_ctrl_c_stops_at_once_with_the_last_logging_point_saved(tmp_path):
+def test_cli_a_second_ctrl_c_stops_at_once_with_the_last_logging_point_saved(tmp_path, start_cli):
     path = tmp_path / "big"
     # one logging interval would take hours: only the second Ctrl-C can end it
-    proc = _start("--hidden", "2000", "--passes", "100000000", "--log-every", "100000000", "--save", str(path))
+    proc = start_cli("--hidden", "2000", "--passes", "100000000", "--log-every", "100000000", "--save", str(path))
     seen = _wait_for(proc, r"Loss after pass 0:")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
