@@ -501,3 +501,16 @@ def test_tiny_suite_runs_untimed_unless_asked(tmp_path):
         assert bench["extra_info"]["passes_per_s"] > 0 and bench["extra_info"]["threads"]["requested"] >= 1
     bad = _run_suite(sizes="huge")
     assert bad.returncode != 0 and "NNX_BENCH_SIZES='huge'" in bad.stdout + bad.stderr
+
+
+def test_pinning_threads_starts_numbas_pool_on_nnxs_layer_not_openmp():
+    """A pool started on Numba's default layer (OpenMP) made PyTorch eager run 4-5x slower beside it."""
+    if available()["numba"] is not None:
+        pytest.skip(f"numba unavailable: {available()['numba']}")
+    code = ("import numba\nfrom nnx.bench.machine import pin_threads\npin_threads(1)\n"
+            "@numba.njit(parallel=True)\ndef f(n):\n    s = 0\n    for i in numba.prange(n):\n        s += i\n"
+            "    return s\nf(4)\nprint(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["workqueue"]

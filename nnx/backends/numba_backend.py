@@ -621,7 +621,7 @@ def _parallel_guard():
     return contextlib.nullcontext() if layer in _THREAD_SAFE_LAYERS else _PARALLEL_LOCK
 
 
-def _configure_threading() -> None:
+def configure_threading() -> None:
     """Numba's default OpenMP pool and OpenBLAS's threads fight over the cores when
     prange and np.dot alternate; the workqueue layer avoids that. An explicit
     NUMBA_THREADING_LAYER is respected."""
@@ -672,6 +672,6 @@ def check() -> None:
 
 
 def create() -> Backend:
-    _configure_threading()
+    configure_threading()
     _configure_vector_width()
     return NumbaBackend()

@@ -43,6 +43,12 @@ def pin_threads(n: int) -> dict:
                                for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"})
     if "numba" in sys.modules or _numba_importable():
         import numba
+
+        from ..backends.numba_backend import configure_threading
+
+        # before set_num_threads starts a pool: Numba's default OpenMP one would fight PyTorch's
+        # (PyTorch eager ran 4-5x slower beside it) and is not the layer nnx's fits run under
+        configure_threading()
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
         info["numba"] = numba.get_num_threads()
     return info
