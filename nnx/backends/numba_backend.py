@@ -107,6 +107,8 @@ class _Plan:
     _bound: tuple = field(default=(), repr=False)
     # the optimiser state, flat like theta (n_slots x n_params), made for the first optimiser
     slots: np.ndarray | None = field(default=None, repr=False)
+    # what the compiled calls of the current fit and optimiser read unchanged (NumbaBackend._call_kit)
+    kit: "_CallKit | None" = field(default=None, repr=False)
 
     @property
     def n_bias(self) -> np.ndarray:
@@ -183,6 +185,19 @@ class _Plan:
             w0, b0 = self.w_off[layer], self.b_off[layer]
             W[...] = flat[w0:b0].reshape(W.shape)
             b[...] = flat[b0:b0 + b.size]
+
+
+@dataclass
+class _CallKit:
+    """The arrays and addresses a fit's compiled calls share (see ``NumbaBackend._call_kit``)."""
+
+    key: tuple            # (optimizer, objective, data) they were made for
+    hyper: np.ndarray     # template: each call copies it (a minibatch's gather writes into it)
+    update: int           # the optimiser step's address
+    addresses: np.ndarray
+    meta: np.ndarray      # template, as hyper; n_updates is set per call
+    gather: int
+    owned: dict           # the arrays behind the addresses, kept alive while the kit is
 
 
 def _max_threads() -> int:
@@ -520,42 +535,26 @@ class NumbaBackend(Backend):
              lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool) -> float:
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked."""
-        from ..kernels import cpu_gather, cpu_mlp1, cpu_train, cpu_update
+        from ..kernels import cpu_gather, cpu_mlp1, cpu_train
 
+        kit = self._call_kit(plan, net, data, objective, optimizer)
         n = data.n_samples
-        scale = 1.0 if objective.reduction == "sum" else 1.0 / n
-        mean = objective.reduction == "mean"
-        # [l2, full-batch scale, mean?, this step's scale] (a minibatch's gather rewrites the last)
-        hyper = np.array([objective.l2, scale, mean, scale], dtype=net.np_dtype)
-        # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
-        update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
-        settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
         order, bounds = _NO_INDEX, _NO_INDEX
         if plan.batched and batches is not None:  # (a loss alone may come with the fit's batches or none)
             order, bounds = _kernel_array(batches.order, np.int64), _kernel_array(batches.bounds, np.int64)
         batch_rows = plan.rows if plan.batched else 0
-        # the minibatch gather, compiled on the first minibatch fit only (never called with full batches)
-        gather = cpu_gather.gatherer("columns" if plan.mlp1 else "rows", net.dtype).address if batch_rows else 0
-        slots = plan.slots if plan.slots is not None else plan.optimizer_slots(0)
         lrs = _kernel_array(lrs, np.float64)
-        values = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
-                  "n_bias": plan.n_bias, "settings": settings, "coef": plan.coef}  # alive through the call
-        values = {name: a.ctypes.data for name, a in values.items()}
-        values.update(n_params=plan.theta.size, n_slots=slots.shape[0], n_layers=plan.w_off.size)
-        addresses = np.array([values[name] for name in cpu_update.ADDRESSES], dtype=np.int64)
-        interval = (lrs, update.address, addresses, step)
+        hyper, meta = kit.hyper.copy(), kit.meta.copy()  # the kernel writes a step's rows and scale in them
+        meta[cpu_gather.META.index("n_updates")] = lrs.size
+        interval = (lrs, kit.update, kit.addresses, step)
         XT, TT = plan.feature_major(data)
-        sizes = dict(rows=n, columns=XT.shape[1], n_in=net.n_inputs, n_out=net.n_outputs, batch_rows=batch_rows,
-                     n_data=n, mean=mean, n_updates=lrs.size, feature_major_x=plan.batched and plan.first_fused,
-                     feature_major_t=plan.batched and plan.head_fused, granule=MLP1_GRANULE)
-        meta = np.array([sizes[name] for name in cpu_gather.META], dtype=np.int64)  # (cpu_gather: meta)
         if plan.mlp1:
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
                     plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
                     plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
-                    (batch_rows, order, bounds, gather, meta), interval)
+                    (batch_rows, order, bounds, kit.gather, meta), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
             X, T = data.X, data.T
@@ -564,9 +563,47 @@ class NumbaBackend(Backend):
             args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
                     plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
                     plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas,
-                    plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, gather, meta), interval)
+                    plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, kit.gather, meta),
+                    interval)
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
+
+    @staticmethod
+    def _call_kit(plan: _Plan, net: Network, data: Data, objective: Objective,
+                  optimizer: Optimizer | None) -> "_CallKit":
+        """What a compiled call reads that stays the same through a fit (the scalars, the optimiser's
+        settings and step, the addresses of the plan's buffers, the sizes), made once per fit and
+        optimiser: the logging points of a small fit are many calls, each a few microseconds of work."""
+        from ..kernels import cpu_gather, cpu_update
+
+        key = (optimizer, objective, data)
+        kit = plan.kit
+        if kit is not None and kit.key[0] == optimizer and kit.key[1] == objective and kit.key[2] is data:
+            return kit
+        n = data.n_samples
+        scale = 1.0 if objective.reduction == "sum" else 1.0 / n
+        mean = objective.reduction == "mean"
+        # [l2, full-batch scale, mean?, this step's scale] (a minibatch's gather rewrites the last)
+        hyper = np.array([objective.l2, scale, mean, scale], dtype=net.np_dtype)
+        # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
+        update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
+        settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
+        batch_rows = plan.rows if plan.batched else 0
+        # the minibatch gather, compiled on the first minibatch fit only (never called with full batches)
+        gather = cpu_gather.gatherer("columns" if plan.mlp1 else "rows", net.dtype).address if batch_rows else 0
+        slots = plan.slots if plan.slots is not None else plan.optimizer_slots(0)
+        values = {"grads": plan.grads, "slots": slots, "w_off": plan.w_off, "b_off": plan.b_off,
+                  "n_bias": plan.n_bias, "settings": settings, "coef": plan.coef}  # kept alive by the kit
+        addresses = {name: a.ctypes.data for name, a in values.items()}
+        addresses.update(n_params=plan.theta.size, n_slots=slots.shape[0], n_layers=plan.w_off.size)
+        XT, _ = plan.feature_major(data)
+        sizes = dict(rows=n, columns=XT.shape[1], n_in=net.n_inputs, n_out=net.n_outputs, batch_rows=batch_rows,
+                     n_data=n, mean=mean, n_updates=0, feature_major_x=plan.batched and plan.first_fused,
+                     feature_major_t=plan.batched and plan.head_fused, granule=MLP1_GRANULE)
+        plan.kit = _CallKit(key, hyper, update.address, np.array([addresses[name] for name in cpu_update.ADDRESSES],
+                                                                 dtype=np.int64),
+                            np.array([sizes[name] for name in cpu_gather.META], dtype=np.int64), gather, values)
+        return plan.kit
 
     def warm_up(self, net: Network, n_samples: int = 8, optimizer: Optimizer | None = None) -> float:
         """Compile (or load from cache) what a fit of ``net`` with ``optimizer`` (None: plain
