@@ -53,26 +53,31 @@ _PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": Fals
 
 @njit(**_INNER)
 def _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z):
-    """hb[:, :nb] = f(W1.T x + b1) and z[:, :nb] = W2.T hb + b2 for samples n0..n0+nb."""
+    """hb[:, :nb] = f(W1.T x + b1) and z[:, :nb] = W2.T hb + b2 for samples n0..n0+nb.
+
+    A one-row ``hb`` (a forward alone keeps no activations for a backward pass) takes
+    each hidden unit in turn, so a block can be long whatever the hidden width."""
     n_in, n_hidden = W1.shape
     n_out = W2.shape[1]
+    last = hb.shape[0] - 1
     for c in range(n_out):
         bc = b2[c]
         for n in range(nb):
             z[c, n] = bc
     for j in range(n_hidden):
+        r = min(j, last)
         bj = b1[j]
         for n in range(nb):
-            hb[j, n] = bj
+            hb[r, n] = bj
         for k in range(n_in):
             w = W1[k, j]
             for n in range(nb):
-                hb[j, n] += XT[k, n0 + n] * w
-        activate(code, hb, j, nb)
+                hb[r, n] += XT[k, n0 + n] * w
+        activate(code, hb, r, nb)
         for c in range(n_out):
             w = W2[j, c]
             for n in range(nb):
-                z[c, n] += hb[j, n] * w
+                z[c, n] += hb[r, n] * w
 
 
 @njit(**_SHARED)
@@ -543,9 +548,10 @@ def _predict_rows(XT, r0, r1, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out):
 
 @njit(**_ENTRY)
 def predict(n_samples, n_in, n_hidden, n_out, code, head, bs, theta, XT, scratch, out):
-    """Head outputs, feature-major (``out`` is n_out x n_samples), without the N x H activations."""
+    """Head outputs, feature-major (``out`` is n_out x n_samples), without the N x H activations:
+    ``scratch`` holds one hidden row and the block's logits (``_scratch`` with one hidden row)."""
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
-    hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
+    hb, z, g, d, m, s = _scratch(scratch[0], 1, n_out, bs)
     _predict_rows(XT, np.int64(0), n_samples, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out)
 
 
@@ -556,5 +562,5 @@ def predict_parallel(n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chu
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
     for c in prange(n_chunks):
         r0 = c * chunk_len
-        hb, z, g, d, m, s = _scratch(scratch[get_thread_id()], n_hidden, n_out, bs)
+        hb, z, g, d, m, s = _scratch(scratch[get_thread_id()], 1, n_out, bs)
         _predict_rows(XT, r0, min(n_samples, r0 + chunk_len), bs, W1, b1, W2, b2, code, head, hb, z, m, s, out)

@@ -388,3 +388,34 @@ def test_the_backend_refuses_names_outside_the_table_before_any_kernel_runs():
     for net in (Network((2, 3, 2), "swish"), Network((2, 3, 2), "tanh", "softmin")):
         with pytest.raises(ValueError, match="unknown (activation|output head)"):
             make_plan(net, 10)
+
+
+def _forward_float64(X, params, hidden, output):
+    """The forward pass in NumPy float64, from the formulas."""
+    (W1, b1), (W2, b2) = params
+    z = X @ W1 + b1
+    h = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v))}[hidden](z)
+    out = h @ W2 + b2
+    if output == "softmax":
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1 / (1 + np.exp(-out)) if output == "sigmoid" else out
+
+
+@pytest.mark.parametrize("hidden,output", [("tanh", "softmax"), ("relu", "sigmoid"), ("sigmoid", "identity")])
+@pytest.mark.parametrize("n,width", [(300, 256), (2001, 256), (17, 4096)], ids=["serial", "chunked", "few-rows"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_forward_matches_the_formulas(hidden, output, n, width, dtype):
+    """The compiled forward (one hidden row streamed per block of samples, serial or chunked
+    across threads, blocks cut short at the end) against the float64 forward."""
+    net = Network((2, width, 3 if output == "softmax" else 2), hidden=hidden, output=output, dtype=dtype)
+    backend = NumbaBackend()
+    assert backend._compiled_predict(net, n)
+    X, _, params = problem(net, n, seed=width)
+    got = backend.predict_output(net, [(W.astype(dtype), b.astype(dtype)) for W, b in params], X.astype(dtype))
+    want = _forward_float64(X.astype(dtype).astype(np.float64),
+                            [(W.astype(dtype).astype(np.float64), b.astype(dtype).astype(np.float64))
+                             for W, b in params], hidden, output)
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12 if dtype == "float64" else 2e-5,
+                               atol=1e-13 if dtype == "float64" else 1e-6)

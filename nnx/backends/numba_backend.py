@@ -255,6 +255,27 @@ def _mlp1_split(n_in: int, hidden: int, n_out: int, n_samples: int) -> tuple[int
     return bs, -(-padded // chunk_len), chunk_len
 
 
+# The compiled forward streams blocks of this many samples through the hidden units one at a
+# time: with no activations kept for a backward pass, a block can be long whatever the width.
+PREDICT_BLOCK = 256
+
+
+def _predict_split(n_in: int, hidden: int, n_out: int, n_samples: int) -> tuple[int, int, int]:
+    """(block, chunks, chunk length) of the compiled forward, from the sizes alone."""
+    bs = max(1, min(PREDICT_BLOCK, n_samples))
+    n_blocks = -(-n_samples // bs)
+    if n_samples * hidden * (n_in + n_out) < PARALLEL_MIN_WORK or n_blocks == 1:
+        return bs, 1, n_samples
+    chunk_len = -(-n_blocks // min(MAX_CHUNKS, n_blocks)) * bs
+    return bs, -(-n_samples // chunk_len), chunk_len
+
+
+def _predict_rows_per_block(n_out: int) -> int:
+    """Rows of scratch per block sample of the compiled forward: one hidden row, the logits and
+    their gradients' place, a delta row and two softmax rows (``cpu_mlp1._scratch`` with one row)."""
+    return 1 + 2 * n_out + 3
+
+
 def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, *, allocate: bool = True,
               gradients: bool = True, batch_rows: int | None = None):
     """Lay out parameters, choose paths and blocks, and allocate every buffer once.
@@ -457,16 +478,17 @@ class NumbaBackend(Backend):
         plan = make_plan(net, n, self.fused_max_dim, gradients=False)
         plan.load(params)
         n_in, hidden, n_out = (int(v) for v in plan.sizes)
+        bs, chunks, chunk_len = _predict_split(n_in, hidden, n_out, n)
+        scratch = np.empty((_max_threads() if chunks > 1 else 1, bs * _predict_rows_per_block(n_out)), net.np_dtype)
         XT = np.ascontiguousarray(X.T)
         out = np.empty((n_out, n), net.np_dtype)
         common = (n, n_in, hidden, n_out, int(plan.codes[0]), plan.head)
         with self.quiet_floating_point():
-            if plan.parallel:
+            if chunks > 1:
                 with _parallel_guard():
-                    cpu_mlp1.predict_parallel(*common, plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs,
-                                              plan.theta, XT, plan.scratch, out)
+                    cpu_mlp1.predict_parallel(*common, chunks, chunk_len, bs, plan.theta, XT, scratch, out)
             else:
-                cpu_mlp1.predict(*common, plan.mlp1_bs, plan.theta, XT, plan.scratch, out)
+                cpu_mlp1.predict(*common, bs, plan.theta, XT, scratch, out)
         return np.ascontiguousarray(out.T)
 
     def _compiled_predict(self, net: Network, n_samples: int) -> bool:
@@ -500,7 +522,11 @@ class NumbaBackend(Backend):
         if not self._compiled_predict(net, n_samples):
             return super().predict_bytes(net, n_samples)
         plan = make_plan(net, n_samples, self.fused_max_dim, allocate=False, gradients=False)
-        return plan + net.np_dtype.itemsize * n_samples * (2 * net.n_inputs + 2 * net.n_outputs) + BOOKKEEPING_BYTES
+        n_in, n_out = net.n_inputs, net.n_outputs
+        bs = _predict_split(n_in, net.layer_sizes[1], n_out, n_samples)[0]
+        scratch = _max_threads() * bs * _predict_rows_per_block(n_out)
+        return (plan + net.np_dtype.itemsize * (n_samples * (2 * n_in + 2 * n_out) + scratch)
+                + BOOKKEEPING_BYTES)
 
     def loss_bytes(self, net: Network, n_samples: int) -> int:
         """The loss runs the training kernel with no passes: a fit's buffers and data."""
