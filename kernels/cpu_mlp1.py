@@ -36,6 +36,10 @@ from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_ccall import c_call
 
+# What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
+# same forward pass (a fit that logs the loss before every update); or only that loss.
+GRADIENTS, GRADIENTS_AND_LOSS, LOSS_ONLY = 0, 1, 2
+
 # Compiled into the entry points that call them; cached too, so a second entry point of
 # the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
 _INNER = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
@@ -95,25 +99,25 @@ def _zero(dW1, db1, dW2, db2):
 
 
 @njit(**_INNER)
-def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
                hb, z, g, d, m, s, dW1, db1, dW2, db2):
-    """Gradients of samples r0..r1 into dW1, db1, dW2, db2 (zeroed here); with
-    ``loss_only``, the summed data loss of those samples instead."""
+    """Gradients of samples r0..r1 into dW1, db1, dW2, db2 (zeroed here), and, unless ``mode``
+    is GRADIENTS, the summed data loss of those samples (LOSS_ONLY: the loss alone)."""
     n_in, n_hidden = W1.shape
     n_out = W2.shape[1]
     zero = like(W1, 0.0)  # accumulators in W1's precision
     loss = 0.0
-    if not loss_only:
+    if mode != LOSS_ONLY:
         _zero(dW1, db1, dW2, db2)
     r1 = min(r1, n_samples)  # the padding is for the 2x2 kernel only
     for n0 in range(r0, r1, bs):
         nb = min(bs, r1 - n0)
         _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z)
         if head == HEAD_SOFTMAX:
-            loss += softmax_xent_block(z, TT, n0, nb, scale, g, m, s, loss_only)
+            loss += softmax_xent_block(z, TT, n0, nb, scale, g, m, s, mode != GRADIENTS)
         else:
-            loss += squared_error_block(head, z, TT, n0, nb, scale, g, loss_only)
-        if loss_only:
+            loss += squared_error_block(head, z, TT, n0, nb, scale, g, mode != GRADIENTS)
+        if mode == LOSS_ONLY:
             continue
         for c in range(n_out):
             acc = zero
@@ -148,7 +152,7 @@ def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
 
 
 @njit(**_INNER)
-def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
                 hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` one sample at a time, for a handful of samples and units (XOR: 4 x 2-2-1):
     there, loops over blocks of samples would be all set-up and remainder."""
@@ -158,7 +162,7 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
     zz = z[:, 0]
     gg = g[:, 0]
     loss = 0.0
-    if not loss_only:
+    if mode != LOSS_ONLY:
         _zero(dW1, db1, dW2, db2)
     for n in range(r0, min(r1, n_samples)):
         for j in range(n_hidden):
@@ -179,10 +183,11 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             for c in range(n_out):
                 gg[c] = math.exp(zz[c] - top)
                 total += gg[c]
-            if loss_only:
+            if mode != GRADIENTS:
                 loss += math.log(total) + top
                 for c in range(n_out):
                     loss -= TT[c, n] * zz[c]
+            if mode == LOSS_ONLY:
                 continue
             inv = like(top, 1.0) / total
             for c in range(n_out):
@@ -192,11 +197,10 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
             for c in range(n_out):
                 y = activation(out_code, zz[c], True)
                 diff = y - TT[c, n]
-                if loss_only:
+                if mode != GRADIENTS:
                     loss += 0.5 * diff * diff
-                else:
-                    gg[c] = diff * derivative(out_code, y) * scale  # identity: exactly diff * scale
-            if loss_only:
+                gg[c] = diff * derivative(out_code, y) * scale  # identity: exactly diff * scale
+            if mode == LOSS_ONLY:
                 continue
         for c in range(n_out):
             db2[c] += gg[c]
@@ -269,7 +273,7 @@ def _ov_softmax2_grad(za, zb, ta, tb, scale):
 
 
 @njit(**_SHARED)
-def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
                hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` for 2 inputs, 2 softmax classes and tanh (the moons model), every
     loop over the samples of a block fused into one. Blocks are whole multiples of
@@ -285,7 +289,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     zero = like(W1, 0.0)  # in W1's precision: a float64 literal would make float32 loops float64
     one = like(W1, 1.0)
     loss = 0.0
-    if not loss_only:
+    if mode != LOSS_ONLY:
         _zero(dW1, db1, dW2, db2)
     acc_b0 = zero
     acc_b1 = zero
@@ -308,14 +312,15 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 hb[j, n] = h
                 z0[n] += h * v0
                 z1[n] += h * v1
-        if loss_only:  # the logged loss: log-sum-exp minus T.z over the real samples
+        if mode != GRADIENTS:  # the logged loss: log-sum-exp minus T.z over the real samples
             for n in range(min(nb, n_samples - n0)):
                 za = z0[n]
                 zb = z1[n]
                 top = za if za > zb else zb
                 # libm's exp: outside the vector loops, and no extra kernel to compile for the loss
                 loss += top + math.log(math.exp(za - top) + math.exp(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
-            continue
+            if mode == LOSS_ONLY:
+                continue
         # softmax + cross-entropy gradient, in place of the logits
         a0 = zero
         a1 = zero
@@ -354,7 +359,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
             db1[j] += s_d
             dW1[0, j] += s_x0
             dW1[1, j] += s_x1
-    if not loss_only:
+    if mode != LOSS_ONLY:
         db2[0] = acc_b0
         db2[1] = acc_b1
     return loss
@@ -382,7 +387,7 @@ def _scratch(buf, n_hidden, n_out, bs):
 
 
 @njit(**_SHARED)
-def _chunks_side_by_side(chunk, loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2,
+def _chunks_side_by_side(chunk, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2,
                          code, head, scale, scratch, pg, losses):
     """The prange loop alone, inlined into a small ``parallel`` function: Numba's
     parallel compile cost grows with everything the function holds. Block buffers
@@ -394,20 +399,20 @@ def _chunks_side_by_side(chunk, loss_only, n_samples, n_rows, n_chunks, chunk_le
         bh, bz, bg, bd, bm, bs_ = _scratch(scratch[get_thread_id()], n_hidden, n_out, bs)
         cW1, cb1, cW2, cb2 = _views(pg[c], n_in, n_hidden, n_out)
         losses[c] = chunk(XT, TT, n_samples, r0, min(n_rows, r0 + chunk_len), bs, W1, b1, W2, b2, code, head,
-                          scale, loss_only, bh, bz, bg, bd, bm, bs_, cW1, cb1, cW2, cb2)
+                          scale, mode, bh, bz, bg, bd, bm, bs_, cW1, cb1, cW2, cb2)
 
 
 @njit(**_PARALLEL)
-def _side_by_side_2x2(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+def _side_by_side_2x2(mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                       scale, scratch, pg, losses):
-    _chunks_side_by_side(_chunk_2x2, loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
+    _chunks_side_by_side(_chunk_2x2, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
                          b2, code, head, scale, scratch, pg, losses)
 
 
 @njit(**_PARALLEL)
-def _side_by_side_any(loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+def _side_by_side_any(mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                       scale, scratch, pg, losses):
-    _chunks_side_by_side(_chunk_any, loss_only, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
+    _chunks_side_by_side(_chunk_any, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
                          b2, code, head, scale, scratch, pg, losses)
 
 
@@ -421,9 +426,15 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     ``n_updates`` steps (forward and backward on the data or a gathered minibatch, then
     ``update``), then with ``want_loss`` the summed data loss of all samples: in one go on
     the full data, or batch-sized range by range through the batch buffers.
+
+    ``record`` (float64, rows x 2) gets (summed data loss, sum of squared weights) at the
+    final parameters in its last row when ``want_loss``. With ``stride`` > 0 (full batch
+    only), row k - 1 also gets them after ``k * stride`` updates (the logging points before
+    the last), from the forward pass of the update that follows: a fit logging every few
+    updates pays no extra forward for it.
     """
     batch_rows, order, bounds, gather, meta = batch
-    lrs, update, addresses, step0 = interval
+    lrs, update, addresses, step0, record, stride = interval
     W1, b1, W2, b2 = _views(theta, n_in, n_hidden, n_out)
     l2 = hyper[0]
     hb, z, g, d, m, s = _scratch(scratch[0], n_hidden, n_out, bs)
@@ -433,17 +444,19 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     loss = 0.0
     for p in range(n_updates + n_loss):
         loss_only = p >= n_updates
+        logged = stride > 0 and p > 0 and p % stride == 0 and not loss_only
+        mode = np.int64(LOSS_ONLY if loss_only else GRADIENTS_AND_LOSS if logged else GRADIENTS)
         if batch_rows > 0:  # XT/TT are the batch buffers; meta and hyper[3] say what is in them
             c_call(gather, (X, T, order, bounds, XT, TT, hyper, meta, p))
         # real samples, columns with the padding (the 2x2 kernel masks it, the general one stops
         # at n_real) and the loss scale: the full data's (set before the call) or the batch's
         n_real, n_rows, scale = meta[0], meta[1], hyper[3]
         if side_by_side is None:
-            part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, loss_only,
+            part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, mode,
                          hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
             losses = np.empty(n_chunks)
-            side_by_side(loss_only, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
+            side_by_side(mode, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
                          scale, scratch, pg, losses)
             part = 0.0
             for c in range(n_chunks):
@@ -456,9 +469,29 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
                         grads[i] += pg[c, i]
         if loss_only:
             loss += part
+            if p == n_updates + n_loss - 1:
+                record[record.shape[0] - 1, 0] = loss
+                record[record.shape[0] - 1, 1] = _sum_of_squared_weights(W1, W2)
         else:
+            if logged:
+                record[p // stride - 1, 0] = part
+                record[p // stride - 1, 1] = _sum_of_squared_weights(W1, W2)
             c_call(update, (theta, addresses, lrs[p], np.float64(l2), step0 + p + 1))
     return loss
+
+
+@njit(**_SHARED)
+def _sum_of_squared_weights(W1, W2):
+    """sum(W1**2) + sum(W2**2) in float64 (the L2 term's sum, biases excluded): one function, so a
+    loss logged before an update and one logged at the end of a call agree to the bit."""
+    total = 0.0
+    for k in range(W1.shape[0]):
+        for j in range(W1.shape[1]):
+            total += np.float64(W1[k, j]) * np.float64(W1[k, j])
+    for j in range(W2.shape[0]):
+        for c in range(W2.shape[1]):
+            total += np.float64(W2[j, c]) * np.float64(W2[j, c])
+    return total
 
 
 # ------------------------------------------------------------- entry points

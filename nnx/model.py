@@ -209,8 +209,12 @@ class MLP:
 
         self.interrupted = self.stopped_early = False
         try:
+            # on_log reads the model only for a callback, validation figures or a best-point snapshot
+            reads_state = callback is not None or vdata is not None or (tracker is not None
+                                                                        and early_stopping.restore_best)
             self.interrupted = run_fit(run, total, settings.log_every, self.history, on_log=on_log,
-                                       record_start=not self.history, on_progress=progress.advance)
+                                       record_start=not self.history, on_progress=progress.advance,
+                                       log_reads_state=reads_state)
             self.stopped_early = tracker is not None and tracker.waited >= early_stopping.patience
         finally:
             # Whatever happened, keep what the backend reached (finite by construction).

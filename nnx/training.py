@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ from .optim import Optimizer, Schedule, learning_rates
 # this many samples' indices), so its learning rates and batch order never take much memory.
 MAX_CHUNK_UPDATES = 4096
 MAX_CHUNK_SAMPLES = 1 << 22
+# Where a backend records the loss before every update (``Backend.records_losses``), one call
+# covers several logging points; calls grow while they last less than this, so Ctrl-C and the
+# progress display stay as responsive as with a call per logging point.
+RECORDING_CALL_S = 0.05
 
 class _InterruptFlag:
     """Ctrl-C handling for one fit (main thread only; other threads keep Python's).
@@ -99,6 +104,13 @@ class FitRun:
             if on_progress is not None:
                 on_progress(self.state.updates)
 
+    def train_recording(self, count: int, every: int):
+        """``count`` updates (at most ``MAX_CHUNK_UPDATES``, full batch) in one backend call, and the
+        loss after every ``every`` of them and after the last (float64 array)."""
+        lrs, _ = self.next_interval(count)
+        return self.backend.train_recording(self.net, self.state, self.data, self.objective, self.optimizer,
+                                            lrs, every)
+
     def snapshot(self) -> tuple:
         """Everything an interval changes, to put back (a second Ctrl-C, a divergence replay)."""
         copy = self.backend.copy_params
@@ -113,6 +125,45 @@ class FitRun:
             self.state.slots[name][:] = pairs
         if stream_state is not None:
             self.stream.restore(stream_state)
+
+
+# ``_log_points_in_one_call``: a logged loss was not finite; the state is back where the call
+# began, and the next interval runs on its own, where the divergence is located and reported.
+_ONE_INTERVAL = object()
+
+
+def _log_points_in_one_call(run: FitRun, count: int, log_every: int, log: Callable[..., bool],
+                            history: dict[int, float]):
+    """``count`` updates in one recording call, then their logging points, in order, from the
+    losses it recorded. Returns None when every point was logged; True for a Ctrl-C while
+    logging (the rest of the call's points go to the history unlogged, the state stays at
+    its last point); False when ``log`` ends the fit at a point (the state is then put back
+    there, by replaying from the call's start: full-batch updates replay bit for bit);
+    ``_ONE_INTERVAL`` when a point's loss is not finite."""
+    state = run.state
+    start = state.updates
+    snap = run.snapshot()
+    try:
+        losses = run.train_recording(count, log_every)
+    except KeyboardInterrupt:  # a second Ctrl-C: back to the last logging point, now
+        run.restore(snap)
+        return True
+    points = list(range(log_every, count, log_every)) + [count]
+    if not all(math.isfinite(loss) for loss in losses):
+        run.restore(snap)
+        return _ONE_INTERVAL
+    for i, (p, loss) in enumerate(zip(points, losses.tolist())):
+        try:
+            stop = log(loss, start + p)
+        except KeyboardInterrupt:  # keep the state at the call's last point, with its history
+            history.update(zip((start + q for q in points[i:]), losses[i:].tolist()))
+            return True
+        if stop:
+            if p < count:
+                run.restore(snap)
+                run.train(p)
+            return False
+    return None
 
 
 def _locate_divergence(run: FitRun, snap: tuple, stop: int) -> int:
@@ -141,21 +192,28 @@ def _non_finite_start() -> NonFiniteLossError:
 
 def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
             on_log: Callable[[int, float], bool | None] | None = None, record_start: bool = False,
-            on_progress: Callable[[int], None] | None = None) -> bool:
+            on_progress: Callable[[int], None] | None = None, log_reads_state: bool = True) -> bool:
     """Train ``run.state`` for ``passes`` updates, logging into ``history`` every ``log_every``.
 
     ``on_log(updates, loss)`` may return True to end the fit there (early stopping);
     ``on_progress(updates)`` is told of the chunks done inside long intervals.
+    ``log_reads_state=False`` says ``on_log`` needs only its arguments (no callback,
+    validation figures or best-point snapshot reads the model): where the backend records
+    the loss before every update, one call then covers several logging points.
     Returns whether Ctrl-C ended the fit early; the state is then at a logging
     point (the one reached after the first Ctrl-C, or the last one before a
     second Ctrl-C)."""
     state = run.state
 
-    def log(loss: float) -> bool:
-        history[state.updates] = loss
-        return bool(on_log(state.updates, loss)) if on_log is not None else False
+    def log(loss: float, updates: int | None = None) -> bool:
+        updates = state.updates if updates is None else updates
+        history[updates] = loss
+        return bool(on_log(updates, loss)) if on_log is not None else False
 
     end = state.updates + passes
+    recording = (not log_reads_state and run.stream is None and log_every < MAX_CHUNK_UPDATES
+                 and run.backend.records_losses(run.net, run.optimizer))
+    span = log_every  # updates per recording call: whole logging intervals, doubled while calls are short
     with _InterruptFlag() as interrupt:
         try:
             if record_start:  # through the fit's own buffers (its batch size too): no second set for this loss
@@ -170,6 +228,17 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
         while state.updates < end:
             if interrupt.raised:
                 return True
+            if recording:
+                began = time.perf_counter()
+                outcome = _log_points_in_one_call(run, min(span, end - state.updates), log_every, log, history)
+                if on_progress is not None:
+                    on_progress(state.updates)
+                if outcome is None:
+                    if time.perf_counter() - began < RECORDING_CALL_S:
+                        span = min(2 * span, MAX_CHUNK_UPDATES // log_every * log_every)
+                    continue
+                if outcome is not _ONE_INTERVAL:
+                    return outcome
             snap = None
             try:
                 snap = run.snapshot()

@@ -78,11 +78,15 @@ def _press_in_interval(backend, monkeypatch, *, interval: int, presses: int):
     return calls
 
 
+def _no_op(updates, loss):
+    """A callback: on_log then reads the model, so every backend runs a call per logging interval."""
+
+
 def test_ctrl_c_inside_an_interval_finishes_that_interval(backend, moons, monkeypatch):
     X, y = moons
     model = nnx.MLP([2, 5, 2], seed=1)
     calls = _press_in_interval(backend, monkeypatch, interval=3, presses=1)
-    model.fit(X, y, passes=100_000, log_every=100, **SETTINGS)
+    model.fit(X, y, passes=100_000, log_every=100, callback=_no_op, **SETTINGS)
     monkeypatch.undo()
     assert len(calls) == 3 and model.interrupted and model.updates == 300
     assert_same(model, reference(X, y, 300))
@@ -92,7 +96,7 @@ def test_a_second_ctrl_c_stops_now_back_at_the_last_logging_point(backend, moons
     X, y = moons
     model = nnx.MLP([2, 5, 2], seed=1)
     calls = _press_in_interval(backend, monkeypatch, interval=3, presses=2)
-    model.fit(X, y, passes=100_000, log_every=100, **SETTINGS)
+    model.fit(X, y, passes=100_000, log_every=100, callback=_no_op, **SETTINGS)
     monkeypatch.undo()
     # the third interval's 50 passes done before the second Ctrl-C are discarded
     assert len(calls) == 3 and model.interrupted and model.updates == 200
@@ -102,6 +106,53 @@ def test_a_second_ctrl_c_stops_now_back_at_the_last_logging_point(backend, moons
     model.fit(X, y, passes=100, log_every=100, **SETTINGS)
     assert not model.interrupted
     assert_same(model, reference(X, y, 300))
+
+
+def _press_in_recording_call(backend, monkeypatch, *, call: int, presses: int):
+    """Press Ctrl-C ``presses`` times as the driver's recording call number ``call`` starts
+    (backends that log several points per call); returns each call's update count."""
+    if not backend.records_losses(nnx.MLP([2, 5, 2]).net, nnx.optim.SGD(0.05)):
+        pytest.skip(f"{backend.name} logs one point per call")
+    real = backend.train_recording
+    calls = []
+
+    def train_recording(net, state, data, objective, optimizer, lrs, every):
+        calls.append(len(lrs))
+        if len(calls) == call:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+        return real(net, state, data, objective, optimizer, lrs, every)
+
+    monkeypatch.setattr(backend, "train_recording", train_recording)
+    return calls
+
+
+def test_ctrl_c_in_a_call_logging_several_points_stops_at_that_calls_end(backend, moons, monkeypatch):
+    X, y = moons
+    model = nnx.MLP([2, 5, 2], seed=1)
+    calls = _press_in_recording_call(backend, monkeypatch, call=3, presses=1)
+    model.fit(X, y, passes=100_000, log_every=100, **SETTINGS)
+    monkeypatch.undo()
+    done = sum(calls)
+    assert len(calls) == 3 and model.interrupted and model.updates == done and done % 100 == 0
+    assert list(model.history) == list(range(0, done + 1, 100))
+    assert_same(model, reference(X, y, done))
+
+
+def test_a_second_ctrl_c_in_such_a_call_goes_back_to_its_start(backend, moons, monkeypatch):
+    X, y = moons
+    model = nnx.MLP([2, 5, 2], seed=1)
+    calls = _press_in_recording_call(backend, monkeypatch, call=3, presses=2)
+    model.fit(X, y, passes=100_000, log_every=100, **SETTINGS)
+    monkeypatch.undo()
+    done = sum(calls[:2])
+    assert len(calls) == 3 and model.interrupted and model.updates == done
+    assert list(model.history) == list(range(0, done + 1, 100))
+    assert_same(model, reference(X, y, done))
+    # and training continues from there exactly as if never interrupted
+    model.fit(X, y, passes=100, log_every=100, **SETTINGS)
+    assert not model.interrupted
+    assert_same(model, reference(X, y, done + 100))
 
 
 def test_interrupted_describes_the_last_fit_only(backend, moons):

@@ -307,6 +307,20 @@ class Backend:
             self.train(net, state, data, objective, optimizer, lrs, batches)
         return self.objective_value(net, state.params, data, objective)
 
+    def records_losses(self, net: Network, optimizer: Optimizer) -> bool:
+        """Whether ``train_recording`` takes each logging point's loss from the forward pass of the
+        update that follows it, in one call; the training driver then logs many points per call."""
+        return False
+
+    def train_recording(self, net: Network, state: TrainState, data: Data, objective: Objective,
+                        optimizer: Optimizer, lrs, every: int) -> np.ndarray:
+        """Full batch: the updates, and ``objective_value`` after every ``every`` of them and
+        after the last (float64, one value per logging point). This reference trains point
+        by point."""
+        lrs = learning_rates(optimizer, lrs)
+        return np.asarray([self.train_and_loss(net, state, data, objective, optimizer, lrs[u:u + every])
+                           for u in range(0, lrs.size, every)], dtype=np.float64)
+
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
         """Tutorial 003's logged figure: (summed data loss + l2/2 * sum(W**2)) / N."""
         with self.quiet_floating_point():

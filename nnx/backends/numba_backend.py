@@ -33,7 +33,7 @@ from ..errors import BackendUnavailableError
 from ..batching import Batches
 from ..network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
 from ..optim import SGD, Adam, AdamW, Optimizer, RMSprop
-from .base import BOOKKEEPING_BYTES, Backend, Data, l2_penalty, learning_rates, validated_targets_bytes
+from .base import BOOKKEEPING_BYTES, Backend, Data, learning_rates, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
 FUSED_MAX_DIM = 8
@@ -460,6 +460,19 @@ class NumbaBackend(Backend):
         return self._train(net, state, data, objective, optimizer, learning_rates(optimizer, lrs), batches,
                            want_loss=True)
 
+    def records_losses(self, net: Network, optimizer: Optimizer) -> bool:
+        """One hidden layer with both layers fused (the one-hidden-layer kernels), with an optimiser
+        the kernels compile."""
+        return self.compiles(optimizer) and net.n_layers == 2 and layer_paths(net, self.fused_max_dim) == [
+            "fused", "fused"]
+
+    def train_recording(self, net: Network, state: TrainState, data: Data, objective: Objective,
+                        optimizer: Optimizer, lrs, every: int) -> np.ndarray:
+        if not self.records_losses(net, optimizer):
+            return super().train_recording(net, state, data, objective, optimizer, lrs, every)
+        return self._train(net, state, data, objective, optimizer, learning_rates(optimizer, lrs), None,
+                           want_loss=True, every=every)
+
     def objective_value(self, net: Network, params, data: Data, objective: Objective) -> float:
         return self._train(net, TrainState(params), data, objective, None, _NO_LRS, None, want_loss=True)
 
@@ -533,10 +546,13 @@ class NumbaBackend(Backend):
         return self.fit_bytes(net, n_samples)
 
     def _train(self, net: Network, state: TrainState, data: Data, objective: Objective,
-               optimizer: Optimizer | None, lrs: np.ndarray, batches: Batches | None, want_loss: bool) -> float:
+               optimizer: Optimizer | None, lrs: np.ndarray, batches: Batches | None, want_loss: bool,
+               every: int = 0):
         """``len(lrs)`` updates (params, slots, step and update count in ``state``) and, with
-        ``want_loss``, the objective at the new parameters, in one compiled call. A loss alone
-        (no updates) goes through whatever plan the fit already has."""
+        ``want_loss``, the objective at the new parameters, in one compiled call; with
+        ``every`` (one-hidden-layer kernels, full batch), as an array with the objective after
+        every ``every`` updates before it. A loss alone (no updates) goes through whatever
+        plan the fit already has."""
         updates = int(lrs.size)
         rows = batches.max_size if batches is not None else None
         plan = self.plan(net, data.n_samples, state, rows, any_rows=updates == 0)
@@ -545,7 +561,11 @@ class NumbaBackend(Backend):
         slots = plan.optimizer_slots(len(names))
         for row, name in enumerate(names):
             plan.load_flat(slots[row], state.slots[name])
-        data_loss = self._run(plan, net, data, objective, optimizer, lrs, batches, state.step, want_loss)
+        # (summed data loss, sum of squared weights): the one-hidden-layer kernels write them, at the end
+        # (want_loss) and every ``every`` updates; for the other kernels the last row is made here
+        record = np.zeros(((updates - 1) // every + 1 if every else 1, 2))
+        data_loss = self._run(plan, net, data, objective, optimizer, lrs, batches, state.step, want_loss, record,
+                              every)
         if updates:
             plan.store(state.params)
             for row, name in enumerate(names):
@@ -555,12 +575,18 @@ class NumbaBackend(Backend):
         if not want_loss:
             return float("nan")
         with self.quiet_floating_point():  # an overflowing penalty is a non-finite loss, reported by the driver
-            return (data_loss + l2_penalty(plan.weights(), objective.l2)) / data.n_samples
+            if not plan.mlp1:
+                record[-1] = data_loss, sum(float((W * W).sum()) for W in plan.weights())
+            # tutorial 003's figure, (data loss + l2/2 * sum(W**2)) / N, in l2_penalty's order
+            penalty = objective.l2 / 2 * record[:, 1] if objective.l2 else 0.0
+            values = (record[:, 0] + penalty) / data.n_samples
+        return values if every else float(values[-1])
 
     def _run(self, plan: _Plan, net: Network, data: Data, objective: Objective, optimizer: Optimizer | None,
-             lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool) -> float:
+             lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool,
+             record: np.ndarray | None = None, every: int = 0) -> float:
         """The compiled call; returns the summed data loss of all samples at the new parameters
-        when asked."""
+        when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
         from ..kernels import cpu_gather, cpu_mlp1, cpu_train
 
         kit = self._call_kit(plan, net, data, objective, optimizer)
@@ -575,6 +601,7 @@ class NumbaBackend(Backend):
         interval = (lrs, kit.update, kit.addresses, step)
         XT, TT = plan.feature_major(data)
         if plan.mlp1:
+            interval += (record if record is not None else np.zeros((1, 2)), every)
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
