@@ -6,7 +6,9 @@ logging point with everything so far kept; a second Ctrl-C ends it at once,
 putting the parameters back to the last logging point (a half-done interval
 may have updated some layers and not others). A backend whose interval is one
 compiled call (Numba) cannot be interrupted inside it: the second Ctrl-C takes
-effect when that call returns.
+effect when that call returns. Where the backend takes each point's loss from the
+next update's forward pass (``Backend.records_losses``) and nothing reads the model
+at each point, one call covers several points (``_log_points_in_one_call``).
 """
 from __future__ import annotations
 

@@ -38,7 +38,9 @@ class MLPClassifier(ClassifierMixin, NNXEstimator):
     max_epochs : epochs per ``fit`` (``partial_fit`` runs one).
     log_every : epochs between logging points, where the loss joins ``loss_curve_``, the stopping
         rules are checked and ``verbose`` prints. 1 (the default) is scikit-learn's curve; a larger
-        value runs that many epochs per compiled call on Numba and CuPy (faster on small networks).
+        value runs that many epochs per compiled call on Numba and CuPy (faster on small networks;
+        a one-hidden-layer network trained full batch on Numba, without ``early_stopping``, already
+        runs many epochs a call, each epoch's loss taken from the next one's forward pass).
     shuffle : visit the samples in a fresh order each epoch (drawn from the seeded model's generator).
     early_stopping : hold out ``validation_fraction`` of the samples (stratified) and stop when their
         loss has not improved by more than ``tol`` for ``n_iter_no_change`` epochs, keeping the best
