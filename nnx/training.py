@@ -29,8 +29,8 @@ from .optim import Optimizer, Schedule, learning_rates
 # this many samples' indices), so its learning rates and batch order never take much memory.
 MAX_CHUNK_UPDATES = 4096
 MAX_CHUNK_SAMPLES = 1 << 22
-# Where a backend records the loss before every update (``Backend.records_losses``), one call
-# covers several logging points; calls grow while they last less than this, so Ctrl-C and the
+# Where a backend takes logging points' losses from the passes themselves (``Backend.records_losses``),
+# one call covers several points; calls grow while they last less than this, so Ctrl-C and the
 # progress display stay as responsive as with a call per logging point.
 RECORDING_CALL_S = 0.05
 

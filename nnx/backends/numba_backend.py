@@ -16,7 +16,9 @@ first use, never at ``import nnx``, and Numba caches it in nnx's per-user
 folder (``nnx.cache``); ``warm_up`` compiles it up front and reports the
 seconds, so the CLI and benchmarks show compile time apart from run time. The
 same compiled call returns the loss at the new parameters, so logging costs
-no NumPy forward. Plans (buffers) belong to one fit (``TrainState.scratch``),
+no NumPy forward; the one-hidden-layer kernels also take the losses of logging
+points inside a call from the next update's forward pass (``train_recording``),
+so logging every few updates costs no forward at all. Plans (buffers) belong to one fit (``TrainState.scratch``),
 so fits in several threads never share them.
 """
 from __future__ import annotations
