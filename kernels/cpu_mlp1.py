@@ -470,20 +470,19 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
                         grads[i] += pg[c, i]
         if loss_only:
             loss += part
-            if p == n_updates + n_loss - 1:
-                record[record.shape[0] - 1, 0] = loss
-                record[record.shape[0] - 1, 1] = _sum_of_squared_weights(W1, W2)
-        else:
-            if logged:
-                record[p // stride - 1, 0] = part
-                record[p // stride - 1, 1] = _sum_of_squared_weights(W1, W2)
+        if logged or (loss_only and p == n_updates + n_loss - 1):  # one place, so one copy of the sum
+            row = p // stride - 1 if logged else record.shape[0] - 1
+            record[row, 0] = part if logged else loss
+            record[row, 1] = _sum_of_squared_weights(W1, W2)
+        if not loss_only:
             c_call(update, (theta, addresses, lrs[p], np.float64(l2), step0 + p + 1))
     return loss
 
 
-@njit(**_SHARED)
+@njit(inline="always", error_model="numpy")
 def _sum_of_squared_weights(W1, W2):
-    """sum(W1**2) + sum(W2**2) in float64 (the L2 term's sum, biases excluded): one function, so a
+    """sum(W1**2) + sum(W2**2) in float64 (the L2 term's sum, biases excluded), in order (no fast
+    math: once per logging point, so small code matters more than speed); one function, so a
     loss logged before an update and one logged at the end of a call agree to the bit."""
     total = 0.0
     for k in range(W1.shape[0]):
