@@ -138,3 +138,17 @@ def test_a_divergence_is_reported_at_the_same_pass_with_the_same_parameters():
     assert (bad, updates, history) == (bad0, updates0, history0) and bad > 0
     for (W, b), (W0, b0) in zip(params, params0):
         assert np.array_equal(W, W0) and np.array_equal(b, b0)
+
+
+@pytest.mark.parametrize("sizes", [(2, 3, 2), (2, 64, 2)], ids=["tutorial", "wide"])
+def test_float32_points_from_the_passes_equal_a_call_per_point(sizes):
+    X, y = nnx.datasets.moons(300, noise=0.2, seed=0)
+    fits = []
+    for callback in (None, _one_call_per_point):
+        model = nnx.MLP(list(sizes), seed=1, dtype="float32")
+        with nnx.use_backend("numba"):
+            model.fit(X, y, passes=40, log_every=3, lr=0.01, l2=0.01, reduction="sum", verbose=0, callback=callback)
+        fits.append(model)
+    assert fits[0].history == fits[1].history and len(fits[0].history) == 15
+    for (W, b), (W0, b0) in zip(fits[0].params, fits[1].params):
+        assert W.dtype == np.float32 and np.array_equal(W, W0) and np.array_equal(b, b0)
