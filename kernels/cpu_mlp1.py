@@ -443,9 +443,13 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
     n_p = grads.size
     n_loss = 0 if not want_loss else 1 if batch_rows == 0 else -(-n_samples // batch_rows)
     loss = 0.0
+    to_point = stride  # updates left to the next logging point (a countdown: no division per update)
     for p in range(n_updates + n_loss):
         loss_only = p >= n_updates
-        logged = stride > 0 and p > 0 and p % stride == 0 and not loss_only
+        logged = stride > 0 and p > 0 and to_point == 0 and not loss_only
+        if logged:
+            to_point = stride
+        to_point -= 1
         mode = np.int64(LOSS_ONLY if loss_only else GRADIENTS_AND_LOSS if logged else GRADIENTS)
         if batch_rows > 0:  # XT/TT are the batch buffers; meta and hyper[3] say what is in them
             c_call(gather, (X, T, order, bounds, XT, TT, hyper, meta, p))
