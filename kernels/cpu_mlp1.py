@@ -37,7 +37,8 @@ from .cpu_squared import squared_error_block
 from .cpu_ccall import c_call
 
 # What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
-# same forward pass (a fit that logs the loss before every update); or only that loss.
+# same forward pass (the update after a logging point, whose forward gives that point's loss);
+# or only that loss.
 GRADIENTS, GRADIENTS_AND_LOSS, LOSS_ONLY = 0, 1, 2
 
 # Compiled into the entry points that call them; cached too, so a second entry point of
@@ -507,8 +508,9 @@ def _sum_of_squared_weights(W1, W2):
 # bounds, gather, meta)): ``XT``/``TT`` are batch buffers, and update u gathers samples
 # ``order[bounds[u]:bounds[u + 1]]`` of ``X``/``T`` into them (``batch_rows`` at most, padded
 # to whole blocks) with the compiled gather at address ``gather`` (``cpu_gather``).
-# ``interval`` = (lrs, update, addresses, step0): ``update`` is the address of the
-# optimiser step (``cpu_update``), run with ``lrs[u]`` and step ``step0 + u + 1``. ``hyper``
+# ``interval`` = (lrs, update, addresses, step0, record, stride): ``update`` is the address of
+# the optimiser step (``cpu_update``), run with ``lrs[u]`` and step ``step0 + u + 1``; ``record``
+# and ``stride`` are the logged losses (see ``_train``). ``hyper``
 # is [l2, full-batch scale, mean?, this step's scale]; ``meta`` (``cpu_gather.META``) starts
 # [this step's samples, columns].
 @njit(**_ENTRY)
