@@ -8,6 +8,7 @@ in its layout, and the parameter copies the training driver keeps.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path, PurePosixPath
 
@@ -80,22 +81,29 @@ def _memory_cgroups() -> list[tuple[Path, int]]:
         text = Path(SELF_CGROUP).read_text(encoding="ascii")
     except OSError:
         return []
+    return list(_cgroup_folders(text, CGROUP_ROOT))
+
+
+@functools.lru_cache(maxsize=8)
+def _cgroup_folders(text: str, root: str) -> tuple[tuple[Path, int], ...]:
+    """The folders of ``_memory_cgroups`` for one /proc/self/cgroup text, found once: every fit's
+    memory check reads them, and walking the tree cost more than a small fit's passes."""
     found = []
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         if parts[1] == "":  # "0::/path": the cgroup v2 unified hierarchy
-            base, version = Path(CGROUP_ROOT), 2
+            base, version = Path(root), 2
         elif "memory" in parts[1].split(","):  # "4:memory:/path": cgroup v1
-            base, version = Path(CGROUP_ROOT) / "memory", 1
+            base, version = Path(root) / "memory", 1
         else:
             continue
         path = PurePosixPath(parts[2].strip() or "/")
         for folder in (base / str(p).lstrip("/") for p in (path, *path.parents)):
             if folder.is_dir() and (folder, version) not in found:
                 found.append((folder, version))
-    return found
+    return tuple(found)
 
 
 def host_available_bytes() -> int | None:
@@ -106,8 +114,11 @@ def host_available_bytes() -> int | None:
     available = _meminfo_available()
     for folder, version in _memory_cgroups():
         limit_file, usage_file, reclaimable = _CGROUP_FILES[version]
-        limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
-        if limit is None or usage is None or limit >= _UNLIMITED:
+        limit = _read_int(folder / limit_file)
+        if limit is None or limit >= _UNLIMITED:
+            continue
+        usage = _read_int(folder / usage_file)
+        if usage is None:
             continue
         in_use = max(usage - _stat_value(folder / "memory.stat", reclaimable), 0)
         room = max(limit - in_use, 0)

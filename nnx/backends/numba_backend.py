@@ -24,6 +24,7 @@ so fits in several threads never share them.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -375,7 +376,7 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
             if units[-1][0] == 1:
                 buffers["btt"] = (n_samples * n_out,)
     if not allocate:
-        return sum(int(np.prod(shape)) for shape in buffers.values()) * dtype.itemsize
+        return sum(math.prod(shape) for shape in buffers.values()) * dtype.itemsize
     i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
     return _Plan(
         sizes=sizes, codes=i64(codes), head=_head_code(net.output), rows=n_samples, batched=batched,
