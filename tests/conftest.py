@@ -46,3 +46,12 @@ def backend(backend_name):
     """The backend object, active for the test's duration."""
     with nnx.use_backend(backend_name) as active:
         yield active
+
+
+@pytest.fixture(scope="session")
+def lib(tmp_path_factory):
+    """The CUDA kernels built for the host by the emulation (``cuda_emulation``), for the tests
+    that run them without a GPU (each of those modules skips where g++ is missing)."""
+    import cuda_emulation
+
+    return cuda_emulation.build(tmp_path_factory.mktemp("kernels"))

@@ -23,18 +23,12 @@ import nnx
 from nnx import backends
 from nnx.backends import cuda_plan as plan
 from nnx.errors import PerformanceWarning
-from nnx.optim import SGD, Adam, AdamW, Cosine, RMSprop
+from nnx.optim import Adam, Cosine
+from optimizer_cases import NETS, OPTIMIZERS
 from tolerances import params_error
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the kernel emulation")
 MODULE = "nnx.backends.cupy_backend"
-
-
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    import cuda_emulation
-
-    return cuda_emulation.build(tmp_path_factory.mktemp("kernels"))
 
 
 def _fake_cupy():
@@ -127,14 +121,6 @@ def emulated_cupy(lib, monkeypatch):
         del backends.cupy_backend
 
 
-OPTIMIZERS = {
-    "sgd": lambda: SGD(0.05),
-    "momentum": lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    "adam": lambda: Adam(0.01),
-    "adamw": lambda: AdamW(0.01, amsgrad=True),
-    "rmsprop": lambda: RMSprop(0.005, momentum=0.5, centered=True),
-}
-NETS = {"tutorial003": ([2, 3, 2], "tanh"), "relu3": ([2, 16, 16, 16, 2], "relu")}
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,6 @@ def reference(tmp_path_factory):
     return cuda_blas.CublasLibrary(cuda_emulation.build_reference_cublas(tmp_path_factory.mktemp("blas")))
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    import cuda_emulation
-
-    return cuda_emulation.build(tmp_path_factory.mktemp("kernels"))
-
-
 @pytest.fixture
 def handle(reference):
     stream, workspace = ctypes.c_int(0), np.zeros(64, np.uint8)
@@ -99,13 +92,13 @@ def test_a_cublas_error_status_is_raised_with_its_name(reference, handle):
 @pytest.mark.parametrize("batch", [None, 32], ids=["full", "batch32"])
 @pytest.mark.parametrize("sizes,hidden,output,block", [((4, 7, 5, 3), "tanh", "softmax", None),
                                                         ((6, 9, 2), "relu", "sigmoid", 16)])
-def test_dense_programs_through_the_cublas_calls_match_numpy(kernels, handle, monkeypatch, sizes, hidden, output,
+def test_dense_programs_through_the_cublas_calls_match_numpy(lib, handle, monkeypatch, sizes, hidden, output,
                                                              block, batch):
     """Plain SGD on all rows, and Adam on minibatches (products over the batch buffer, its last,
     smaller batch padded), through nnx's cuBLAS argument translation."""
     import cuda_emulation
 
-    device = cuda_emulation.EmulatedDevice(kernels, blas=handle)
+    device = cuda_emulation.EmulatedDevice(lib, blas=handle)
     rng = np.random.default_rng(3)
     net = Network(sizes, hidden, output, "float64")
     n, updates = 100, 50

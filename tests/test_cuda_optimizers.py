@@ -29,13 +29,6 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is need
 REF = NumpyBackend()
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    import cuda_emulation
-
-    return cuda_emulation.build(tmp_path_factory.mktemp("kernels"))
-
-
 @pytest.fixture
 def device(lib):
     import cuda_emulation

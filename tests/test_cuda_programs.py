@@ -30,20 +30,14 @@ from nnx.backends.numpy_backend import NumpyBackend
 from nnx.batching import BatchStream
 from nnx.kernels import cuda_sources as src
 from nnx.network import Network, Objective, TrainState
-from nnx.optim import SGD, Adam, AdamW, Cosine, RMSprop
+from nnx.optim import SGD, Adam, Cosine, RMSprop
 from nnx.optim import learning_rates as schedule_rates
+from optimizer_cases import OPTIMIZERS
 from tolerances import params_error
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the kernel emulation")
 
 REF = NumpyBackend()
-
-
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    import cuda_emulation
-
-    return cuda_emulation.build(tmp_path_factory.mktemp("kernels"))
 
 
 @pytest.fixture
@@ -273,13 +267,6 @@ def test_kernel_args_are_converted_to_the_declared_c_types():
 
 
 # ----------------------------------------------- optimisers, minibatches and schedules
-OPTIMIZERS = {
-    "sgd": lambda: SGD(0.05),
-    "momentum": lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    "adam": lambda: Adam(0.01),
-    "adamw": lambda: AdamW(0.01, amsgrad=True),
-    "rmsprop": lambda: RMSprop(0.005, momentum=0.5, centered=True),
-}
 # Each path of the CuPy backend: tutorial 003's net on the single-block kernel and on the sliced
 # kernels, and a 3-hidden-layer ReLU net on cuBLAS products with fused kernels.
 PATHS = {

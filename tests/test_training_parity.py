@@ -11,23 +11,13 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.optim import SGD, Adam, AdamW, Cosine, RMSprop
+from nnx.optim import SGD, Adam, Cosine, RMSprop
+from optimizer_cases import NETS, OPTIMIZERS
 from tolerances import params_error
 
 ONE_EPOCH_TOL = 1e-12
 MANY_EPOCH_TOL = 1e-10
 
-OPTIMIZERS = {
-    "sgd": lambda: SGD(0.05),
-    "momentum": lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    "adam": lambda: Adam(0.01),
-    "adamw": lambda: AdamW(0.01, amsgrad=True),
-    "rmsprop": lambda: RMSprop(0.005, momentum=0.5, centered=True),
-}
-NETS = {
-    "tutorial003": ([2, 3, 2], "tanh"),
-    "relu3": ([2, 16, 16, 16, 2], "relu"),
-}
 
 
 @pytest.fixture(scope="module")
