@@ -183,16 +183,21 @@ def test_a_diverging_configuration_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert run_sweep(small(hidden=5, lr=[0.01, 1e4], passes=200), LocalPool(2), out=tmp_path).reused == 2
 
 
+def _ctrl_c_after(count: int, seen: list):
+    """A sweep progress callback that notes each record's key in ``seen`` and presses Ctrl-C once
+    ``count`` records are in."""
+    def progress(record, done, total):
+        seen.append(record["key"])
+        if len(seen) == count:
+            raise KeyboardInterrupt
+    return progress
+
+
 def test_interrupted_sweep_resumes_to_identical_records(reference, tmp_path):
     _, records = reference
     out = tmp_path / "out"
     seen = []
-
-    def stop_after_two(record, done, total):
-        seen.append(record["key"])
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
+    stop_after_two = _ctrl_c_after(2, seen)
     with pytest.raises(SweepInterrupted) as stopped:
         run_sweep(small(hidden=[0, 1, 2, 3, 4, 5]), LocalPool(2), out=out, keep_models=True,
                   progress=stop_after_two)
@@ -317,12 +322,7 @@ def test_interrupted_sweep_with_new_axes_resumes_to_identical_records(new_axes_r
     _, records = new_axes_reference
     out = tmp_path / "out"
     seen = []
-
-    def stop_after_two(record, done, total):
-        seen.append(record["key"])
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
+    stop_after_two = _ctrl_c_after(2, seen)
     with pytest.raises(SweepInterrupted):
         run_sweep(new_axes(), LocalPool(2), out=out, keep_models=True, progress=stop_after_two)
     resumed = run_sweep(new_axes(), LocalPool(2), out=out, keep_models=True)
