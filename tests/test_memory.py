@@ -7,8 +7,6 @@ buffers to it), independently of how nnx computes its estimates.
 """
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -17,19 +15,10 @@ from nnx import memory
 from nnx.backends.base import Backend
 from nnx.errors import format_bytes
 from nnx.network import Network
+from memory_peaks import traced_peak
 
 GiB = 1 << 30
 MiB = 1 << 20
-
-
-def traced_peak(action) -> int:
-    """Bytes allocated at the peak of ``action()`` beyond what existed before it."""
-    tracemalloc.start()
-    try:
-        action()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def problem(sizes, n, seed=0):

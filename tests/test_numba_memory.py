@@ -7,26 +7,16 @@ buffers to it), independently of how nnx computes its estimates (tests/test_memo
 """
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 import nnx
 from nnx.optim import SGD, Adam, AdamW, RMSprop
+from memory_peaks import traced_peak
 
 pytest.importorskip("numba", reason="numba is not installed")
 
 LOOSEST = 4.0  # an estimate more than this many times the real peak would refuse fits that fit
-
-
-def traced_peak(action) -> int:
-    tracemalloc.start()
-    try:
-        action()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 # (layer sizes, hidden, samples, batch size, optimiser): large enough that the buffers dominate
