@@ -156,6 +156,18 @@ def _sgd(theta_p, addresses_p, lr, l2_, step):
         theta[i] = p + g * neg_lr
 
 
+@njit(inline="always", error_model="numpy")
+def _adam_moments(slots, i, p, g, wd_g, b1_, c1, b2_, c2):
+    """Adam's moments of element i, stored in slots 0 and 1: g += wd p (coupled decay), then
+    m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2."""
+    g = g + wd_g * p if wd_g != 0.0 else g
+    m = slots[0, i] * b1_ + c1 * g
+    v = slots[1, i] * b2_ + c2 * (g * g)
+    slots[0, i] = m
+    slots[1, i] = v
+    return m, v
+
+
 def _adam(theta_p, addresses_p, lr, l2_, step):
     """Adam and AdamW (decoupled decay: p *= 1 - lr wd first), AMSGrad too:
     m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
@@ -181,22 +193,12 @@ def _adam(theta_p, addresses_p, lr, l2_, step):
     if not amsgrad:  # the common case in one vectorised sweep (no conditional store)
         for i in range(n):
             p = theta[i] * decay
-            g = grads[i]
-            g = g + wd_g * p if wd_g != 0.0 else g
-            m = slots[0, i] * b1_ + c1 * g
-            v = slots[1, i] * b2_ + c2 * (g * g)
-            slots[0, i] = m
-            slots[1, i] = v
+            m, v = _adam_moments(slots, i, p, grads[i], wd_g, b1_, c1, b2_, c2)
             theta[i] = p - step_size * (m / (math.sqrt(v) / root + eps))
         return
     for i in range(n):
         p = theta[i] * decay
-        g = grads[i]
-        g = g + wd_g * p if wd_g != 0.0 else g
-        m = slots[0, i] * b1_ + c1 * g
-        v = slots[1, i] * b2_ + c2 * (g * g)
-        slots[0, i] = m
-        slots[1, i] = v
+        m, v = _adam_moments(slots, i, p, grads[i], wd_g, b1_, c1, b2_, c2)
         v = max(slots[2, i], v)
         slots[2, i] = v
         theta[i] = p - step_size * (m / (math.sqrt(v) / root + eps))
