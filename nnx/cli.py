@@ -97,12 +97,10 @@ def _train(args: argparse.Namespace) -> int:
           f"{trainer}, L2 {settings.l2:g}, {settings.reduction} reduction, {batches}, {length}")
     print(f"backend: {backends.explain_backend()}")
 
-    warm_up = getattr(backend, "warm_up", None)
-    if warm_up is not None:
-        seconds = warm_up(model.net, X.shape[0])
-        print(f"compile: {seconds:.3f} s (first use of these kernels; cached on disk afterwards)")
-    else:
-        print("compile: none needed")
+    fit_settings = dict(optimizer=optimizer, schedule=schedule, batch_size=batch_size, l2=settings.l2,
+                        reduction=settings.reduction)
+    updates = settings.passes if epochs is None else epochs * -(-X.shape[0] // (batch_size or X.shape[0]))
+    backend = _kernels_for(backend, model, X, y, fit_settings, updates)
 
     def print_clipped_loss(updates: int, loss: float) -> None:
         # Tutorial 000 prints its clipped cross-entropy (not at epoch 0), a figure fit() does not log.
@@ -110,8 +108,7 @@ def _train(args: argparse.Namespace) -> int:
             print(f"Epoch {updates}, Loss: {clipped_cross_entropy(model.predict_proba(X), y):.4f}", flush=True)
 
     start = time.perf_counter()
-    model.fit(X, y, passes=None if epochs is not None else settings.passes, epochs=epochs, optimizer=optimizer,
-              schedule=schedule, batch_size=batch_size, l2=settings.l2, reduction=settings.reduction,
+    model.fit(X, y, passes=None if epochs is not None else settings.passes, epochs=epochs, **fit_settings,
               log_every=settings.log_every, verbose=0 if preset.tutorial_loss else 2,
               callback=print_clipped_loss if preset.tutorial_loss else None)
     elapsed = time.perf_counter() - start
@@ -123,6 +120,57 @@ def _train(args: argparse.Namespace) -> int:
         return _summarise(model, X, y, preset, backend, elapsed, save_path)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# A first run trains on NumPy while its kernels compile in the background when NumPy is expected
+# to finish within this many seconds: about what a cold compile of one kernel takes on 2 cores.
+BACKGROUND_MAX_NUMPY_S = 5.0
+PROBE_UPDATES = 20
+
+
+def _kernels_for(backend, model: MLP, X, y, fit_settings: dict, updates: int):
+    """Compile (or load) the run's kernels and return the backend to train on. With a cold cache
+    and a run NumPy finishes sooner than the compile would, the kernels compile in a detached
+    process for the next run (``nnx.background_compile``) and this run trains on NumPy."""
+    from . import background_compile
+
+    if getattr(backend, "warm_up", None) is None:
+        print("compile: none needed")
+        return backend
+    optimizer, n = fit_settings["optimizer"], X.shape[0]
+    if getattr(backend, "kernels_cached", None) is None:  # CuPy: NVRTC and its own cache
+        _print_compile(backend.warm_up(model.net, n))
+        return backend
+    start = time.perf_counter()
+    if backend.kernels_cached(model.net, n, optimizer):
+        print(f"compile: none, kernels loaded from the cache in {time.perf_counter() - start:.3f} s")
+        return backend
+    if background_compile.enabled():
+        numpy_s = _numpy_seconds(model, X, y, fit_settings, updates)
+        if numpy_s <= BACKGROUND_MAX_NUMPY_S:
+            pid = background_compile.start(model.net, n, optimizer)
+            where = f"pid {pid}" if pid is not None else "already under way"
+            print(f"compile: {backend.name}'s kernels for this network are not cached yet: they compile in the "
+                  f"background ({where}) for later runs, and this run trains on numpy (about {numpy_s:.1f} s)",
+                  flush=True)
+            return backends.set_backend("numpy")
+    _print_compile(backend.warm_up(model.net, n, optimizer))
+    return backend
+
+
+def _print_compile(seconds: float) -> None:
+    print(f"compile: {seconds:.3f} s (first use of these kernels; cached on disk afterwards)")
+
+
+def _numpy_seconds(model: MLP, X, y, fit_settings: dict, updates: int) -> float:
+    """The NumPy backend's time for ``updates`` updates, from a few on a copy of the model."""
+    import copy
+
+    probe = copy.deepcopy(model)
+    with backends.use_backend("numpy"):
+        start = time.perf_counter()
+        probe.fit(X, y, passes=PROBE_UPDATES, **fit_settings, log_every=PROBE_UPDATES, verbose=0)
+    return (time.perf_counter() - start) / PROBE_UPDATES * updates
 
 
 def _summarise(model: MLP, X, y, preset, backend, elapsed: float, save_path) -> int:

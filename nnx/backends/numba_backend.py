@@ -590,6 +590,15 @@ class NumbaBackend(Backend):
              record: np.ndarray | None = None, every: int = 0) -> float:
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
+        kernel, args = self._kernel_call(plan, net, data, objective, optimizer, lrs, batches, step, want_loss,
+                                         record, every)
+        with _parallel_guard() if plan.parallel else contextlib.nullcontext():
+            return float(kernel(*args))
+
+    def _kernel_call(self, plan: _Plan, net: Network, data: Data, objective: Objective, optimizer: Optimizer | None,
+                     lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool,
+                     record: np.ndarray | None = None, every: int = 0) -> tuple:
+        """(entry point, its arguments) of the compiled call ``_run`` makes."""
         from ..kernels import cpu_gather, cpu_mlp1, cpu_train
 
         kit = self._call_kit(plan, net, data, objective, optimizer)
@@ -621,8 +630,7 @@ class NumbaBackend(Backend):
                     plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas,
                     plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, kit.gather, meta),
                     interval)
-        with _parallel_guard() if plan.parallel else contextlib.nullcontext():
-            return float(kernel(*args))
+        return kernel, args
 
     @staticmethod
     def _call_kit(plan: _Plan, net: Network, data: Data, objective: Objective,
@@ -661,6 +669,32 @@ class NumbaBackend(Backend):
                             np.array([sizes[name] for name in cpu_gather.META], dtype=np.int64), gather, values)
         return plan.kit
 
+    def kernels_cached(self, net: Network, n_samples: int = 8, optimizer: Optimizer | None = None) -> bool:
+        """Whether ``warm_up`` would find this fit's entry point compiled, in this process or in the
+        disk cache (then loaded here, as ``warm_up`` would), rather than compile it: the seconds a
+        cold compile takes are worth knowing before they start. The optimiser's small step is
+        compiled (or loaded) here either way."""
+        kernel, args = self._kernel_call(*self._warm_up_call(net, n_samples, optimizer))
+        try:
+            signature = tuple(kernel.typeof_pyval(a) for a in args)
+            if signature in kernel.overloads:
+                return True
+            compiled = kernel._cache.load_overload(signature, kernel.targetctx)  # what Dispatcher.compile does first
+            if compiled is None:
+                return False
+            kernel.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
+            kernel.add_overload(compiled)
+            return True
+        except Exception:  # noqa: BLE001 - Numba's internals moved: say cached, so the caller compiles as before
+            return True
+
+    def _warm_up_call(self, net: Network, n_samples: int, optimizer: Optimizer | None) -> tuple:
+        """``_run``'s arguments for a fit of ``net`` on ``n_samples`` zero samples with ``optimizer``."""
+        X = np.zeros((n_samples, net.n_inputs), net.np_dtype)
+        T = np.zeros((n_samples, net.n_outputs), net.np_dtype)
+        return (make_plan(net, n_samples, self.fused_max_dim), net, self.prepare_data(net, X, T), Objective(),
+                optimizer if optimizer is not None else SGD(0.01), _NO_LRS, None, 0, True)
+
     def warm_up(self, net: Network, n_samples: int = 8, optimizer: Optimizer | None = None) -> float:
         """Compile (or load from cache) what a fit of ``net`` with ``optimizer`` (None: plain
         gradient descent, ``fit``'s default) runs; returns the seconds spent.
@@ -673,10 +707,7 @@ class NumbaBackend(Backend):
         run time.
         """
         start = time.perf_counter()
-        X = np.zeros((n_samples, net.n_inputs), net.np_dtype)
-        T = np.zeros((n_samples, net.n_outputs), net.np_dtype)
-        self._run(make_plan(net, n_samples, self.fused_max_dim), net, self.prepare_data(net, X, T), Objective(),
-                  optimizer if optimizer is not None else SGD(0.01), _NO_LRS, None, 0, want_loss=True)
+        self._run(*self._warm_up_call(net, n_samples, optimizer))
         return time.perf_counter() - start
 
 
