@@ -76,8 +76,9 @@ def _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z):
             hb[r, n] = bj
         for k in range(n_in):
             w = W1[k, j]
+            xk = XT[k, n0:]  # indexed from 0: see _chunk_2x2
             for n in range(nb):
-                hb[r, n] += XT[k, n0 + n] * w
+                hb[r, n] += xk[n] * w
         activate(code, hb, r, nb)
         for c in range(n_out):
             w = W2[j, c]
@@ -146,8 +147,9 @@ def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
             db1[j] += acc
             for k in range(n_in):
                 acc = zero
+                xk = XT[k, n0:]
                 for n in range(nb):
-                    acc += XT[k, n0 + n] * d[0, n]
+                    acc += xk[n] * d[0, n]
                 dW1[k, j] += acc
     return loss
 
@@ -297,6 +299,12 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
     acc_b1 = zero
     for n0 in range(r0, r1, bs):
         nb = min(bs, r1 - n0)
+        # the block's samples as views indexed from 0: an index n0 + n, whose sign LLVM cannot
+        # know, makes every access wrap negative indices, and the loops gather instead of load
+        bx0 = x0[n0:]
+        bx1 = x1[n0:]
+        bt0 = t0[n0:]
+        bt1 = t1[n0:]
         c0 = b2[0]
         c1 = b2[1]
         for n in range(nb):
@@ -310,7 +318,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
             v0 = W2[j, 0]
             v1 = W2[j, 1]
             for n in range(nb):
-                h = vtanh(bj + x0[n0 + n] * w0 + x1[n0 + n] * w1)
+                h = vtanh(bj + bx0[n] * w0 + bx1[n] * w1)
                 hb[j, n] = h
                 z0[n] += h * v0
                 z1[n] += h * v1
@@ -320,7 +328,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 zb = z1[n]
                 top = za if za > zb else zb
                 # libm's exp: outside the vector loops, and no extra kernel to compile for the loss
-                loss += top + math.log(math.exp(za - top) + math.exp(zb - top)) - (t0[n0 + n] * za + t1[n0 + n] * zb)
+                loss += top + math.log(math.exp(za - top) + math.exp(zb - top)) - (bt0[n] * za + bt1[n] * zb)
             if mode == LOSS_ONLY:
                 continue
         # softmax + cross-entropy gradient, in place of the logits
@@ -328,7 +336,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
         a1 = zero
         for n in range(nb):
             real = n0 + n < n_samples
-            ga, gb = _softmax2_grad(z0[n], z1[n], t0[n0 + n], t1[n0 + n], scale)
+            ga, gb = _softmax2_grad(z0[n], z1[n], bt0[n], bt1[n], scale)
             ga = ga if real else zero
             gb = gb if real else zero
             z0[n] = ga
@@ -354,8 +362,8 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 s_h1 += h * gb
                 dd = (ga * v0 + gb * v1) * (one - h * h)  # tanh' from the output, inline: this kernel is tanh's
                 s_d += dd
-                s_x0 += x0[n0 + n] * dd
-                s_x1 += x1[n0 + n] * dd
+                s_x0 += bx0[n] * dd
+                s_x1 += bx1[n] * dd
             dW2[j, 0] += s_h0
             dW2[j, 1] += s_h1
             db1[j] += s_d
@@ -581,8 +589,9 @@ def _predict_rows(XT, r0, r1, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out):
             for c in range(n_out):
                 activate(head_activation(head), z, c, nb)
         for c in range(n_out):
+            oc = out[c, n0:]
             for n in range(nb):
-                out[c, n0 + n] = z[c, n]
+                oc[n] = z[c, n]
 
 
 @njit(**_ENTRY)

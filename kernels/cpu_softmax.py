@@ -36,13 +36,15 @@ def softmax_xent_block(z, TT, n0, nb, scale, delta, m, s, want_loss):
         for n in range(nb):
             loss += math.log(s[n]) + m[n]
         for c in range(n_classes):
+            tc = TT[c, n0:]  # indexed from 0: an index n0 + n of unknown sign wraps negative values
             for n in range(nb):
-                loss -= TT[c, n0 + n] * z[c, n]
+                loss -= tc[n] * z[c, n]
     for n in range(nb):
         s[n] = like(s, 1.0) / s[n]  # one division per sample, not per class
     for c in range(n_classes):
+        tc = TT[c, n0:]
         for n in range(nb):
-            delta[c, n] = (delta[c, n] * s[n] - TT[c, n0 + n]) * scale
+            delta[c, n] = (delta[c, n] * s[n] - tc[n]) * scale
     return loss
 
 

@@ -20,16 +20,17 @@ def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
     """delta[:, :nb] from feature-major logits; returns the summed loss if ``want_loss``."""
     loss = 0.0
     for c in range(z.shape[0]):
+        tc = TT[c, n0:]  # indexed from 0: an index n0 + n of unknown sign wraps negative values
         if head == HEAD_SIGMOID:
             for n in range(nb):
                 y = vsigmoid(z[c, n])
-                d = y - TT[c, n0 + n]
+                d = y - tc[n]
                 if want_loss:
                     loss += 0.5 * d * d
                 delta[c, n] = d * (y * (like(y, 1.0) - y)) * scale
         elif head == HEAD_IDENTITY:
             for n in range(nb):
-                d = z[c, n] - TT[c, n0 + n]
+                d = z[c, n] - tc[n]
                 if want_loss:
                     loss += 0.5 * d * d
                 delta[c, n] = d * scale

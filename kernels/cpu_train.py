@@ -109,13 +109,14 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
         nb = min(bs, r1 - n0)
         if t0 == 0:
             for k in range(n_in):
+                xk = XT[k, n0:]  # block views indexed from 0: an index n0 + n of unknown sign wraps negatives
                 for n in range(nb):
-                    xin[k, n] = XT[k, n0 + n]
+                    xin[k, n] = xk[n]
         else:
-            a_in = _stored(acts, act_off, sizes, t0 - 1, n_samples)
+            a_in = _stored(acts, act_off, sizes, t0 - 1, n_samples)[n0:]
             for n in range(nb):
                 for k in range(n_in):
-                    xin[k, n] = a_in[n0 + n, k]
+                    xin[k, n] = a_in[n, k]
         # forward through the run, block activations only
         off = act_base
         prev = 0
@@ -131,10 +132,10 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
         width = sizes[t1 + 1]
         last = _block(buf, prev, width, bs)
         if mode == MODE_FORWARD:
-            a_out = _stored(acts, act_off, sizes, t1, n_samples)
+            a_out = _stored(acts, act_off, sizes, t1, n_samples)[n0:]
             for n in range(nb):
                 for j in range(width):
-                    a_out[n0 + n, j] = last[j, n]
+                    a_out[n, j] = last[j, n]
             continue
         g = _block(buf, ga, width, bs)
         if mode == MODE_HEAD or mode == MODE_LOSS:
@@ -146,10 +147,10 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
             if want_loss:
                 continue
         else:
-            d_out = _stored(deltas, act_off, sizes, t1, n_samples)
+            d_out = _stored(deltas, act_off, sizes, t1, n_samples)[n0:]
             for n in range(nb):
                 for j in range(width):
-                    g[j, n] = d_out[n0 + n, j]
+                    g[j, n] = d_out[n, j]
         # backward: off walks back over the block activations
         g_off = ga
         gin_off = gb
@@ -168,11 +169,11 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
                            nb, want_gin, prev_code)
             g_off, gin_off = gin_off, g_off
         if t0 > 0:
-            d_in = _stored(deltas, act_off, sizes, t0 - 1, n_samples)
+            d_in = _stored(deltas, act_off, sizes, t0 - 1, n_samples)[n0:]
             gin = _block(buf, g_off, n_in, bs)
             for n in range(nb):
                 for k in range(n_in):
-                    d_in[n0 + n, k] = gin[k, n]
+                    d_in[n, k] = gin[k, n]
     return loss
 
 
