@@ -130,17 +130,24 @@ def _vtanh64(x):
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def log1p_unit(e):
-    """log(1 + e) in float64 for 0 <= e <= 1 (NaN stays NaN), vectorisable: 2 atanh(s) with
-    s = e / (2 + e) <= 1/3, whose series 2 (s + s^3/3 + s^5/5 + ...) is cut after 16 terms
-    (the rest is below 1e-17 relative). A log-sum-exp over two logits is m + log1p_unit(e)."""
-    e = np.float64(e)
-    s = e / (2.0 + e)
+def log1p_exp(d):
+    """log(1 + exp(d)) in float64 for d <= 0 (NaN stays NaN), vectorisable: a log-sum-exp over
+    two logits is m + log1p_exp(low - m). exp(d) = A / B in Cephes' rational form (scaled in two
+    steps, so subnormal values come out right), then log(1 + e) = 2 atanh(s) with
+    s = e / (2 + e) = A / (A + 2B) <= 1/3, whose series 2 (s + s^3/3 + s^5/5 + ...) is cut after
+    16 terms (the rest is below 1e-17 relative). One division, and no function of its own to compile."""
+    d = np.float64(d)
+    n, num, b = rational_exp(max(d, -746.0))
+    half = n >> 1
+    a = num * _pow2(half) * _pow2(n - half)
+    a = 0.0 if d < _EXP_MIN else a
+    s = a / (a + 2.0 * b)
     w = s * s
     p = 1.0 / 31.0
-    for k in range(14, -1, -1):  # constant bounds: unrolled, a chain of multiply-adds
+    for k in range(14, -1, -1):  # constant bounds: unrolled into a chain of multiply-adds
         p = p * w + 1.0 / (2 * k + 1)
-    return 2.0 * s * p
+    y = 2.0 * s * p
+    return d if d != d else y
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")

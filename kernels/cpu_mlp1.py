@@ -31,8 +31,8 @@ from numba.extending import overload
 
 from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, derivative, grad_times_derivative,
                              head_activation)
-from .cpu_math import (CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, _vexp64, like, log1p_unit, rational_exp,
-                       vexp, vtanh)
+from .cpu_math import (CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, log1p_exp, rational_exp, vexp,
+                       vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_ccall import c_call
@@ -329,7 +329,7 @@ def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale,
                 zb = np.float64(z1[n])
                 top = za if za > zb else zb
                 low = zb if za > zb else za  # NaN (or inf - inf) below makes the loss NaN, as it must
-                loss += top + log1p_unit(_vexp64(low - top)) - (np.float64(bt0[n]) * za + np.float64(bt1[n]) * zb)
+                loss += top + log1p_exp(low - top) - (np.float64(bt0[n]) * za + np.float64(bt1[n]) * zb)
             if mode == LOSS_ONLY:
                 continue
         # softmax + cross-entropy gradient, in place of the logits

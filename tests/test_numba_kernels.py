@@ -22,7 +22,7 @@ numba = pytest.importorskip("numba", reason="numba is not installed")
 
 from nnx.backends.numba_backend import FUSED_MAX_DIM, NumbaBackend, layer_paths, make_plan  # noqa: E402
 from nnx.kernels.cpu_activation import activate, activation, derivative, grad_times_derivative  # noqa: E402
-from nnx.kernels.cpu_math import vexp, vsigmoid, vtanh  # noqa: E402
+from nnx.kernels.cpu_math import log1p_exp, vexp, vsigmoid, vtanh  # noqa: E402
 from nnx.kernels.cpu_train import rows_head  # noqa: E402
 from nnx.network import ACTIVATION_CODES, HEAD_CODES  # noqa: E402
 
@@ -204,6 +204,29 @@ def test_tanh_and_sigmoid_within_few_ulp_of_numpy_including_extremes():
     assert got[5] == 0.0 and np.signbit(got[5])
     sig = apply(2, special)
     assert sig[0] == 1.0 and sig[1] == 0.0 and np.isnan(sig[2])
+
+
+@numba.njit(error_model="numpy")
+def _log1p_exp_all(d, out):
+    for i in range(d.size):
+        out[i] = log1p_exp(d[i])
+
+
+def test_log1p_exp_within_few_ulp_of_numpy_including_extremes():
+    """log(1 + exp(d)) for d <= 0, the logged loss's log-sum-exp over two logits."""
+    rng = np.random.default_rng(3)
+    d = np.concatenate([-rng.exponential(3, 100_000), rng.uniform(-745, 0, 100_000), -np.geomspace(1e-300, 1, 1000),
+                        [0.0, -0.0, -708.0, -740.0]])
+    got = np.empty_like(d)
+    _log1p_exp_all(d, got)
+    want = np.log1p(np.exp(d))
+    normal = want >= np.finfo(np.float64).tiny
+    assert ulps(got[normal], want[normal]).max() <= 4
+    # subnormal exp(d): precise to their few bits
+    assert np.allclose(got[~normal], want[~normal], rtol=1e-6, atol=1e-6 * np.finfo(np.float64).tiny)
+    special = np.array([-np.inf, np.nan, -746.0, -1e4])
+    _log1p_exp_all(special, got[:4])
+    assert got[0] == 0.0 and np.isnan(got[1]) and got[2] == 0.0 and got[3] == 0.0
 
 
 def test_float32_transcendentals_stay_float32_within_few_ulp():
