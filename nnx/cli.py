@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
 # A first run trains on NumPy while its kernels compile in the background when NumPy is expected
 # to finish within this many seconds: about what a cold compile of one kernel takes on 2 cores.
 BACKGROUND_MAX_NUMPY_S = 5.0
-PROBE_UPDATES = 20
+PROBE_UPDATES = 40
 
 
 def _kernels_for(backend, model: MLP, X, y, fit_settings: dict, updates: int):
@@ -163,14 +163,18 @@ def _print_compile(seconds: float) -> None:
 
 
 def _numpy_seconds(model: MLP, X, y, fit_settings: dict, updates: int) -> float:
-    """The NumPy backend's time for ``updates`` updates, from a few on a copy of the model."""
+    """The NumPy backend's time for ``updates`` updates: the difference between fits of a few
+    and of ``PROBE_UPDATES`` more on a copy of the model (a fit's fixed cost cancels)."""
     import copy
 
     probe = copy.deepcopy(model)
+    seconds = []
     with backends.use_backend("numpy"):
-        start = time.perf_counter()
-        probe.fit(X, y, passes=PROBE_UPDATES, **fit_settings, log_every=PROBE_UPDATES, verbose=0)
-    return (time.perf_counter() - start) / PROBE_UPDATES * updates
+        for passes in (PROBE_UPDATES // 4, PROBE_UPDATES + PROBE_UPDATES // 4):
+            start = time.perf_counter()
+            probe.fit(X, y, passes=passes, **fit_settings, log_every=passes, verbose=0)
+            seconds.append(time.perf_counter() - start)
+    return max(seconds[1] - seconds[0], 0.0) / PROBE_UPDATES * updates
 
 
 def _summarise(model: MLP, X, y, preset, backend, elapsed: float, save_path) -> int:

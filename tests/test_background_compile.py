@@ -60,23 +60,25 @@ def _losses(out: str) -> list[str]:
 
 
 def test_first_run_trains_on_numpy_while_the_kernels_compile_then_the_next_run_loads_them(tmp_path):
+    # a tenth of the tutorial's passes: NumPy's estimate stays far below the limit on a loaded machine
     env = _env(tmp_path, NNX_BACKEND="numba")
-    first = _python(["-m", "nnx", "train"], env).stdout
+    train = ["-m", "nnx", "train", "--passes", "2000"]
+    first = _python(train, env).stdout
     assert re.search(r"compile: numba's kernels for this network are not cached yet: they compile in the "
                      r"background \(pid \d+\) for later runs, and this run trains on numpy \(about [0-9.]+ s\)", first)
-    assert re.search(r"training: 20000 passes in [0-9.]+ s = [0-9,]+ passes/s on numpy", first)
+    assert re.search(r"training: 2000 passes in [0-9.]+ s = [0-9,]+ passes/s on numpy", first)
     # the NumPy backend's run, loss for loss (the tutorial's own figures)
-    reference = _python(["-m", "nnx", "train"], _env(tmp_path / "numpy", NNX_BACKEND="numpy")).stdout
-    assert _losses(first) == _losses(reference) and len(_losses(first)) == 21
+    reference = _python(train, _env(tmp_path / "numpy", NNX_BACKEND="numpy")).stdout
+    assert _losses(first) == _losses(reference) and len(_losses(first)) == 3
 
     _wait_for_background_compiles(tmp_path)
     log = next(tmp_path.rglob("background-compile.log")).read_text()
     assert "compiled Network(layer_sizes=(2, 3, 2)" in log and "Traceback" not in log
 
-    second = _python(["-m", "nnx", "train"], env).stdout
+    second = _python(train, env).stdout
     assert re.search(r"compile: none, kernels loaded from the cache in [0-9.]+ s", second)
-    assert re.search(r"training: 20000 passes in [0-9.]+ s = [0-9,]+ passes/s on numba", second)
-    assert "final training accuracy: 97.50%" in first and "final training accuracy: 97.50%" in second
+    assert re.search(r"training: 2000 passes in [0-9.]+ s = [0-9,]+ passes/s on numba", second)
+    assert re.search(r"final training accuracy: [0-9.]+%", first).group() in reference
 
 
 class _ColdBackend:
