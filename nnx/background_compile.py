@@ -5,7 +5,8 @@ than the NumPy backend takes for a short run. ``nnx train`` therefore starts the
 here, trains that run on NumPy, and the next run loads the kernels from the disk cache.
 The process is detached: it finishes and fills the cache even when the run that started it
 has already ended. One compile per kernel runs at a time (a lock file per network, in the
-cache folder), and it never starts when the cache cannot be written (nothing would be kept).
+kernel cache folder, beside its log), and it never starts when the cache cannot be written
+(nothing would be kept).
 
 ``NNX_BACKGROUND_COMPILE=0`` turns it off: kernels then compile in the foreground, as a
 library ``fit`` always does.
@@ -38,10 +39,11 @@ def enabled() -> bool:
 
 
 def _lock_path(spec: tuple) -> Path:
+    """In the kernel cache folder itself: the one folder nnx knows it may write."""
     from . import cache
 
     folder, _ = cache.numba_cache_dir()
-    return folder.parent / f"compiling-{hashlib.sha256(repr(spec).encode()).hexdigest()[:16]}.lock"
+    return folder / f"compiling-{hashlib.sha256(repr(spec).encode()).hexdigest()[:16]}.lock"
 
 
 def _alive(pid: int) -> bool:
@@ -74,14 +76,10 @@ def _take_lock(path: Path) -> bool:
     return False
 
 
-def running(net: Network, n_samples: int, optimizer: Optimizer | None = None) -> bool:
-    """Whether a background compile of these kernels holds its lock now."""
-    return _lock_path((net, n_samples, optimizer)).exists()
-
-
 def start(net: Network, n_samples: int, optimizer: Optimizer | None = None) -> int | None:
     """Start compiling what ``warm_up(net, n_samples, optimizer)`` compiles in a detached
-    process; its pid, or None when one is already running for these kernels."""
+    process; its pid, or None when one is already running for these kernels. Raises OSError
+    when no process can be started (the lock is then removed)."""
     spec = (net, n_samples, optimizer)
     lock = _lock_path(spec)
     lock.parent.mkdir(parents=True, exist_ok=True)

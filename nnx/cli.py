@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -145,10 +146,13 @@ def _kernels_for(backend, model: MLP, X, y, fit_settings: dict, updates: int):
     if backend.kernels_cached(model.net, n, optimizer):
         print(f"compile: none, kernels loaded from the cache in {time.perf_counter() - start:.3f} s")
         return backend
-    if background_compile.enabled():
-        numpy_s = _numpy_seconds(model, X, y, fit_settings, updates)
-        if numpy_s <= BACKGROUND_MAX_NUMPY_S:
+    numpy_s = _numpy_seconds(model, X, y, fit_settings, updates) if background_compile.enabled() else math.inf
+    if numpy_s <= BACKGROUND_MAX_NUMPY_S:
+        try:
             pid = background_compile.start(model.net, n, optimizer)
+        except OSError as exc:
+            print(f"compile: no background process could start ({exc}); compiling first", flush=True)
+        else:
             where = f"pid {pid}" if pid is not None else "already under way"
             print(f"compile: {backend.name}'s kernels for this network are not cached yet: they compile in the "
                   f"background ({where}) for later runs, and this run trains on numpy (about {numpy_s:.1f} s)",

@@ -96,11 +96,12 @@ class _ColdBackend:
         return 1.5
 
 
-def _decide(monkeypatch, numpy_seconds: float):
-    """What ``_kernels_for`` does with a cold cache when NumPy would take ``numpy_seconds``."""
+def _decide(monkeypatch, numpy_seconds: float, spawn=lambda: 4321):
+    """What ``_kernels_for`` does with a cold cache when NumPy would take ``numpy_seconds`` and
+    starting the background process gives ``spawn()``."""
     started = []
     monkeypatch.setattr(nnx.cli, "_numpy_seconds", lambda *args: numpy_seconds)
-    monkeypatch.setattr(background_compile, "start", lambda *args: started.append(args) or 4321)
+    monkeypatch.setattr(background_compile, "start", lambda *args: started.append(args) or spawn())
     cold = _ColdBackend()
     model = nnx.MLP((2, 3, 2))
     X, y = nnx.datasets.moons(20, seed=0)
@@ -128,6 +129,20 @@ def test_a_long_run_or_background_compiles_off_compile_in_the_foreground(monkeyp
     monkeypatch.setenv(background_compile.ENV_VAR, "0")
     chosen, warmed, started = _decide(monkeypatch, 0.01)
     assert chosen.name == "numba" and len(warmed) == 1 and not started
+
+
+def test_no_process_to_start_or_one_already_running(monkeypatch, capsys):
+    monkeypatch.delenv(background_compile.ENV_VAR, raising=False)
+
+    def no_process():
+        raise OSError("Resource temporarily unavailable")
+
+    chosen, warmed, _ = _decide(monkeypatch, 0.01, no_process)
+    assert chosen.name == "numba" and len(warmed) == 1
+    assert "no background process could start (Resource temporarily unavailable); compiling first" in (
+        capsys.readouterr().out)
+    chosen, warmed, _ = _decide(monkeypatch, 0.01, lambda: None)
+    assert chosen.name == "numpy" and not warmed and "(already under way)" in capsys.readouterr().out
 
 
 def test_one_compile_per_kernel_at_a_time_and_stale_locks_are_replaced(tmp_path):
