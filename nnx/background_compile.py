@@ -89,9 +89,12 @@ def start(net: Network, n_samples: int, optimizer: Optimizer | None = None) -> i
     detach = ({"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
               if sys.platform == "win32" else {"start_new_session": True})
     try:
+        # started in the cache folder: `-m` puts the working folder first on sys.path, and a source
+        # checkout there (no nnx.kernels until installed) would shadow the installed nnx
         with open(lock.parent / "background-compile.log", "ab") as log:
             child = subprocess.Popen([sys.executable, "-m", "nnx.background_compile", str(lock)],
-                                     stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, **detach)
+                                     stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, cwd=lock.parent,
+                                     **detach)
         lock.write_text(str(child.pid))
         child.stdin.write(pickle.dumps(spec))
         child.stdin.close()
