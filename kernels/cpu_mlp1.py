@@ -277,7 +277,7 @@ def _ov_softmax2_grad(za, zb, ta, tb, scale):
     return lambda za, zb, ta, tb, scale: _softmax2_grad64(za, zb, ta, tb, scale)
 
 
-@njit(**_SHARED)
+@njit(**_INNER)  # compiled and cached on its own: no copy of its code inlined, the chunked twin loads it
 def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
                hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` for 2 inputs, 2 softmax classes and tanh (the moons model), every
