@@ -2,15 +2,19 @@
 
 0: nothing. 1: a progress bar on stderr (passes, loss, passes/s) when stderr is
 a terminal, drawn only once a fit has run for a moment, so short fits stay
-quiet. 2: one line per logging interval (the tutorials' "Loss after pass"),
+quiet; there, too, a line when the fit must first compile its kernel. 2: one line per logging interval (the tutorials' "Loss after pass"),
 no bar. The bar moves between backend calls (logging points, and the chunks a
 long interval is run in): compiled backends never return to Python inside one.
 """
 from __future__ import annotations
 
+import contextvars
 import sys
 
 VERBOSITY = (0, 1, 2)
+# Whether a compile a fit is about to wait for should be announced on stderr: verbose 1 on a
+# terminal, where the progress bar would be (a cold compile takes seconds before the bar moves).
+ANNOUNCE_COMPILES: contextvars.ContextVar[bool] = contextvars.ContextVar("nnx_announce_compiles", default=False)
 # A bar appears only for fits still running after this many seconds.
 BAR_DELAY_S = 1.0
 
@@ -30,6 +34,7 @@ class Progress:
         self.verbose = verbose
         self.start = start
         self.bar = None
+        self._announce = ANNOUNCE_COMPILES.set(verbose == 1 and sys.stderr.isatty())
         if verbose == 1 and total > 0 and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -50,5 +55,6 @@ class Progress:
             self.bar.update(updates - self.start - self.bar.n)
 
     def close(self) -> None:
+        ANNOUNCE_COMPILES.reset(self._announce)
         if self.bar is not None:
             self.bar.close()

@@ -1,5 +1,6 @@
 """A first ``nnx train`` on an empty kernel cache: it trains on NumPy at once while a detached
-process compiles the Numba kernels, and the next run loads them from the cache."""
+process compiles the Numba kernels, and the next run loads them from the cache. A library ``fit``
+compiles in the foreground, and says so where its progress bar would show."""
 from __future__ import annotations
 
 import os
@@ -157,3 +158,23 @@ def test_one_compile_per_kernel_at_a_time_and_stale_locks_are_replaced(tmp_path)
     old = time.time() - background_compile.STALE_LOCK_S - 1
     os.utime(lock, (old, old))  # held too long: its compile died without removing it
     assert background_compile._take_lock(lock)
+
+
+FIT_ON_A_TERMINAL = """
+import sys, nnx
+sys.stderr.isatty = lambda: True  # where fit(verbose=1) draws its bar and announces a compile
+X, y = nnx.datasets.moons(100, seed=0)
+with nnx.use_backend("numba"):
+    nnx.MLP((2, 3, 2)).fit(X, y, passes=10, verbose=int(sys.argv[1]))
+    nnx.MLP((2, 3, 2)).fit(X, y, passes=10, verbose=int(sys.argv[1]))
+"""
+NOTICE = "nnx: compiling the numba kernel for 2-3-2 float64 (first use; several seconds, cached for later runs)"
+
+
+def test_a_fit_announces_a_cold_compile_once_where_its_progress_bar_would_show(tmp_path):
+    env = _env(tmp_path)
+    quiet = _python(["-c", FIT_ON_A_TERMINAL, "0"], _env(tmp_path / "quiet"))
+    assert NOTICE not in quiet.stderr
+    cold = _python(["-c", FIT_ON_A_TERMINAL, "1"], env)
+    assert cold.stderr.count(NOTICE) == 1
+    assert NOTICE not in _python(["-c", FIT_ON_A_TERMINAL, "1"], env).stderr  # loaded from the cache

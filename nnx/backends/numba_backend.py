@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..errors import BackendUnavailableError
 from ..batching import Batches
 from ..network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
 from ..optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from ..progress import ANNOUNCE_COMPILES
 from .base import BOOKKEEPING_BYTES, Backend, Data, learning_rates, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
@@ -592,6 +594,9 @@ class NumbaBackend(Backend):
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
         kernel, args = self._kernel_call(plan, net, data, objective, optimizer, lrs, batches, step, want_loss,
                                          record, every)
+        if not kernel.overloads and ANNOUNCE_COMPILES.get() and not _loaded(kernel, args):
+            print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
+                  "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
@@ -674,19 +679,7 @@ class NumbaBackend(Backend):
         disk cache (then loaded here, as ``warm_up`` would), rather than compile it: the seconds a
         cold compile takes are worth knowing before they start. The optimiser's small step is
         compiled (or loaded) here either way."""
-        kernel, args = self._kernel_call(*self._warm_up_call(net, n_samples, optimizer))
-        try:
-            signature = tuple(kernel.typeof_pyval(a) for a in args)
-            if signature in kernel.overloads:
-                return True
-            compiled = kernel._cache.load_overload(signature, kernel.targetctx)  # what Dispatcher.compile does first
-            if compiled is None:
-                return False
-            kernel.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
-            kernel.add_overload(compiled)
-            return True
-        except Exception:  # noqa: BLE001 - Numba's internals moved: say cached, so the caller compiles as before
-            return True
+        return _loaded(*self._kernel_call(*self._warm_up_call(net, n_samples, optimizer)))
 
     def _warm_up_call(self, net: Network, n_samples: int, optimizer: Optimizer | None) -> tuple:
         """``_run``'s arguments for a fit of ``net`` on ``n_samples`` zero samples with ``optimizer``."""
@@ -709,6 +702,23 @@ class NumbaBackend(Backend):
         start = time.perf_counter()
         self._run(*self._warm_up_call(net, n_samples, optimizer))
         return time.perf_counter() - start
+
+
+def _loaded(kernel, args) -> bool:
+    """Whether ``kernel(*args)`` runs compiled code already in this process or in the disk cache
+    (loaded here, as the call would), rather than compiling first."""
+    try:
+        signature = tuple(kernel.typeof_pyval(a) for a in args)
+        if signature in kernel.overloads:
+            return True
+        compiled = kernel._cache.load_overload(signature, kernel.targetctx)  # what Dispatcher.compile does first
+        if compiled is None:
+            return False
+        kernel.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
+        kernel.add_overload(compiled)
+        return True
+    except Exception:  # noqa: BLE001 - Numba's internals moved: say loaded, so callers go on as before
+        return True
 
 
 # What the compiled loop runs: the exact optimiser classes (``compiles``), each with its step in
