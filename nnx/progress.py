@@ -3,8 +3,9 @@
 0: nothing. 1: a progress bar on stderr (passes, loss, passes/s) when stderr is
 a terminal, drawn only once a fit has run for a moment, so short fits stay
 quiet; there, too, a line when the fit must first compile its kernel. 2: one
-line per logging interval (the tutorials' "Loss after pass"), no bar. The bar moves between backend calls (logging points, and the chunks a
-long interval is run in): compiled backends never return to Python inside one.
+line per logging interval (the tutorials' "Loss after pass"), no bar. The bar
+moves between backend calls (logging points, and the chunks a long interval is
+run in): compiled backends never return to Python inside one.
 """
 from __future__ import annotations
 
