@@ -108,9 +108,10 @@ def test_a_second_ctrl_c_stops_now_back_at_the_last_logging_point(backend, moons
     assert_same(model, reference(X, y, 300))
 
 
-def _press_in_recording_call(backend, monkeypatch, *, call: int, presses: int):
-    """Press Ctrl-C ``presses`` times as the driver's recording call number ``call`` starts
-    (backends that log several points per call); returns each call's update count."""
+def _fit_pressing_in_recording_call(backend, moons, monkeypatch, *, call: int, presses: int):
+    """A long fit with Ctrl-C pressed ``presses`` times as the driver's recording call number
+    ``call`` starts (backends that log several points per call); returns the model and each
+    call's update count."""
     if not backend.records_losses(nnx.MLP([2, 5, 2]).net, nnx.optim.SGD(0.05)):
         pytest.skip(f"{backend.name} logs one point per call")
     real = backend.train_recording
@@ -124,35 +125,30 @@ def _press_in_recording_call(backend, monkeypatch, *, call: int, presses: int):
         return real(net, state, data, objective, optimizer, lrs, every)
 
     monkeypatch.setattr(backend, "train_recording", train_recording)
-    return calls
+    model = nnx.MLP([2, 5, 2], seed=1)
+    model.fit(*moons, passes=100_000, log_every=100, **SETTINGS)
+    monkeypatch.undo()
+    return model, calls
 
 
 def test_ctrl_c_in_a_call_logging_several_points_stops_at_that_calls_end(backend, moons, monkeypatch):
-    X, y = moons
-    model = nnx.MLP([2, 5, 2], seed=1)
-    calls = _press_in_recording_call(backend, monkeypatch, call=3, presses=1)
-    model.fit(X, y, passes=100_000, log_every=100, **SETTINGS)
-    monkeypatch.undo()
+    model, calls = _fit_pressing_in_recording_call(backend, moons, monkeypatch, call=3, presses=1)
     done = sum(calls)
     assert len(calls) == 3 and model.interrupted and model.updates == done and done % 100 == 0
     assert list(model.history) == list(range(0, done + 1, 100))
-    assert_same(model, reference(X, y, done))
+    assert_same(model, reference(*moons, done))
 
 
 def test_a_second_ctrl_c_in_such_a_call_goes_back_to_its_start(backend, moons, monkeypatch):
-    X, y = moons
-    model = nnx.MLP([2, 5, 2], seed=1)
-    calls = _press_in_recording_call(backend, monkeypatch, call=3, presses=2)
-    model.fit(X, y, passes=100_000, log_every=100, **SETTINGS)
-    monkeypatch.undo()
+    model, calls = _fit_pressing_in_recording_call(backend, moons, monkeypatch, call=3, presses=2)
     done = sum(calls[:2])
     assert len(calls) == 3 and model.interrupted and model.updates == done
     assert list(model.history) == list(range(0, done + 1, 100))
-    assert_same(model, reference(X, y, done))
+    assert_same(model, reference(*moons, done))
     # and training continues from there exactly as if never interrupted
-    model.fit(X, y, passes=100, log_every=100, **SETTINGS)
+    model.fit(*moons, passes=100, log_every=100, **SETTINGS)
     assert not model.interrupted
-    assert_same(model, reference(X, y, done + 100))
+    assert_same(model, reference(*moons, done + 100))
 
 
 def test_interrupted_describes_the_last_fit_only(backend, moons):

@@ -3,8 +3,8 @@
 Everything the estimators know about ``MLP.fit``'s keywords lives here: the
 optimiser and its settings, the batch size, how many updates make an epoch,
 how often the loss is logged (every ``log_every`` epochs: each logging point is
-where a compiled loop returns to Python, unless the backend logs several per call), the stopping rules and the held-out
-validation set of early stopping.
+where a compiled loop returns to Python, unless the backend logs several per
+call), the stopping rules and the held-out validation set of early stopping.
 """
 from __future__ import annotations
 
