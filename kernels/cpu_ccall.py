@@ -1,12 +1,13 @@
 """Calls from compiled kernels into C-callable ones (``numba.cfunc``) through their address.
 
-The training kernels call the optimiser step and the minibatch gather this way:
-those are compiled on their own, on first use and for what a fit uses, and the
-calling kernel compiles only the call itself (no first-class function
-machinery, no copy of their code), so its compile time barely moves.
+The training kernels call the optimiser step, the minibatch gather and the
+one-hidden-layer chunk kernels this way: those are compiled on their own, on
+first use and for what a fit uses, and the calling kernel compiles only the call
+itself. A call to a compiled (``njit``) function instead links the callee's code
+into the caller, where LLVM optimises and emits it all over again.
 
-``c_call(address, args)`` and ``c_call_int(address, args)`` call the function at
-``address`` with the values of the tuple ``args``: an array is passed as the
+``c_call(address, args)`` (no result) and ``c_call_float`` (a float64 result) call the
+function at ``address`` with the values of the tuple ``args``: an array is passed as the
 pointer to its first element (arrays must be contiguous), an int64 as ``int64_t``,
 a float64 as ``double``. The callee must have exactly that C signature (``c_signature``).
 """
@@ -37,26 +38,21 @@ def _lower(context, builder, tuple_type, tuple_value, restype):
     return ir.FunctionType(restype, llvm_types), values
 
 
-@intrinsic
-def c_call(typingctx, address, args):
-    """Call the C function at ``address`` with the values of ``args``; returns nothing."""
-    if address != types.int64 or not isinstance(args, types.BaseTuple) or not all(map(_passable, args.types)):
-        return None  # a typing error, never a call with the wrong argument types
+def _returning(restype, llvm_restype, name: str):
+    """The intrinsic ``name``: call the C function at ``address`` with the values of ``args``,
+    returning ``restype``."""
+    def call(typingctx, address, args):
+        if address != types.int64 or not isinstance(args, types.BaseTuple) or not all(map(_passable, args.types)):
+            return None  # a typing error, never a call with the wrong argument types
 
-    def codegen(context, builder, sig, llargs):
-        fnty, values = _lower(context, builder, sig.args[1], llargs[1], ir.VoidType())
-        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
-        return context.get_dummy_value()
-    return types.void(address, args), codegen
+        def codegen(context, builder, sig, llargs):
+            fnty, values = _lower(context, builder, sig.args[1], llargs[1], llvm_restype)
+            result = builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
+            return context.get_dummy_value() if restype is types.void else result
+        return restype(address, args), codegen
+    call.__name__ = call.__qualname__ = name
+    return intrinsic(call)
 
 
-@intrinsic
-def c_call_int(typingctx, address, args):
-    """``c_call`` of a function returning an int64."""
-    if address != types.int64 or not isinstance(args, types.BaseTuple) or not all(map(_passable, args.types)):
-        return None
-
-    def codegen(context, builder, sig, llargs):
-        fnty, values = _lower(context, builder, sig.args[1], llargs[1], ir.IntType(64))
-        return builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
-    return types.int64(address, args), codegen
+c_call = _returning(types.void, ir.VoidType(), "c_call")
+c_call_float = _returning(types.float64, ir.DoubleType(), "c_call_float")

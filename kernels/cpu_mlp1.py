@@ -14,19 +14,23 @@ Samples split into a fixed number of chunks (from the sizes alone); each chunk
 sums its own partial gradients and the chunks are added in order, so results
 are bit-identical whatever ``NUMBA_NUM_THREADS``.
 
-Compile time: each entry point (``train_2x2``, ``train_any`` and their
-``_parallel`` twins, ``predict``) pulls in only the code its path runs. They
-share one loop, ``_train``, which takes the chunk kernel and the chunk runner
-as first-class functions, so a tutorial-sized fit never compiles the parallel
-runner or the general kernel. The optimiser step is a function pointer, so no
-entry point compiles optimiser code. Only the entry points are cached on disk.
+Compile time: the chunk kernels (``_chunk_2x2`` for the moons model, ``_chunk_any``)
+are C-callable functions (``chunk_kernel``), compiled once per dtype and cached, and
+the entry points (``train``, its chunked twin ``train_parallel``, ``train_tiny``)
+call them by address, as they call the optimiser step. So an entry point compiles
+only its loop, whatever network it trains, and no function holds a second copy of
+a kernel: Numba links a compiled callee's code into each caller, where LLVM
+optimises and emits it again, and a parallel function's compile grows with all it
+holds. ``train_tiny`` inlines its sample-by-sample kernel instead (XOR-sized work).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import carray, cfunc, get_thread_id, njit, prange, types
+from numba.core import sigutils
+from numba.core.ccallback import CFunc
 from numba.extending import overload
 
 from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, derivative, grad_times_derivative,
@@ -35,21 +39,21 @@ from .cpu_math import (CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, l
                        vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_ccall import c_call
+from .cpu_ccall import c_call, c_call_float
 
 # What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
 # same forward pass (the update after a logging point, whose forward gives that point's loss);
 # or only that loss.
 GRADIENTS, GRADIENTS_AND_LOSS, LOSS_ONLY = 0, 1, 2
 
-# Compiled into the entry points that call them; cached too, so a second entry point of
-# the same dtype (say, the chunked twin of the serial one) loads them instead of compiling.
+# Helpers compiled on their own and cached, so a second caller of the same dtype loads them.
 _INNER = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 # Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
 _ENTRY = dict(nogil=True, **_INNER)
-# The loop and runners take kernels as first-class functions. They are inlined into
-# each entry point, so the functions are direct calls there: a function passed to a
-# compiled (not inlined) callee is a run-time object that Numba's cache cannot store.
+# Inlined where they are called. The loop takes the tiny kernel and the chunk runner as
+# first-class functions: inlined into each entry point, they are direct calls there (a
+# function passed to a compiled, not inlined, callee is a run-time object that Numba's
+# cache cannot store).
 _SHARED = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 # Only prange loops become parallel: the other parfor conversions cost compile time for nothing here.
 _PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": False, "reduction": False,
@@ -101,11 +105,14 @@ def _zero(dW1, db1, dW2, db2):
         db2[c] = 0.0
 
 
-@njit(**_INNER)
-def _chunk_any(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
-               hb, z, g, d, m, s, dW1, db1, dW2, db2):
+def _chunk_any(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out, code, head, scale, mode, scratch,
+               grads):
     """Gradients of samples r0..r1 into dW1, db1, dW2, db2 (zeroed here), and, unless ``mode``
-    is GRADIENTS, the summed data loss of those samples (LOSS_ONLY: the loss alone)."""
+    is GRADIENTS, the summed data loss of those samples (LOSS_ONLY: the loss alone).
+    A C-callable kernel (``chunk_kernel``): the arrays come as pointers (``_pointer_views``)."""
+    XT, TT, W1, b1, W2, b2, hb, z, g, d, m, s, dW1, db1, dW2, db2 = _pointer_views(
+        xt, tt, cols, theta, n_in, n_hidden, n_out, bs, scratch, grads)
+    scale = like(W1, scale)
     n_in, n_hidden = W1.shape
     n_out = W2.shape[1]
     zero = like(W1, 0.0)  # accumulators in W1's precision
@@ -277,13 +284,15 @@ def _ov_softmax2_grad(za, zb, ta, tb, scale):
     return lambda za, zb, ta, tb, scale: _softmax2_grad64(za, zb, ta, tb, scale)
 
 
-@njit(**_INNER)  # compiled and cached on its own: no copy of its code inlined, the chunked twin loads it
-def _chunk_2x2(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
-               hb, z, g, d, m, s, dW1, db1, dW2, db2):
+def _chunk_2x2(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out, code, head, scale, mode, scratch,
+               grads):
     """``_chunk_any`` for 2 inputs, 2 softmax classes and tanh (the moons model), every
     loop over the samples of a block fused into one. Blocks are whole multiples of
     the vector width: ``XT``/``TT`` are padded with copies of real samples, whose
     gradient is set to exactly 0, so they add exact zeros."""
+    XT, TT, W1, b1, W2, b2, hb, z, g, d, m, s, dW1, db1, dW2, db2 = _pointer_views(
+        xt, tt, cols, theta, n_in, n_hidden, n_out, bs, scratch, grads)
+    scale = like(W1, scale)
     n_hidden = W1.shape[1]
     x0 = XT[0]
     x1 = XT[1]
@@ -398,41 +407,38 @@ def _scratch(buf, n_hidden, n_out, bs):
 
 
 @njit(**_SHARED)
-def _chunks_side_by_side(chunk, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2,
-                         code, head, scale, scratch, pg, losses):
-    """The prange loop alone, inlined into a small ``parallel`` function: Numba's
-    parallel compile cost grows with everything the function holds. Block buffers
-    per thread, partial gradients (or losses) per chunk."""
-    n_in, n_hidden = W1.shape
-    n_out = W2.shape[1]
+def _pointer_views(xt, tt, cols, theta, n_in, n_hidden, n_out, bs, scratch, grads):
+    """A chunk kernel's arrays from its pointers: the data (``cols`` columns), the parameters and
+    their gradients (``_views``) and the block buffers (``_scratch``). Views: nothing is copied."""
+    n_params = (n_in + 1) * n_hidden + (n_hidden + 1) * n_out
+    W1, b1, W2, b2 = _views(carray(theta, (n_params,)), n_in, n_hidden, n_out)
+    dW1, db1, dW2, db2 = _views(carray(grads, (n_params,)), n_in, n_hidden, n_out)
+    hb, z, g, d, m, s = _scratch(carray(scratch, (bs * (n_hidden + 2 * n_out + 3),)), n_hidden, n_out, bs)
+    return carray(xt, (n_in, cols)), carray(tt, (n_out, cols)), W1, b1, W2, b2, hb, z, g, d, m, s, dW1, db1, dW2, db2
+
+
+@njit(**_PARALLEL)
+def _side_by_side(kernel, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, theta, n_in, n_hidden, n_out,
+                  code, head, scale, scratch, pg, losses):
+    """The chunks side by side, each through the chunk kernel at address ``kernel``, with the
+    block buffers of the thread it runs on and partial gradients (or losses) of its own."""
+    cols = np.int64(XT.shape[1])
     for c in prange(n_chunks):
-        r0 = c * chunk_len
-        bh, bz, bg, bd, bm, bs_ = _scratch(scratch[get_thread_id()], n_hidden, n_out, bs)
-        cW1, cb1, cW2, cb2 = _views(pg[c], n_in, n_hidden, n_out)
-        losses[c] = chunk(XT, TT, n_samples, r0, min(n_rows, r0 + chunk_len), bs, W1, b1, W2, b2, code, head,
-                          scale, mode, bh, bz, bg, bd, bm, bs_, cW1, cb1, cW2, cb2)
-
-
-@njit(**_PARALLEL)
-def _side_by_side_2x2(mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
-                      scale, scratch, pg, losses):
-    _chunks_side_by_side(_chunk_2x2, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
-                         b2, code, head, scale, scratch, pg, losses)
-
-
-@njit(**_PARALLEL)
-def _side_by_side_any(mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
-                      scale, scratch, pg, losses):
-    _chunks_side_by_side(_chunk_any, mode, n_samples, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2,
-                         b2, code, head, scale, scratch, pg, losses)
+        r0 = np.int64(c * chunk_len)
+        losses[c] = c_call_float(kernel, (XT, TT, cols, n_samples, r0, np.int64(min(n_rows, r0 + chunk_len)), bs,
+                                          theta, n_in, n_hidden, n_out, code, head, scale, mode,
+                                          scratch[get_thread_id()], pg[c]))
 
 
 @njit(**_SHARED)
-def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
-           chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    """The update loop shared by every entry point; ``side_by_side`` is None for the serial
-    ones (one chunk, on views made once: reshapes and reference counts cost more than a
-    whole tiny pass). Chunks are added in order: the same bits on any thread count.
+def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel,
+           n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+           interval):
+    """The update loop shared by every entry point. Each update's gradients come from the chunk
+    kernel at address ``kernel`` (``chunk_kernel``): in one call (``side_by_side`` None), or
+    chunk by chunk on several threads, the chunks added in order (the same bits on any thread
+    count). ``chunk``, where not None, is a kernel inlined instead, on views made once
+    (``_chunk_tiny``: at XOR's size, a call per update would be a fifth of the update).
 
     ``n_updates`` steps (forward and backward on the data or a gathered minibatch, then
     ``update``), then with ``want_loss`` the summed data loss of all samples: in one go on
@@ -467,12 +473,17 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
         # at n_real) and the loss scale: the full data's (set before the call) or the batch's
         n_real, n_rows, scale = meta[0], meta[1], hyper[3]
         if side_by_side is None:
-            part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, mode,
-                         hb, z, g, d, m, s, dW1, db1, dW2, db2)
+            if chunk is None:
+                part = c_call_float(kernel, (XT, TT, np.int64(XT.shape[1]), n_real, np.int64(0), n_rows, bs, theta,
+                                             n_in, n_hidden, n_out, code, head, np.float64(scale), mode, scratch[0],
+                                             grads))
+            else:
+                part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, mode,
+                             hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
             losses = np.empty(n_chunks)
-            side_by_side(mode, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, W1, b1, W2, b2, code, head,
-                         scale, scratch, pg, losses)
+            side_by_side(kernel, mode, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, theta, n_in, n_hidden, n_out,
+                         code, head, np.float64(scale), scratch, pg, losses)
             part = 0.0
             for c in range(n_chunks):
                 part += losses[c]
@@ -509,9 +520,10 @@ def _sum_of_squared_weights(W1, W2):
 
 
 # ------------------------------------------------------------- entry points
-# Same arguments for all five: ``n_updates`` steps of ``theta`` (W1, b1, W2, b2 flat) and
+# Same arguments for all three: ``n_updates`` steps of ``theta`` (W1, b1, W2, b2 flat) and
 # the optimiser state in place, then, with ``want_loss``, the summed data loss of all
-# samples at the new parameters. Full batch (``batch_rows`` 0): ``XT``/``TT`` are the data
+# samples at the new parameters; ``kernel`` is the address of the chunk kernel (``chunk_kernel``;
+# unused by ``train_tiny``). Full batch (``batch_rows`` 0): ``XT``/``TT`` are the data
 # feature-major, the first ``n_samples`` columns real, the rest (up to a multiple of the
 # block granule) padding for the 2x2 kernel. Minibatches (``batch`` = (batch_rows, order,
 # bounds, gather, meta)): ``XT``/``TT`` are batch buffers, and update u gathers samples
@@ -523,43 +535,63 @@ def _sum_of_squared_weights(W1, W2):
 # is [l2, full-batch scale, mean?, this step's scale]; ``meta`` (``cpu_gather.META``) starts
 # [this step's samples, columns].
 @njit(**_ENTRY)
-def train_2x2(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
-              grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    return _train(_chunk_2x2, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
+def train(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel, n_chunks, chunk_len, bs, theta,
+          grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(None, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel, n_chunks,
                   chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
                   interval)
 
 
 @njit(**_ENTRY)
-def train_2x2_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-                       theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    return _train(_chunk_2x2, _side_by_side_2x2, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+def train_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel, n_chunks, chunk_len,
+                   bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(None, _side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel,
                   n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
                   batch, interval)
 
 
 @njit(**_ENTRY)
-def train_any(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
-              grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    return _train(_chunk_any, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
-                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
-                  interval)
-
-
-@njit(**_ENTRY)
-def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs, theta,
-               grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks,
-                  chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
-                  interval)
-
-
-@njit(**_ENTRY)
-def train_any_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, n_chunks, chunk_len, bs,
-                       theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    return _train(_chunk_any, _side_by_side_any, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head,
+def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel, n_chunks, chunk_len, bs,
+               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel,
                   n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
                   batch, interval)
+
+
+# ------------------------------------------------------------ chunk kernels
+# One C-callable kernel per chunk kernel and dtype: the gradients (and loss) of samples
+# r0..r1 into ``grads`` (flat, theta's layout), from the flat ``theta`` and one thread's
+# ``scratch`` row; ``XT``/``TT`` are ``cols`` columns wide. Called by address, so every
+# entry point (serial or chunked, any chunk kernel) compiles only the call.
+def _chunk_signature(dtype: str):
+    p, i = types.CPointer(_DTYPES[dtype]), types.int64
+    return types.float64(p, p, i, i, i, i, i, p, i, i, i, i, i, types.float64, i, p, p)
+
+
+CHUNK_KERNELS = {"2x2": _chunk_2x2, "any": _chunk_any}
+_DTYPES = {"float32": types.float32, "float64": types.float64}
+_CFUNC_OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
+_MADE: dict = {}
+
+
+def chunk_kernel(name: str, dtype: str):
+    """The C-callable chunk kernel ``name`` (``CHUNK_KERNELS``) for ``dtype``: compiled on first
+    use, then loaded from the disk cache; ``.address`` is what the entry points call."""
+    made = _MADE.get((name, dtype))
+    if made is None:
+        made = _MADE[name, dtype] = cfunc(_chunk_signature(dtype), cache=CACHE, **_CFUNC_OPTIONS)(CHUNK_KERNELS[name])
+    return made
+
+
+def chunk_kernel_cached(name: str, dtype: str) -> bool:
+    """Whether ``chunk_kernel(name, dtype)`` is made or on disk, checked without compiling it
+    (as ``cfunc`` does first: Numba's cache lookup)."""
+    if (name, dtype) in _MADE:
+        return True
+    probe = CFunc(CHUNK_KERNELS[name], sigutils.normalize_signature(_chunk_signature(dtype)), locals={},
+                  options=_CFUNC_OPTIONS)
+    probe.enable_caching()
+    return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None
 
 
 # ------------------------------------------------------------------ predict

@@ -79,7 +79,8 @@ def test_readme_commands_work_one_after_the_other(tmp_path):
             time.sleep(0.5)
         log = next(cache.rglob("background-compile.log")).read_text()
         assert "Traceback" not in log and "compiled Network" in log, log[-3000:]
-        assert list(cache.rglob("cpu_mlp1.train_2x2-*.nbi")), "the tutorial's kernel is not in the user cache"
+        assert list(cache.rglob("cpu_mlp1.train-*.nbi")) and list(cache.rglob("cpu_mlp1._chunk_2x2-*.nbi")), \
+            "the tutorial's kernels are not in the user cache"
     assert list(cache.rglob("*.nbi")), "no kernels cached in the user cache folder"
 
     # The second command; its test run is reduced to collecting the whole suite (where the

@@ -11,8 +11,8 @@ Python. Each layer takes one of two paths, chosen by its smallest dimension:
 * BLAS: layers large in every dimension call ``np.dot`` with the bias,
   activation and derivative fused around the products.
 
-A fit compiles only the entry point its plan names (``_Plan.kernel``), on
-first use, never at ``import nnx``, and Numba caches it in nnx's per-user
+A fit compiles only the entry point its plan names (``_Plan.kernel``) and the
+chunk kernel that entry point calls (``_Plan.chunk_kernel``), on first use, never at ``import nnx``, and Numba caches it in nnx's per-user
 folder (``nnx.cache``); ``warm_up`` compiles it up front and reports the
 seconds, so the CLI and benchmarks show compile time apart from run time. The
 same compiled call returns the loss at the new parameters, so logging costs
@@ -104,10 +104,12 @@ class _Plan:
     mlp1_bs: int = 0
     mlp1_chunks: int = 1
     mlp1_chunk_len: int = 0
-    # the compiled entry point this plan runs (a name in cpu_mlp1 or cpu_train), and
-    # whether it runs chunks on several threads
+    # the compiled entry point this plan runs (a name in cpu_mlp1 or cpu_train), whether it
+    # runs chunks on several threads, and the C-callable chunk kernel a cpu_mlp1 entry point
+    # calls (a name in ``cpu_mlp1.CHUNK_KERNELS``; "" for ``train_tiny``, which inlines its own)
     kernel: str = ""
     parallel: bool = False
+    chunk_kernel: str = ""
     # the data in the layout the kernels read, made once per fit
     _bound: tuple = field(default=(), repr=False)
     # the optimiser state, flat like theta (n_slots x n_params), made for the first optimiser
@@ -351,10 +353,12 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         pg_size = n_params
     if mlp1:
         fast = shapes[0][0] == 2 and shapes[1][1] == 2 and net.output == "softmax" and net.hidden == "tanh"
-        tiny = n_samples * shapes[0][1] <= TINY_MAX_WORK
-        kernel = "train_2x2" if fast else "train_tiny" if tiny else "train_any"
+        tiny = n_samples * shapes[0][1] <= TINY_MAX_WORK and not fast
+        kernel = "train_tiny" if tiny else "train"
+        chunk_kernel = "" if tiny else "2x2" if fast else "any"
         parallel = chunks > 1
     else:
+        chunk_kernel = ""
         parallel = max_chunks > 1
         kernel = "train_passes" if 1 in [u[0] for u in units] else "train_passes_blas"
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
@@ -390,6 +394,7 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         mlp1=mlp1, mlp1_bs=bs if mlp1 else 0, mlp1_chunks=chunks if mlp1 else 1,
         mlp1_chunk_len=chunk_len if mlp1 else 0,
         kernel=kernel + ("_parallel" if parallel else ""), parallel=parallel,
+        chunk_kernel=chunk_kernel,
     )
 
 
@@ -592,18 +597,29 @@ class NumbaBackend(Backend):
              record: np.ndarray | None = None, every: int = 0) -> float:
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
-        kernel, args = self._kernel_call(plan, net, data, objective, optimizer, lrs, batches, step, want_loss,
-                                         record, every)
-        if not kernel.overloads and ANNOUNCE_COMPILES.get() and not _loaded(kernel, args):
+        call = (plan, net, data, objective, optimizer, lrs, batches, step, want_loss, record, every)
+        if ANNOUNCE_COMPILES.get() and not self._compiled(*call):
             print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
                   "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
+        kernel, args = self._kernel_call(*call)
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
+    def _compiled(self, plan: _Plan, net: Network, *call) -> bool:
+        """Whether ``_run``'s call (the same arguments) finds its entry point and chunk kernel
+        compiled, in this process or in the disk cache (then loaded), checked without compiling."""
+        from ..kernels import cpu_mlp1
+
+        if plan.chunk_kernel and not cpu_mlp1.chunk_kernel_cached(plan.chunk_kernel, net.dtype):
+            return False
+        kernel, args = self._kernel_call(plan, net, *call, chunk_address=0)
+        return bool(kernel.overloads) or _loaded(kernel, args)
+
     def _kernel_call(self, plan: _Plan, net: Network, data: Data, objective: Objective, optimizer: Optimizer | None,
                      lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool,
-                     record: np.ndarray | None = None, every: int = 0) -> tuple:
-        """(entry point, its arguments) of the compiled call ``_run`` makes."""
+                     record: np.ndarray | None = None, every: int = 0, *, chunk_address: int | None = None) -> tuple:
+        """(entry point, its arguments) of the compiled call ``_run`` makes. The chunk kernel it
+        calls by address is compiled or loaded here, unless ``chunk_address`` is given."""
         from ..kernels import cpu_gather, cpu_mlp1, cpu_train
 
         kit = self._call_kit(plan, net, data, objective, optimizer)
@@ -621,9 +637,12 @@ class NumbaBackend(Backend):
             interval += (record if record is not None else np.zeros((1, 2)), every)
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
-            args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, plan.mlp1_chunks,
-                    plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT, plan.scratch, plan.pg,
-                    plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
+            if chunk_address is None:
+                chunk_address = (cpu_mlp1.chunk_kernel(plan.chunk_kernel, net.dtype).address if plan.chunk_kernel
+                                 else 0)
+            args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, chunk_address,
+                    plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT,
+                    plan.scratch, plan.pg, plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
                     (batch_rows, order, bounds, kit.gather, meta), interval)
         else:
             kernel = getattr(cpu_train, plan.kernel)
@@ -675,11 +694,11 @@ class NumbaBackend(Backend):
         return plan.kit
 
     def kernels_cached(self, net: Network, n_samples: int = 8, optimizer: Optimizer | None = None) -> bool:
-        """Whether ``warm_up`` would find this fit's entry point compiled, in this process or in the
-        disk cache (then loaded here, as ``warm_up`` would), rather than compile it: the seconds a
+        """Whether ``warm_up`` would find this fit's kernels compiled, in this process or in the
+        disk cache (the entry point then loaded here, as ``warm_up`` would), rather than compile them: the seconds a
         cold compile takes are worth knowing before they start. The optimiser's small step is
         compiled (or loaded) here either way."""
-        return _loaded(*self._kernel_call(*self._warm_up_call(net, n_samples, optimizer)))
+        return self._compiled(*self._warm_up_call(net, n_samples, optimizer))
 
     def _warm_up_call(self, net: Network, n_samples: int, optimizer: Optimizer | None) -> tuple:
         """``_run``'s arguments for a fit of ``net`` on ``n_samples`` zero samples with ``optimizer``."""
