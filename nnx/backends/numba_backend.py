@@ -12,8 +12,9 @@ Python. Each layer takes one of two paths, chosen by its smallest dimension:
   activation and derivative fused around the products.
 
 A fit compiles only the entry point its plan names (``_Plan.kernel``) and the
-chunk kernel that entry point calls (``_Plan.chunk_kernel``), on first use, never at ``import nnx``, and Numba caches it in nnx's per-user
-folder (``nnx.cache``); ``warm_up`` compiles it up front and reports the
+chunk kernel that entry point calls (``_Plan.chunk_kernel``), on first use,
+never at ``import nnx``, and Numba caches them in nnx's per-user folder
+(``nnx.cache``); ``warm_up`` compiles them up front and reports the
 seconds, so the CLI and benchmarks show compile time apart from run time. The
 same compiled call returns the loss at the new parameters, so logging costs
 no NumPy forward; the one-hidden-layer kernels also take the losses of logging
@@ -695,9 +696,9 @@ class NumbaBackend(Backend):
 
     def kernels_cached(self, net: Network, n_samples: int = 8, optimizer: Optimizer | None = None) -> bool:
         """Whether ``warm_up`` would find this fit's kernels compiled, in this process or in the
-        disk cache (the entry point then loaded here, as ``warm_up`` would), rather than compile them: the seconds a
-        cold compile takes are worth knowing before they start. The optimiser's small step is
-        compiled (or loaded) here either way."""
+        disk cache (the entry point then loaded here, as ``warm_up`` would), rather than compile
+        them: the seconds a cold compile takes are worth knowing before they start. The
+        optimiser's small step is compiled (or loaded) here either way."""
         return self._compiled(*self._warm_up_call(net, n_samples, optimizer))
 
     def _warm_up_call(self, net: Network, n_samples: int, optimizer: Optimizer | None) -> tuple:
