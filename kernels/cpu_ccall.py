@@ -14,8 +14,12 @@ a float64 as ``double``. The callee must have exactly that C signature (``c_sign
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import cfunc, types
+from numba.core import sigutils
+from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
+
+from .cpu_math import CACHE, FASTMATH
 
 
 def c_signature(restype, *argtypes):
@@ -56,3 +60,29 @@ def _returning(restype, llvm_restype, name: str):
 
 c_call = _returning(types.void, ir.VoidType(), "c_call")
 c_call_float = _returning(types.float64, ir.DoubleType(), "c_call_float")
+
+
+# C-callable kernels made in this process, by (Python source, signature).
+_MADE: dict = {}
+_KERNEL_OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
+
+
+def c_kernel(source, signature) -> CFunc:
+    """``source`` as a C-callable kernel (``numba.cfunc``, the training kernels' fast-math flags)
+    for ``signature``: compiled on first use, then loaded from the disk cache; its ``.address``
+    is what ``c_call``/``c_call_float`` take."""
+    key = (source, str(signature))
+    made = _MADE.get(key)
+    if made is None:
+        made = _MADE[key] = cfunc(signature, cache=CACHE, **_KERNEL_OPTIONS)(source)
+    return made
+
+
+def c_kernel_cached(source, signature) -> bool:
+    """Whether ``c_kernel(source, signature)`` is made or on disk, checked without compiling it
+    (Numba's cache lookup, which ``cfunc`` makes first)."""
+    if (source, str(signature)) in _MADE:
+        return True
+    probe = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=_KERNEL_OPTIONS)
+    probe.enable_caching()
+    return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None

@@ -28,9 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import carray, cfunc, get_thread_id, njit, prange, types
-from numba.core import sigutils
-from numba.core.ccallback import CFunc
+from numba import carray, get_thread_id, njit, prange, types
 from numba.extending import overload
 
 from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, derivative, grad_times_derivative,
@@ -39,7 +37,7 @@ from .cpu_math import (CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, l
                        vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_ccall import c_call, c_call_float
+from .cpu_ccall import c_call, c_call_float, c_kernel, c_kernel_cached
 
 # What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
 # same forward pass (the update after a logging point, whose forward gives that point's loss);
@@ -570,28 +568,13 @@ def _chunk_signature(dtype: str):
 
 CHUNK_KERNELS = {"2x2": _chunk_2x2, "any": _chunk_any}
 _DTYPES = {"float32": types.float32, "float64": types.float64}
-_CFUNC_OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
-_MADE: dict = {}
 
 
-def chunk_kernel(name: str, dtype: str):
-    """The C-callable chunk kernel ``name`` (``CHUNK_KERNELS``) for ``dtype``: compiled on first
-    use, then loaded from the disk cache; ``.address`` is what the entry points call."""
-    made = _MADE.get((name, dtype))
-    if made is None:
-        made = _MADE[name, dtype] = cfunc(_chunk_signature(dtype), cache=CACHE, **_CFUNC_OPTIONS)(CHUNK_KERNELS[name])
-    return made
-
-
-def chunk_kernel_cached(name: str, dtype: str) -> bool:
-    """Whether ``chunk_kernel(name, dtype)`` is made or on disk, checked without compiling it
-    (as ``cfunc`` does first: Numba's cache lookup)."""
-    if (name, dtype) in _MADE:
-        return True
-    probe = CFunc(CHUNK_KERNELS[name], sigutils.normalize_signature(_chunk_signature(dtype)), locals={},
-                  options=_CFUNC_OPTIONS)
-    probe.enable_caching()
-    return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None
+def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
+    """The C-callable chunk kernel ``name`` (``CHUNK_KERNELS``) for ``dtype`` (compiled on first
+    use, then loaded from the disk cache); with ``cached_only``, whether it is made or on disk."""
+    make = c_kernel_cached if cached_only else c_kernel
+    return make(CHUNK_KERNELS[name], _chunk_signature(dtype))
 
 
 # ------------------------------------------------------------------ predict

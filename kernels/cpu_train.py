@@ -19,14 +19,14 @@ the chunks are added in order, so results are bit-identical for any
 from __future__ import annotations
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import carray, get_thread_id, njit, prange, types
 
 from .cpu_activation import HEAD_SOFTMAX, IDENTITY, grad_times_derivative
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
-from .cpu_math import CACHE, FASTMATH
+from .cpu_math import CACHE, FASTMATH, like
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
-from .cpu_ccall import c_call
+from .cpu_ccall import c_call, c_call_float, c_kernel, c_kernel_cached
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
@@ -72,8 +72,8 @@ def _block(buf, off, rows, bs):
     return buf[off:off + rows * bs].reshape((rows, bs))
 
 
-@njit(**_OPTS)
-def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+@njit(**_SHARED)  # compiled once, into its C-callable kernel (``chunk_kernel``)
+def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas,
                 act_off, r0, r1, bs, buf, pgrad, pg_off, scale):
     """Stream samples r0..r1 through fused layers t0..t1 in blocks of ``bs``.
 
@@ -85,7 +85,6 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts,
     at the input, the delta at its input is stored for the layer before.
     """
     n_layers = sizes.size - 1
-    n_samples = X.shape[0]
     n_in = sizes[t0]
     maxw = n_in
     for layer in range(t0, t1 + 1):
@@ -191,32 +190,44 @@ def _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, n_chunks):
                 grads[g0 + i] += pg[c, o + i]
 
 
+@njit(**_SHARED)
+def _fused_call(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas, act_off,
+                r0, r1, bs, buf, pgrad, pg_off, scale):
+    """``fused_chunk`` through the C-callable kernel at address ``kernel`` (arrays as pointers,
+    with the sizes it rebuilds them from)."""
+    return c_call_float(kernel, (mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas,
+                                 act_off, r0, r1, bs, buf, pgrad, pg_off, np.float64(scale), np.int64(codes.size),
+                                 np.int64(theta.size), np.int64(XT.shape[1]), np.int64(TT.shape[1]),
+                                 np.int64(acts.size), np.int64(buf.size), np.int64(pgrad.size)))
+
+
 @njit(**_OPTS)
-def fused_unit_serial(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+def fused_unit_serial(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
                       act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
     """A fused run over all samples on this thread; returns the loss in MODE_LOSS."""
-    loss = fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
-                       act_off, np.int64(0), X.shape[0], bs, scratch[0], pg[0], pg_off, scale)
+    loss = _fused_call(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, np.int64(X.shape[0]), XT, TT, acts,
+                       deltas, act_off, np.int64(0), np.int64(X.shape[0]), bs, scratch[0], pg[0], pg_off, scale)
     if mode == MODE_HEAD or mode == MODE_BACKWARD:
         _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, 1)
     return loss
 
 
 @njit(**_PARALLEL)
-def _chunks_in_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+def _chunks_in_parallel(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
                         act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale, losses):
-    """Only the prange loop: Numba's parallel compile costs grow with what the function holds."""
-    n_samples = X.shape[0]
+    """Only the prange loop, the chunks through the kernel at address ``kernel``: Numba's
+    parallel compile costs grow with what the function holds."""
+    n_samples = np.int64(X.shape[0])
     for c in prange(n_chunks):
-        r0 = c * chunk_len
-        r1 = min(n_samples, r0 + chunk_len)
+        r0 = np.int64(c * chunk_len)
+        r1 = np.int64(min(n_samples, r0 + chunk_len))
         buf = scratch[get_thread_id()]  # one row per NUMBA_NUM_THREADS thread
-        losses[c] = fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
-                                act_off, r0, r1, bs, buf, pg[c], pg_off, scale)
+        losses[c] = _fused_call(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts,
+                                deltas, act_off, r0, r1, bs, buf, pg[c], pg_off, scale)
 
 
 @njit(**_OPTS)
-def fused_unit_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+def fused_unit_parallel(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
                         act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
     """The chunks of a fused run side by side, then their partial gradients (or
     losses) added in chunk order.
@@ -225,7 +236,7 @@ def fused_unit_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X
     partial gradients per chunk, so the sums never depend on the scheduling.
     """
     losses = np.empty(n_chunks)
-    _chunks_in_parallel(mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
+    _chunks_in_parallel(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, X, XT, TT, acts, deltas,
                         act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale, losses)
     loss = 0.0
     for c in range(n_chunks):
@@ -281,9 +292,9 @@ def column_sums(D, out):
 
 
 @njit(**_SHARED)
-def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
-           unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg,
-           hyper, batch, interval):
+def _train(fused_unit, n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off, pg_off, unit_kind,
+           unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch,
+           pg, hyper, batch, interval):
     """``n_updates`` steps in place (forward, gradients, then ``update``: the optimiser step
     with ``lrs[u]`` and step ``step0 + u + 1``); with ``want_loss``, the summed data loss of
     all samples at the new parameters.
@@ -331,7 +342,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 code = IDENTITY if t0 == last else codes[t0]
                 rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code)
             elif t1 < last:
-                fused_unit(forward, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
+                fused_unit(kernel, forward, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         if unit_kind[n_units - 1] == UNIT_BLAS:
@@ -342,7 +353,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                 continue
         elif final:
             u = n_units - 1
-            loss += fused_unit(loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, Xc, XT,
+            loss += fused_unit(kernel, loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads, Xc, XT,
                                TT, acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                                scratch, pg, pg_off, scale)
             continue
@@ -364,7 +375,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
                                          codes[t0 - 1])
             else:
                 mode = head_pass if t1 == last else backward
-                fused_unit(mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
+                fused_unit(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         c_call(update, (theta, addresses, lrs[p], l2, step0 + p + 1))
@@ -372,7 +383,7 @@ def _train(fused_unit, n_updates, want_loss, sizes, codes, head, w_off, b_off, a
 
 
 @njit(**_OPTS)
-def _no_fused_runs(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
+def _no_fused_runs(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT, TT, acts, deltas,
                    act_off, n_chunks, chunk_len, bs, scratch, pg, pg_off, scale):
     """The fused-run runner of networks that have none, so their entry point compiles no fused code."""
     return 0.0
@@ -380,29 +391,62 @@ def _no_fused_runs(mode, t0, t1, sizes, codes, head, w_off, theta, grads, X, XT,
 
 # ------------------------------------------------------------- entry points
 # Same arguments for all three (see ``_train``): the fused runs on this thread, chunked
-# across threads, or none.
+# across threads, or none; ``kernel`` is the address of the fused-run kernel
+# (``chunk_kernel("fused", dtype)``; unused by ``train_passes_blas``).
 @njit(**_ENTRY)
-def train_passes(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
-                 unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper,
-                 batch, interval):
-    return _train(fused_unit_serial, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+def train_passes(n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
+                 unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg,
+                 hyper, batch, interval):
+    return _train(fused_unit_serial, n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off, pg_off,
                   unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
                   deltas, scratch, pg, hyper, batch, interval)
 
 
 @njit(**_ENTRY)
-def train_passes_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
-                          unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
-                          scratch, pg, hyper, batch, interval):
-    return _train(fused_unit_parallel, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
-                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
-                  deltas, scratch, pg, hyper, batch, interval)
+def train_passes_parallel(n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off, pg_off, unit_kind,
+                          unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
+                          deltas, scratch, pg, hyper, batch, interval):
+    return _train(fused_unit_parallel, n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off,
+                  pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
+                  TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
 
 @njit(**_ENTRY)
-def train_passes_blas(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
-                      unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
+def train_passes_blas(n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off, pg_off, unit_kind,
+                      unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
                       scratch, pg, hyper, batch, interval):
-    return _train(_no_fused_runs, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
-                  unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
-                  scratch, pg, hyper, batch, interval)
+    return _train(_no_fused_runs, n_updates, want_loss, sizes, codes, head, kernel, w_off, b_off, act_off, pg_off,
+                  unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
+                  deltas, scratch, pg, hyper, batch, interval)
+
+
+# ------------------------------------------------------------ fused-run kernel
+def _fused_chunk_by_pointer(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, xt, tt, acts, deltas, act_off,
+                            r0, r1, bs, buf, pgrad, pg_off, scale, n_layers, n_theta, x_cols, t_cols, n_stored, n_buf,
+                            n_pg):
+    """``fused_chunk`` on the arrays behind the pointers (views: nothing is copied)."""
+    sizes = carray(sizes, (n_layers + 1,))
+    theta = carray(theta, (n_theta,))
+    return fused_chunk(mode, t0, t1, sizes, carray(codes, (n_layers,)), head, carray(w_off, (n_layers,)), theta,
+                       n_samples, carray(xt, (sizes[0], x_cols)), carray(tt, (sizes[n_layers], t_cols)),
+                       carray(acts, (n_stored,)), carray(deltas, (n_stored,)), carray(act_off, (n_layers,)), r0, r1,
+                       bs, carray(buf, (n_buf,)), carray(pgrad, (n_pg,)), carray(pg_off, (n_layers,)),
+                       like(theta, scale))
+
+
+def _fused_signature(dtype: str):
+    p, q, i = types.CPointer(_DTYPES[dtype]), types.CPointer(types.int64), types.int64
+    return types.float64(i, i, i, q, q, i, q, p, i, p, p, p, p, q, i, i, i, p, p, q, types.float64, i, i, i, i, i, i,
+                         i)
+
+
+CHUNK_KERNELS = {"fused": _fused_chunk_by_pointer}
+_DTYPES = {"float32": types.float32, "float64": types.float64}
+
+
+def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
+    """The C-callable kernel ``name`` (``CHUNK_KERNELS``) for ``dtype`` that the fused runs call
+    (compiled on first use, then loaded from the disk cache); with ``cached_only``, whether it
+    is made or on disk."""
+    make = c_kernel_cached if cached_only else c_kernel
+    return make(CHUNK_KERNELS[name], _fused_signature(dtype))

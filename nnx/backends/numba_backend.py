@@ -106,8 +106,8 @@ class _Plan:
     mlp1_chunks: int = 1
     mlp1_chunk_len: int = 0
     # the compiled entry point this plan runs (a name in cpu_mlp1 or cpu_train), whether it
-    # runs chunks on several threads, and the C-callable chunk kernel a cpu_mlp1 entry point
-    # calls (a name in ``cpu_mlp1.CHUNK_KERNELS``; "" for ``train_tiny``, which inlines its own)
+    # runs chunks on several threads, and the C-callable kernel the entry point calls (a name in
+    # that module's ``CHUNK_KERNELS``; "" for ``train_tiny`` and ``train_passes_blas``)
     kernel: str = ""
     parallel: bool = False
     chunk_kernel: str = ""
@@ -359,9 +359,10 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         chunk_kernel = "" if tiny else "2x2" if fast else "any"
         parallel = chunks > 1
     else:
-        chunk_kernel = ""
         parallel = max_chunks > 1
-        kernel = "train_passes" if 1 in [u[0] for u in units] else "train_passes_blas"
+        fused_runs = 1 in [u[0] for u in units]
+        kernel = "train_passes" if fused_runs else "train_passes_blas"
+        chunk_kernel = "fused" if fused_runs else ""
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
     if not gradients:
         pg_size, max_grad_chunks, n_grads = 1, 1, 1
@@ -609,9 +610,7 @@ class NumbaBackend(Backend):
     def _compiled(self, plan: _Plan, net: Network, *call) -> bool:
         """Whether ``_run``'s call (the same arguments) finds its entry point and chunk kernel
         compiled, in this process or in the disk cache (then loaded), checked without compiling."""
-        from ..kernels import cpu_mlp1
-
-        if plan.chunk_kernel and not cpu_mlp1.chunk_kernel_cached(plan.chunk_kernel, net.dtype):
+        if plan.chunk_kernel and not _chunk_kernel(plan, net.dtype, cached_only=True):
             return False
         kernel, args = self._kernel_call(plan, net, *call, chunk_address=0)
         return bool(kernel.overloads) or _loaded(kernel, args)
@@ -634,13 +633,12 @@ class NumbaBackend(Backend):
         meta[cpu_gather.META.index("n_updates")] = lrs.size
         interval = (lrs, kit.update, kit.addresses, step)
         XT, TT = plan.feature_major(data)
+        if chunk_address is None:
+            chunk_address = _chunk_kernel(plan, net.dtype).address if plan.chunk_kernel else 0
         if plan.mlp1:
             interval += (record if record is not None else np.zeros((1, 2)), every)
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
             kernel = getattr(cpu_mlp1, plan.kernel)
-            if chunk_address is None:
-                chunk_address = (cpu_mlp1.chunk_kernel(plan.chunk_kernel, net.dtype).address if plan.chunk_kernel
-                                 else 0)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, chunk_address,
                     plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT,
                     plan.scratch, plan.pg, plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
@@ -650,9 +648,9 @@ class NumbaBackend(Backend):
             X, T = data.X, data.T
             if plan.batched:  # the kernel works in the batch buffers, cut to each step's rows
                 X, XT, T, TT = plan.batch_buffers(net)
-            args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
-                    plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
-                    plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas,
+            args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, chunk_address, plan.w_off, plan.b_off,
+                    plan.act_off, plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs,
+                    plan.unit_chunks, plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas,
                     plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, kit.gather, meta),
                     interval)
         return kernel, args
@@ -722,6 +720,14 @@ class NumbaBackend(Backend):
         start = time.perf_counter()
         self._run(*self._warm_up_call(net, n_samples, optimizer))
         return time.perf_counter() - start
+
+
+def _chunk_kernel(plan: _Plan, dtype: str, *, cached_only: bool = False):
+    """The C-callable kernel the plan's entry point calls (``_Plan.chunk_kernel``), compiled or
+    loaded; with ``cached_only``, whether it is made or on disk (nothing compiled)."""
+    from ..kernels import cpu_mlp1, cpu_train
+
+    return (cpu_mlp1 if plan.mlp1 else cpu_train).chunk_kernel(plan.chunk_kernel, dtype, cached_only=cached_only)
 
 
 def _loaded(kernel, args) -> bool:
