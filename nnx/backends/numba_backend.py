@@ -360,8 +360,9 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         parallel = chunks > 1
     else:
         parallel = max_chunks > 1
-        fused_runs = 1 in [u[0] for u in units]
-        kernel = "train_passes" if fused_runs else "train_passes_blas"
+        kinds = {u[0] for u in units}
+        fused_runs = 1 in kinds
+        kernel = "train_passes_blas" if not fused_runs else "train_passes" if 0 in kinds else "train_passes_fused"
         chunk_kernel = "fused" if fused_runs else ""
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
     if not gradients:
@@ -648,11 +649,11 @@ class NumbaBackend(Backend):
             X, T = data.X, data.T
             if plan.batched:  # the kernel works in the batch buffers, cut to each step's rows
                 X, XT, T, TT = plan.batch_buffers(net)
-            args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, chunk_address, plan.w_off, plan.b_off,
-                    plan.act_off, plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs,
-                    plan.unit_chunks, plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas,
-                    plan.scratch, plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, kit.gather, meta),
-                    interval)
+            args = (lrs.size, want_loss, plan.sizes, plan.codes, plan.head, plan.w_off, plan.b_off, plan.act_off,
+                    plan.pg_off, plan.unit_kind, plan.unit_t0, plan.unit_t1, plan.unit_bs, plan.unit_chunks,
+                    plan.unit_chunk_len, plan.theta, plan.grads, X, XT, T, TT, plan.acts, plan.deltas, plan.scratch,
+                    plan.pg, hyper, (batch_rows, order, bounds, data.X, data.T, kit.gather, meta),
+                    interval + (chunk_address,))
         return kernel, args
 
     @staticmethod
