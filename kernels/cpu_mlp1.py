@@ -25,6 +25,7 @@ holds. ``train_tiny`` inlines its sample-by-sample kernel instead (XOR-sized wor
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -561,6 +562,7 @@ def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, hea
 # r0..r1 into ``grads`` (flat, theta's layout), from the flat ``theta`` and one thread's
 # ``scratch`` row; ``XT``/``TT`` are ``cols`` columns wide. Called by address, so every
 # entry point (serial or chunked, any chunk kernel) compiles only the call.
+@functools.lru_cache(maxsize=None)
 def _chunk_signature(dtype: str):
     p, i = types.CPointer(_DTYPES[dtype]), types.int64
     return types.float64(p, p, i, i, i, i, i, p, i, i, i, i, i, types.float64, i, p, p)

@@ -18,6 +18,8 @@ the chunks are added in order, so results are bit-identical for any
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import carray, get_thread_id, njit, prange, types
 
@@ -476,6 +478,7 @@ def _fused_chunk_by_pointer(mode, t0, t1, sizes, codes, head, w_off, theta, n_sa
                        like(theta, scale))
 
 
+@functools.lru_cache(maxsize=None)
 def _fused_signature(dtype: str):
     p, q, i = types.CPointer(_DTYPES[dtype]), types.CPointer(types.int64), types.int64
     return types.float64(i, i, i, q, q, i, q, p, i, p, p, p, p, q, i, i, i, p, p, q, types.float64, i, i, i, i, i, i,

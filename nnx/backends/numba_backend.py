@@ -39,6 +39,7 @@ from ..batching import Batches
 from ..network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
 from ..optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from ..progress import ANNOUNCE_COMPILES
+from . import compile_aside
 from .base import BOOKKEEPING_BYTES, Backend, Data, learning_rates, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path.
@@ -111,6 +112,8 @@ class _Plan:
     kernel: str = ""
     parallel: bool = False
     chunk_kernel: str = ""
+    chunk_address: int = 0  # the chunk kernel's, once compiled or loaded
+    ready: bool = False  # its kernels compiled or loaded (after the first call)
     # the data in the layout the kernels read, made once per fit
     _bound: tuple = field(default=(), repr=False)
     # the optimiser state, flat like theta (n_slots x n_params), made for the first optimiser
@@ -601,12 +604,30 @@ class NumbaBackend(Backend):
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
         call = (plan, net, data, objective, optimizer, lrs, batches, step, want_loss, record, every)
-        if ANNOUNCE_COMPILES.get() and not self._compiled(*call):
-            print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
-                  "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
+        if not plan.ready:  # a fit's first call: whatever must compile compiles here
+            if ANNOUNCE_COMPILES.get() and not self._compiled(*call):
+                print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
+                      "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
+            self._compile_side_by_side(*call)
         kernel, args = self._kernel_call(*call)
+        plan.ready = True
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
+
+    def _compile_side_by_side(self, plan: _Plan, net: Network, *call) -> None:
+        """On a cold cache, the chunk kernel compiles in a helper process (``compile_aside``) while
+        this one compiles the entry point; the kernel is then loaded from the cache."""
+        if not plan.chunk_kernel or _chunk_kernel(plan, net.dtype, cached_only=True):
+            return
+        helper = compile_aside.start("cpu_mlp1" if plan.mlp1 else "cpu_train", plan.chunk_kernel, net.dtype)
+        if helper is None:
+            return
+        try:
+            kernel, args = self._kernel_call(plan, net, *call, chunk_address=0)
+            if not _loaded(kernel, args):
+                kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+        finally:
+            compile_aside.finish(helper)
 
     def _compiled(self, plan: _Plan, net: Network, *call) -> bool:
         """Whether ``_run``'s call (the same arguments) finds its entry point and chunk kernel
@@ -635,7 +656,9 @@ class NumbaBackend(Backend):
         interval = (lrs, kit.update, kit.addresses, step)
         XT, TT = plan.feature_major(data)
         if chunk_address is None:
-            chunk_address = _chunk_kernel(plan, net.dtype).address if plan.chunk_kernel else 0
+            if plan.chunk_kernel and not plan.chunk_address:
+                plan.chunk_address = _chunk_kernel(plan, net.dtype).address
+            chunk_address = plan.chunk_address
         if plan.mlp1:
             interval += (record if record is not None else np.zeros((1, 2)), every)
             n_in, hidden, n_out = (int(v) for v in plan.sizes)

@@ -1,0 +1,77 @@
+"""Compile a fit's C-callable kernel in a helper process while this process compiles the rest.
+
+Numba compiles one function at a time in a process (under the GIL and its own lock), and a
+fit on a cold cache compiles two large pieces that do not depend on each other: the entry
+point and the chunk kernel it calls by address (``_Plan.chunk_kernel``). Where a second core
+is free, a helper process compiles the chunk kernel into the disk cache while this process
+compiles the entry point, and this process then loads it: the two compiles overlap, as in
+``make -j2``. Whatever goes wrong in the helper (it cannot start, it fails, the machine has
+one core, the cache cannot be written) leaves this process to compile the kernel itself, as
+it would have anyway: the helper only ever saves time.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# A helper still compiling after this long is stopped, and this process compiles the kernel.
+WAIT_S = 300
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
+    """A helper process compiling ``nnx.kernels.<module>.chunk_kernel(name, dtype)`` into the
+    cache, or None where it cannot help (one core, no writable cache, no process)."""
+    import numba
+
+    from ..kernels.cpu_math import CACHE
+
+    if not CACHE or _usable_cores() < 2:
+        return None
+    # the same cache key as here: Numba's cache tells CPUs apart by name and features
+    from numba.core.codegen import get_host_cpu_features
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(numba.config.CACHE_DIR),
+               NUMBA_CPU_FEATURES=numba.config.CPU_FEATURES or get_host_cpu_features())
+    try:
+        # started in the cache folder: `-m` puts the working folder first on sys.path, and a source
+        # checkout there (no nnx.kernels until installed) would shadow the installed nnx
+        return subprocess.Popen([sys.executable, "-m", "nnx.backends.compile_aside", module, name, dtype],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, cwd=numba.config.CACHE_DIR)
+    except OSError:
+        return None
+
+
+def finish(helper: subprocess.Popen) -> None:
+    """Wait for ``helper`` (stopped after ``WAIT_S``, or when this process is interrupted)."""
+    try:
+        helper.wait(WAIT_S)
+    except subprocess.TimeoutExpired:
+        helper.kill()
+        helper.wait()
+    except BaseException:
+        helper.kill()
+        helper.wait()
+        raise
+
+
+def _main(module: str, name: str, dtype: str) -> int:
+    import importlib
+
+    from . import numba_backend
+
+    numba_backend.create()  # the threading layer and vector width a fit sets up
+    importlib.import_module(f"nnx.kernels.{module}").chunk_kernel(name, dtype)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(*sys.argv[1:4]))

@@ -1,0 +1,71 @@
+"""A fit on an empty kernel cache compiles its chunk kernel in a helper process while it compiles
+its entry point, then loads the kernel from the cache; a helper that cannot help changes nothing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nnx
+from nnx.backends import compile_aside
+
+pytestmark = pytest.mark.skipif(nnx.available_backends()["numba"] is not None, reason="numba unavailable here")
+
+FIT = """
+import json, sys
+import nnx
+from nnx.backends import compile_aside
+from nnx.kernels import cpu_mlp1
+if sys.argv[1] == "failing-helper":  # a helper that starts and exits at once, having compiled nothing
+    import subprocess
+    compile_aside.start = lambda *args: subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+X, y = nnx.datasets.moons(200, noise=0.2, seed=0)
+model = nnx.MLP((2, 3, 2), seed=0)
+with nnx.use_backend("numba"):
+    model.fit(X, y, passes=50, lr=0.01, l2=0.01, reduction="sum", verbose=0)
+print(json.dumps({"loaded": cpu_mlp1.chunk_kernel("2x2", "float64").cache_hits,
+                  "loss": model.history[50], "cores": compile_aside._usable_cores()}))
+"""
+
+
+def _fit(cache_dir, mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    env["NNX_CACHE_DIR"] = str(cache_dir)
+    done = subprocess.run([sys.executable, "-c", FIT, mode], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
+    result = _fit(tmp_path / "cache", "helper")
+    if result["cores"] < 2:
+        pytest.skip("one usable core: no helper process is started")
+    assert result["loaded"] == 1, "the fit compiled the kernel itself instead of loading the helper's"
+    assert list((tmp_path / "cache").rglob("cpu_mlp1._chunk_2x2-*.nbi"))
+    # the same training as a fit that compiles everything itself (a failed helper leaves it to the fit)
+    fallback = _fit(tmp_path / "other-cache", "failing-helper")
+    assert fallback["loaded"] == 0
+    assert fallback["loss"] == result["loss"]
+
+
+def test_no_helper_on_one_core(monkeypatch):
+    monkeypatch.setattr(compile_aside, "_usable_cores", lambda: 1)
+    assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
+
+
+def test_an_interrupted_wait_stops_the_helper():
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    real_wait = helper.wait
+
+    def wait(timeout=None):
+        if timeout is not None:  # Ctrl-C arrives while the fit waits for the helper
+            raise KeyboardInterrupt
+        return real_wait()
+
+    helper.wait = wait
+    with pytest.raises(KeyboardInterrupt):
+        compile_aside.finish(helper)
+    assert helper.returncode is not None, "the helper was left running"
