@@ -42,8 +42,8 @@ _PARALLEL = dict(parallel={"prange": True, "numpy": False, "comprehension": Fals
                  **_OPTS)
 # Entry points: cached on disk, and free of the GIL so fits in threads run side by side.
 _ENTRY = dict(nogil=True, **_OPTS)
-# The loop takes the fused-run runner and the BLAS-layer step as first-class functions and
-# is inlined into each entry point, so they are direct calls there (a function passed to a
+# The loop takes the fused-run runner as a first-class function and is inlined into
+# each entry point, so the runner is a direct call there (a function passed to a
 # compiled, not inlined, callee is a run-time object that Numba's cache cannot store).
 _SHARED = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 
@@ -293,49 +293,14 @@ def column_sums(D, out):
             out[j] += D[r, j]
 
 
-@njit(**_OPTS)
-def blas_layer(step, t0, head, final, sizes, codes, w_off, b_off, theta, grads, X, T, acts, deltas, act_off, n, scale):
-    """One step of BLAS layer ``t0`` on the step's ``n`` rows: MODE_FORWARD (its product, then bias
-    and activation in place), MODE_HEAD (the loss head after the last layer; returns the summed
-    loss when ``final``) or MODE_BACKWARD (its gradients and, past the first layer, the delta
-    before it)."""
-    last = sizes.size - 2
-    if step == MODE_HEAD:
-        return rows_head(head, _stored(acts, act_off, sizes, last, n), T, _stored(deltas, act_off, sizes, last, n),
-                         scale, final)
-    a_in = X if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
-    if step == MODE_FORWARD:
-        Z = _stored(acts, act_off, sizes, t0, n)
-        np.dot(a_in, _weights(theta, w_off, sizes, t0), Z)
-        rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), IDENTITY if t0 == last else codes[t0])
-        return 0.0
-    D = _stored(deltas, act_off, sizes, t0, n)
-    fan_in = sizes[t0]
-    fan_out = sizes[t0 + 1]
-    w0 = w_off[t0]
-    np.dot(a_in.T, D, grads[w0:w0 + fan_in * fan_out].reshape((fan_in, fan_out)))
-    column_sums(D, grads[b_off[t0]:b_off[t0] + fan_out])
-    if t0 > 0:
-        d_prev = _stored(deltas, act_off, sizes, t0 - 1, n)
-        np.dot(D, _weights(theta, w_off, sizes, t0).T, d_prev)
-        rows_grad_derivative(d_prev, _stored(acts, act_off, sizes, t0 - 1, n), codes[t0 - 1])
-    return 0.0
-
-
-@njit(**_OPTS)
-def _no_blas_layers(step, t0, head, final, sizes, codes, w_off, b_off, theta, grads, X, T, acts, deltas, act_off, n,
-                    scale):
-    """The BLAS-layer step of networks that have none, so their entry point compiles no BLAS code."""
-    return 0.0
-
-
 @njit(**_SHARED)
 def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
            unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch,
            pg, hyper, batch, interval):
     """``n_updates`` steps in place (forward, gradients, then ``update``: the optimiser step
     with ``lrs[u]`` and step ``step0 + u + 1``); with ``want_loss``, the summed data loss of
-    all samples at the new parameters.
+    all samples at the new parameters. ``blas`` is None for networks without BLAS layers:
+    their code is then left out of the entry point (a branch on ``is None`` is pruned).
 
     ``batch`` = (batch_rows, order, bounds, data_X, data_T, gather, meta). Full batch
     (``batch_rows`` 0): ``X``/``T`` are the data (``XT``/``TT`` feature-major where fused runs
@@ -375,18 +340,23 @@ def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_
             t0 = unit_t0[u]
             t1 = unit_t1[u]
             if unit_kind[u] == UNIT_BLAS:
-                blas(forward, t0, head, final, sizes, codes, w_off, b_off, theta, grads, Xc, Tc, acts,
-                          deltas, act_off, n, scale)
+                if blas is not None:
+                    a_in = Xc if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
+                    Z = _stored(acts, act_off, sizes, t0, n)
+                    np.dot(a_in, _weights(theta, w_off, sizes, t0), Z)
+                    code = IDENTITY if t0 == last else codes[t0]
+                    rows_bias_activation(Z, _bias(theta, w_off, sizes, t0), code)
             elif t1 < last:
                 fused_unit(kernel, forward, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
                            acts, deltas, act_off, unit_chunks[u], unit_chunk_len[u], unit_bs[u],
                            scratch, pg, pg_off, scale)
         if unit_kind[n_units - 1] == UNIT_BLAS:
-            part = blas(head_pass, last, head, final, sizes, codes, w_off, b_off, theta, grads, Xc, Tc, acts,
-                             deltas, act_off, n, scale)
-            if final:
-                loss += part
-                continue
+            if blas is not None:
+                part = rows_head(head, _stored(acts, act_off, sizes, last, n), Tc,
+                                 _stored(deltas, act_off, sizes, last, n), scale, final)
+                if final:
+                    loss += part
+                    continue
         elif final:
             u = n_units - 1
             loss += fused_unit(kernel, loss_pass, unit_t0[u], unit_t1[u], sizes, codes, head, w_off, theta, grads,
@@ -397,8 +367,18 @@ def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_
             t0 = unit_t0[u]
             t1 = unit_t1[u]
             if unit_kind[u] == UNIT_BLAS:
-                blas(backward, t0, head, final, sizes, codes, w_off, b_off, theta, grads, Xc, Tc, acts,
-                          deltas, act_off, n, scale)
+                if blas is not None:
+                    D = _stored(deltas, act_off, sizes, t0, n)
+                    a_in = Xc if t0 == 0 else _stored(acts, act_off, sizes, t0 - 1, n)
+                    fan_in = sizes[t0]
+                    fan_out = sizes[t0 + 1]
+                    w0 = w_off[t0]
+                    np.dot(a_in.T, D, grads[w0:w0 + fan_in * fan_out].reshape((fan_in, fan_out)))
+                    column_sums(D, grads[b_off[t0]:b_off[t0] + fan_out])
+                    if t0 > 0:
+                        d_prev = _stored(deltas, act_off, sizes, t0 - 1, n)
+                        np.dot(D, _weights(theta, w_off, sizes, t0).T, d_prev)
+                        rows_grad_derivative(d_prev, _stored(acts, act_off, sizes, t0 - 1, n), codes[t0 - 1])
             else:
                 mode = head_pass if t1 == last else backward
                 fused_unit(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads, Xc, XT, TT,
@@ -423,7 +403,7 @@ def _no_fused_runs(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads
 def train_passes(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
                  unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper,
                  batch, interval):
-    return _train(fused_unit_serial, blas_layer, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
+    return _train(fused_unit_serial, True, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
                   pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
                   TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
@@ -432,7 +412,7 @@ def train_passes(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off
 def train_passes_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
                           unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
                           scratch, pg, hyper, batch, interval):
-    return _train(fused_unit_parallel, blas_layer, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
+    return _train(fused_unit_parallel, True, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
                   pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
                   TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
@@ -441,7 +421,7 @@ def train_passes_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off
 def train_passes_fused(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
                        unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
                        scratch, pg, hyper, batch, interval):
-    return _train(fused_unit_serial, _no_blas_layers, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
+    return _train(fused_unit_serial, None, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
                   pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
                   TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
@@ -450,7 +430,7 @@ def train_passes_fused(n_updates, want_loss, sizes, codes, head, w_off, b_off, a
 def train_passes_fused_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
                                 unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT,
                                 acts, deltas, scratch, pg, hyper, batch, interval):
-    return _train(fused_unit_parallel, _no_blas_layers, n_updates, want_loss, sizes, codes, head, w_off, b_off,
+    return _train(fused_unit_parallel, None, n_updates, want_loss, sizes, codes, head, w_off, b_off,
                   act_off, pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X,
                   XT, T, TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
@@ -459,7 +439,7 @@ def train_passes_fused_parallel(n_updates, want_loss, sizes, codes, head, w_off,
 def train_passes_blas(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
                       unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch,
                       pg, hyper, batch, interval):
-    return _train(_no_fused_runs, blas_layer, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+    return _train(_no_fused_runs, True, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
                   unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
                   deltas, scratch, pg, hyper, batch, interval)
 
