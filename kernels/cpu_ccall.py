@@ -17,6 +17,7 @@ from llvmlite import ir
 from numba import cfunc, types
 from numba.core import sigutils
 from numba.core.ccallback import CFunc
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
 from .cpu_math import CACHE, FASTMATH
@@ -85,4 +86,5 @@ def c_kernel_cached(source, signature) -> bool:
         return True
     probe = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=_KERNEL_OPTIONS)
     probe.enable_caching()
-    return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None
+    with global_compiler_lock:  # the lookup refreshes Numba's target: never beside a compile in another thread
+        return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None

@@ -757,15 +757,20 @@ def _chunk_kernel(plan: _Plan, dtype: str, *, cached_only: bool = False):
 def _loaded(kernel, args) -> bool:
     """Whether ``kernel(*args)`` runs compiled code already in this process or in the disk cache
     (loaded here, as the call would), rather than compiling first."""
+    from numba.core.compiler_lock import global_compiler_lock
+
     try:
         signature = tuple(kernel.typeof_pyval(a) for a in args)
-        if signature in kernel.overloads:
-            return True
-        compiled = kernel._cache.load_overload(signature, kernel.targetctx)  # what Dispatcher.compile does first
-        if compiled is None:
-            return False
-        kernel.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
-        kernel.add_overload(compiled)
+        # what Dispatcher.compile does first, under its lock: the lookup refreshes Numba's target,
+        # which must never happen beside a compile in another thread
+        with global_compiler_lock:
+            if signature in kernel.overloads:
+                return True
+            compiled = kernel._cache.load_overload(signature, kernel.targetctx)
+            if compiled is None:
+                return False
+            kernel.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
+            kernel.add_overload(compiled)
         return True
     except Exception:  # noqa: BLE001 - Numba's internals moved: say loaded, so callers go on as before
         return True
