@@ -63,28 +63,27 @@ c_call = _returning(types.void, ir.VoidType(), "c_call")
 c_call_float = _returning(types.float64, ir.DoubleType(), "c_call_float")
 
 
+# The kernels' dtypes, by the names nnx uses.
+DTYPES = {"float32": types.float32, "float64": types.float64}
 # C-callable kernels made in this process, by (Python source, signature).
 _MADE: dict = {}
 _KERNEL_OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
 
 
-def c_kernel(source, signature) -> CFunc:
+def c_kernel(source, signature, *, cached_only: bool = False):
     """``source`` as a C-callable kernel (``numba.cfunc``, the training kernels' fast-math flags)
     for ``signature``: compiled on first use, then loaded from the disk cache; its ``.address``
-    is what ``c_call``/``c_call_float`` take."""
+    is what ``c_call``/``c_call_float`` take. With ``cached_only``, only whether it is made or
+    on disk, found without compiling (Numba's cache lookup, which ``cfunc`` makes first)."""
     key = (source, str(signature))
     made = _MADE.get(key)
+    if cached_only:
+        if made is not None:
+            return True
+        probe = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=_KERNEL_OPTIONS)
+        probe.enable_caching()
+        with global_compiler_lock:  # the lookup refreshes Numba's target: never beside a compile in another thread
+            return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None
     if made is None:
         made = _MADE[key] = cfunc(signature, cache=CACHE, **_KERNEL_OPTIONS)(source)
     return made
-
-
-def c_kernel_cached(source, signature) -> bool:
-    """Whether ``c_kernel(source, signature)`` is made or on disk, checked without compiling it
-    (Numba's cache lookup, which ``cfunc`` makes first)."""
-    if (source, str(signature)) in _MADE:
-        return True
-    probe = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=_KERNEL_OPTIONS)
-    probe.enable_caching()
-    with global_compiler_lock:  # the lookup refreshes Numba's target: never beside a compile in another thread
-        return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None

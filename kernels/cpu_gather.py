@@ -19,7 +19,7 @@ import functools
 
 from numba import carray, cfunc, njit, types
 
-from .cpu_ccall import c_signature
+from .cpu_ccall import DTYPES, c_signature
 from .cpu_math import CACHE
 
 # meta[i]: rows this step (written here; all samples for full batch), columns this step (the
@@ -27,7 +27,6 @@ from .cpu_math import CACHE
 META = ("rows", "columns", "n_in", "n_out", "batch_rows", "n_data", "mean", "n_updates", "feature_major_x",
         "feature_major_t", "granule")
 N_META = len(META)
-_DTYPES = {"float32": types.float32, "float64": types.float64}
 _I64 = types.int64
 
 
@@ -109,4 +108,4 @@ _SOURCES = {"columns": _columns, "rows": _rows}
 @functools.lru_cache(maxsize=None)
 def gatherer(name: str, dtype: str):
     """The compiled gather ``name`` ("columns" or "rows") for ``dtype``."""
-    return cfunc(_signature(name, _DTYPES[dtype]), cache=CACHE, error_model="numpy")(_SOURCES[name])
+    return cfunc(_signature(name, DTYPES[dtype]), cache=CACHE, error_model="numpy")(_SOURCES[name])

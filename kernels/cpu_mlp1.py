@@ -38,7 +38,7 @@ from .cpu_math import (CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, l
                        vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_ccall import c_call, c_call_float, c_kernel, c_kernel_cached
+from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel
 
 # What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
 # same forward pass (the update after a logging point, whose forward gives that point's loss);
@@ -112,8 +112,6 @@ def _chunk_any(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
     XT, TT, W1, b1, W2, b2, hb, z, g, d, m, s, dW1, db1, dW2, db2 = _pointer_views(
         xt, tt, cols, theta, n_in, n_hidden, n_out, bs, scratch, grads)
     scale = like(W1, scale)
-    n_in, n_hidden = W1.shape
-    n_out = W2.shape[1]
     zero = like(W1, 0.0)  # accumulators in W1's precision
     loss = 0.0
     if mode != LOSS_ONLY:
@@ -292,7 +290,6 @@ def _chunk_2x2(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
     XT, TT, W1, b1, W2, b2, hb, z, g, d, m, s, dW1, db1, dW2, db2 = _pointer_views(
         xt, tt, cols, theta, n_in, n_hidden, n_out, bs, scratch, grads)
     scale = like(W1, scale)
-    n_hidden = W1.shape[1]
     x0 = XT[0]
     x1 = XT[1]
     t0 = TT[0]
@@ -564,19 +561,17 @@ def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, hea
 # entry point (serial or chunked, any chunk kernel) compiles only the call.
 @functools.lru_cache(maxsize=None)
 def _chunk_signature(dtype: str):
-    p, i = types.CPointer(_DTYPES[dtype]), types.int64
+    p, i = types.CPointer(DTYPES[dtype]), types.int64
     return types.float64(p, p, i, i, i, i, i, p, i, i, i, i, i, types.float64, i, p, p)
 
 
 CHUNK_KERNELS = {"2x2": _chunk_2x2, "any": _chunk_any}
-_DTYPES = {"float32": types.float32, "float64": types.float64}
 
 
 def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
     """The C-callable chunk kernel ``name`` (``CHUNK_KERNELS``) for ``dtype`` (compiled on first
     use, then loaded from the disk cache); with ``cached_only``, whether it is made or on disk."""
-    make = c_kernel_cached if cached_only else c_kernel
-    return make(CHUNK_KERNELS[name], _chunk_signature(dtype))
+    return c_kernel(CHUNK_KERNELS[name], _chunk_signature(dtype), cached_only=cached_only)
 
 
 # ------------------------------------------------------------------ predict

@@ -28,7 +28,7 @@ from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH, like
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
-from .cpu_ccall import c_call, c_call_float, c_kernel, c_kernel_cached
+from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
@@ -460,18 +460,16 @@ def _fused_chunk_by_pointer(mode, t0, t1, sizes, codes, head, w_off, theta, n_sa
 
 @functools.lru_cache(maxsize=None)
 def _fused_signature(dtype: str):
-    p, q, i = types.CPointer(_DTYPES[dtype]), types.CPointer(types.int64), types.int64
+    p, q, i = types.CPointer(DTYPES[dtype]), types.CPointer(types.int64), types.int64
     return types.float64(i, i, i, q, q, i, q, p, i, p, p, p, p, q, i, i, i, p, p, q, types.float64, i, i, i, i, i, i,
                          i)
 
 
 CHUNK_KERNELS = {"fused": _fused_chunk_by_pointer}
-_DTYPES = {"float32": types.float32, "float64": types.float64}
 
 
 def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
     """The C-callable kernel ``name`` (``CHUNK_KERNELS``) for ``dtype`` that the fused runs call
     (compiled on first use, then loaded from the disk cache); with ``cached_only``, whether it
     is made or on disk."""
-    make = c_kernel_cached if cached_only else c_kernel
-    return make(CHUNK_KERNELS[name], _fused_signature(dtype))
+    return c_kernel(CHUNK_KERNELS[name], _fused_signature(dtype), cached_only=cached_only)

@@ -30,14 +30,13 @@ from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic
 
 from ..optim.optimizers import SGD, Adam, AdamW, RMSprop
-from .cpu_ccall import c_signature
+from .cpu_ccall import DTYPES, c_signature
 from .cpu_math import CACHE, FASTMATH
 
 # Families of update: each its own compiled function. Plain SGD (no momentum, no weight
 # decay) is gradient descent, the tutorials' update, kept apart so its bits never change;
 # "none" is what a call that only computes a loss is handed (it never runs).
 FAMILIES = ("gd", "sgd", "adam", "rmsprop", "none")
-_DTYPES = {"float32": types.float32, "float64": types.float64}
 N_COEF = 9  # scalars of one update, in the parameters' dtype
 N_SETTINGS = 7  # kernel_hyper() and the optimiser's code (``settings``)
 OPT_ADAMW = AdamW.code
@@ -61,7 +60,7 @@ def signature(dtype: str):
     ``lr`` is this update's learning rate, ``l2`` the tutorial's L2, ``step`` the 1-based count
     of updates made with the slots. Addresses rather than an argument per array keep the call,
     which every training kernel compiles, small (``cpu_ccall.c_call``)."""
-    return c_signature(types.void, types.Array(_DTYPES[dtype], 1, "C"), types.Array(types.int64, 1, "C"),
+    return c_signature(types.void, types.Array(DTYPES[dtype], 1, "C"), types.Array(types.int64, 1, "C"),
                        types.float64, types.float64, types.int64)
 
 

@@ -624,8 +624,7 @@ class NumbaBackend(Backend):
             return
         try:
             kernel, args = self._kernel_call(plan, net, *call, chunk_address=0)
-            if not _loaded(kernel, args):
-                kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+            kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # or loads it from the cache
         finally:
             compile_aside.finish(helper)
 
