@@ -51,8 +51,11 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
     assert fallback["loss"] == result["loss"]
 
 
-def test_no_helper_on_one_core(monkeypatch):
+def test_no_helper_on_one_core_or_without_a_python_to_start(monkeypatch):
     monkeypatch.setattr(compile_aside, "_usable_cores", lambda: 1)
+    assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
+    monkeypatch.setattr(compile_aside, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # a frozen app: its executable would start the app
     assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
 
 

@@ -28,12 +28,13 @@ def _usable_cores() -> int:
 
 def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
     """A helper process compiling ``nnx.kernels.<module>.chunk_kernel(name, dtype)`` into the
-    cache, or None where it cannot help (one core, no writable cache, no process)."""
+    cache, or None where it cannot help (one core, no writable cache, no Python to start: an
+    embedded or frozen interpreter, whose executable is not a Python that runs ``-m``)."""
     import numba
 
     from ..kernels.cpu_math import CACHE
 
-    if not CACHE or _usable_cores() < 2:
+    if not CACHE or _usable_cores() < 2 or not sys.executable or getattr(sys, "frozen", False):
         return None
     # the same cache key as here: Numba's cache tells CPUs apart by name and features
     from numba.core.codegen import get_host_cpu_features
