@@ -55,13 +55,11 @@ def finish(helper: subprocess.Popen) -> None:
     """Wait for ``helper`` (stopped after ``WAIT_S``, or when this process is interrupted)."""
     try:
         helper.wait(WAIT_S)
-    except subprocess.TimeoutExpired:
+    except BaseException as stopped:
         helper.kill()
         helper.wait()
-    except BaseException:
-        helper.kill()
-        helper.wait()
-        raise
+        if not isinstance(stopped, subprocess.TimeoutExpired):
+            raise
 
 
 def _main(module: str, name: str, dtype: str) -> int:
