@@ -188,10 +188,18 @@ def test_fit_overhead_xor(benchmark):
         nnx.MLP([2, 2, 1], hidden="sigmoid", output="sigmoid", init="uniform").fit(
             X, y.astype(float), passes=epochs, lr=1.0, reduction="sum")
 
+    def tutorial():
+        tut.xor_tutorial(X, y.reshape(-1, 1).astype(float), 2, epochs)
+
+    tutorial_times: list[float] = []
+
+    def timed_tutorial() -> None:  # a round of the tutorial's code before each fit round: the same load
+        tutorial_times.append(_best(tutorial, 1))
+
     with nnx.use_backend("numba"):
         fit()
-        fit_s = _timed(benchmark, fit, _repeats() * 3)
-    tutorial_s = _best(lambda: tut.xor_tutorial(X, y.reshape(-1, 1).astype(float), 2, epochs), _repeats())
+        fit_s = _timed(benchmark, fit, _repeats() * 3, beside=timed_tutorial)
+    tutorial_s = min(tutorial_times) if tutorial_times else _best(tutorial, 1)
     benchmark.extra_info.update(epochs=epochs, numba_fit_over_tutorial_code=round(tutorial_s / fit_s, 1))
 
 
