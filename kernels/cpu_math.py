@@ -76,6 +76,17 @@ def rational_exp(x):
     return np.int64(k), qr + pr, qr - pr
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def rational_exp_below_zero(d):
+    """exp(d) = A / B for d <= 0 (NaN: NaN), as (A, B): ``rational_exp`` with A scaled by 2**k in
+    two steps, so subnormal results come out right, and 0 below the smallest subnormal.
+    Callers share the division by B with their own."""
+    n, num, b = rational_exp(max(d, -746.0))
+    half = n >> 1
+    a = num * _pow2(half) * _pow2(n - half)
+    return (0.0 if d < _EXP_MIN else a), b
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 def _vexp64(x):
     """exp(x) in float64, within ~2 ulp of libm; +inf above 709.8, 0 below -745.2."""
@@ -132,15 +143,12 @@ def _vtanh64(x):
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def log1p_exp(d):
     """log(1 + exp(d)) in float64 for d <= 0 (NaN stays NaN), vectorisable: a log-sum-exp over
-    two logits is m + log1p_exp(low - m). exp(d) = A / B in Cephes' rational form (scaled in two
-    steps, so subnormal values come out right), then log(1 + e) = 2 atanh(s) with
-    s = e / (2 + e) = A / (A + 2B) <= 1/3, whose series 2 (s + s^3/3 + s^5/5 + ...) is cut after
-    16 terms (the rest is below 1e-17 relative). One division, and no function of its own to compile."""
+    two logits is m + log1p_exp(low - m). exp(d) = A / B (``rational_exp_below_zero``), then
+    log(1 + e) = 2 atanh(s) with s = e / (2 + e) = A / (A + 2B) <= 1/3, whose series
+    2 (s + s^3/3 + s^5/5 + ...) is cut after 16 terms (the rest is below 1e-17 relative). One
+    division, and no function of its own to compile."""
     d = np.float64(d)
-    n, num, b = rational_exp(max(d, -746.0))
-    half = n >> 1
-    a = num * _pow2(half) * _pow2(n - half)
-    a = 0.0 if d < _EXP_MIN else a
+    a, b = rational_exp_below_zero(d)
     s = a / (a + 2.0 * b)
     w = s * s
     p = 1.0 / 31.0

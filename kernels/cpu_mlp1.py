@@ -34,8 +34,7 @@ from numba.extending import overload
 
 from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, derivative, grad_times_derivative,
                              head_activation)
-from .cpu_math import (CACHE, _EXP_MIN, FASTMATH, _is32, _pow2, _vexp32, like, log1p_exp, rational_exp, vexp,
-                       vtanh)
+from .cpu_math import (CACHE, FASTMATH, _is32, _vexp32, like, log1p_exp, rational_exp_below_zero, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
 from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel
@@ -229,18 +228,14 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale
 def _softmax2_grad64(za, zb, ta, tb, scale):
     """(softmax(za, zb) - (ta, tb)) * scale with one division and no exp polynomial.
 
-    With m the larger logit, e = exp(small - m) = A / B (Cephes' rational exp,
-    scaled in two steps so subnormal results come out right), so the
-    probabilities are B / (A + B) and A / (A + B). An infinite or NaN logit
+    With m the larger logit, e = exp(small - m) = A / B (``rational_exp_below_zero``),
+    so the probabilities are B / (A + B) and A / (A + B). An infinite or NaN logit
     makes both NaN, as exp(z - max z) does in the reference.
     """
     big = za > zb
     m = za if big else zb
     d = (zb if big else za) - m  # <= 0, or NaN
-    n, num, b = rational_exp(max(d, -746.0))
-    half = n >> 1
-    a = num * _pow2(half) * _pow2(n - half)
-    a = 0.0 if d < _EXP_MIN else a
+    a, b = rational_exp_below_zero(d)
     inv = 1.0 / (a + b)
     p_big = b * inv
     p_small = a * inv
