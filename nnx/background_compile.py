@@ -38,12 +38,36 @@ def enabled() -> bool:
     return bool(CACHE)
 
 
+LOCK_PATTERN = "compiling-*.lock"
+
+
 def _lock_path(spec: tuple) -> Path:
     """In the kernel cache folder itself: the one folder nnx knows it may write."""
     from . import cache
 
     folder, _ = cache.numba_cache_dir()
-    return folder / f"compiling-{hashlib.sha256(repr(spec).encode()).hexdigest()[:16]}.lock"
+    return folder / LOCK_PATTERN.replace("*", hashlib.sha256(repr(spec).encode()).hexdigest()[:16])
+
+
+def wait(folder: Path, timeout: float) -> bool:
+    """Wait until no background compile holds a lock anywhere under ``folder`` (a cache folder);
+    whether none is left within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(Path(folder).rglob(LOCK_PATTERN)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def python_module(module: str, *args: str, **popen) -> subprocess.Popen:
+    """``python -m module args`` as nnx's helper processes start it: in the kernel cache folder,
+    because `-m` puts the working folder first on sys.path, and a source checkout there (no
+    nnx.kernels until installed) would shadow the installed nnx."""
+    from . import cache
+
+    folder, _ = cache.numba_cache_dir()
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=folder, **popen)
 
 
 def _alive(pid: int) -> bool:
@@ -91,12 +115,9 @@ def start(net: Network, n_samples: int, optimizer: Optimizer | None = None) -> i
     detach = ({"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
               if sys.platform == "win32" else {"start_new_session": True})
     try:
-        # started in the cache folder: `-m` puts the working folder first on sys.path, and a source
-        # checkout there (no nnx.kernels until installed) would shadow the installed nnx
         with open(lock.parent / "background-compile.log", "ab") as log:
-            child = subprocess.Popen([sys.executable, "-m", "nnx.background_compile", str(lock)],
-                                     stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, cwd=lock.parent,
-                                     **detach)
+            child = python_module("nnx.background_compile", str(lock), stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                  env=env, **detach)
         lock.write_text(str(child.pid))
         child.stdin.write(pickle.dumps(spec))
         child.stdin.close()

@@ -8,12 +8,12 @@ import pytest
 import nnx
 
 ALL_BACKENDS = ("numpy", "numba", "cupy")
-# Backends that must run here: CI sets NNX_REQUIRE_BACKENDS=numpy,numba, so a broken
-# Numba install fails the run instead of quietly skipping half the suite.
 # `nnx train` in the tests' subprocesses compiles its kernels in the foreground, as before the
 # background compile existed: no detached compiles outliving a test (test_background_compile and
 # the fresh-install test run the background path on purpose).
 os.environ.setdefault("NNX_BACKGROUND_COMPILE", "0")
+# Backends that must run here: CI sets NNX_REQUIRE_BACKENDS=numpy,numba, so a broken
+# Numba install fails the run instead of quietly skipping half the suite.
 REQUIRED = tuple(name.strip() for name in os.environ.get("NNX_REQUIRE_BACKENDS", "").split(",") if name.strip())
 
 

@@ -43,10 +43,7 @@ def _python(code_or_module: list[str], env: dict) -> subprocess.CompletedProcess
 
 
 def _wait_for_background_compiles(folder: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while list(folder.rglob("compiling-*.lock")):
-        assert time.monotonic() < deadline, "the background compile did not finish"
-        time.sleep(0.2)
+    assert background_compile.wait(folder, timeout), "the background compile did not finish"
 
 
 def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):

@@ -27,7 +27,7 @@ model = nnx.MLP((2, 3, 2), seed=0)
 with nnx.use_backend("numba"):
     model.fit(X, y, passes=50, lr=0.01, l2=0.01, reduction="sum", verbose=0)
 print(json.dumps({"loaded": cpu_mlp1.chunk_kernel("2x2", "float64").cache_hits,
-                  "loss": model.history[50], "cores": compile_aside._usable_cores()}))
+                  "loss": model.history[50], "cores": compile_aside.usable_cores()}))
 """
 
 
@@ -52,9 +52,9 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
 
 
 def test_no_helper_on_one_core_or_without_a_python_to_start(monkeypatch):
-    monkeypatch.setattr(compile_aside, "_usable_cores", lambda: 1)
+    monkeypatch.setattr(compile_aside, "usable_cores", lambda: 1)
     assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
-    monkeypatch.setattr(compile_aside, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(compile_aside, "usable_cores", lambda: 2)
     monkeypatch.setattr(sys, "frozen", True, raising=False)  # a frozen app: its executable would start the app
     assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
 

@@ -14,10 +14,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from nnx import background_compile
 
 pytestmark = pytest.mark.fresh_install
 
@@ -73,10 +74,7 @@ def test_readme_commands_work_one_after_the_other(tmp_path):
     assert not [p for p in installed.rglob("*") if p.suffix in (".nbi", ".nbc")], "kernels cached in site-packages"
     if re.search(r"^backend: .*numba", trained.stdout, re.M):  # NumPy while the kernels compile in the background
         assert "they compile in the background" in trained.stdout, trained.stdout[:2000]
-        deadline = time.monotonic() + 300
-        while list(cache.rglob("compiling-*.lock")):
-            assert time.monotonic() < deadline, "the background compile did not finish"
-            time.sleep(0.5)
+        assert background_compile.wait(cache, 300), "the background compile did not finish"
         log = next(cache.rglob("background-compile.log")).read_text()
         assert "Traceback" not in log and "compiled Network" in log, log[-3000:]
         assert list(cache.rglob("cpu_mlp1.train-*.nbi")) and list(cache.rglob("cpu_mlp1._chunk_2x2-*.nbi")), \

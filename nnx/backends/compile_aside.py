@@ -15,15 +15,11 @@ import os
 import subprocess
 import sys
 
+from ..background_compile import python_module
+from ..bench.machine import usable_cores
+
 # A helper still compiling after this long is stopped, and this process compiles the kernel.
 WAIT_S = 300
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
@@ -34,7 +30,7 @@ def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
 
     from ..kernels.cpu_math import CACHE
 
-    if not CACHE or _usable_cores() < 2 or not sys.executable or getattr(sys, "frozen", False):
+    if not CACHE or usable_cores() < 2 or not sys.executable or getattr(sys, "frozen", False):
         return None
     # the same cache key as here: Numba's cache tells CPUs apart by name and features
     from numba.core.codegen import get_host_cpu_features
@@ -42,11 +38,8 @@ def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(numba.config.CACHE_DIR),
                NUMBA_CPU_FEATURES=numba.config.CPU_FEATURES or get_host_cpu_features())
     try:
-        # started in the cache folder: `-m` puts the working folder first on sys.path, and a source
-        # checkout there (no nnx.kernels until installed) would shadow the installed nnx
-        return subprocess.Popen([sys.executable, "-m", "nnx.backends.compile_aside", module, name, dtype],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=env, cwd=numba.config.CACHE_DIR)
+        return python_module("nnx.backends.compile_aside", module, name, dtype, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     except OSError:
         return None
 
