@@ -13,6 +13,8 @@ a float64 as ``double``. The callee must have exactly that C signature (``c_sign
 """
 from __future__ import annotations
 
+import os
+
 from llvmlite import ir
 from numba import cfunc, types
 from numba.core import sigutils
@@ -82,6 +84,10 @@ def c_kernel(source, signature, *, cached_only: bool = False):
             return True
         probe = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=_KERNEL_OPTIONS)
         probe.enable_caching()
+        if not os.path.exists(probe._cache._cache_file._index_path):
+            # nothing cached for this kernel: said without the lookup, which first sets up Numba's
+            # target (a third of a second in a fresh process, on a cold start's critical path)
+            return False
         with global_compiler_lock:  # the lookup refreshes Numba's target: never beside a compile in another thread
             return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None
     if made is None:
