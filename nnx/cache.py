@@ -3,7 +3,8 @@
 ``NNX_CACHE_DIR`` when set, else the platform's user cache folder
 (``$XDG_CACHE_HOME/nnx`` or ``~/.cache/nnx`` on Linux, ``~/Library/Caches/nnx``
 on macOS, ``%LOCALAPPDATA%\\nnx\\Cache`` on Windows), in a subfolder per nnx
-version. An explicit ``NUMBA_CACHE_DIR`` is respected. The package folder may
+version and kernel sources (``kernel_fingerprint``). An explicit ``NUMBA_CACHE_DIR`` is
+respected. The package folder may
 be read-only (system site-packages, a container image) and a cache written
 there would outlive ``pip uninstall``, so nnx never writes there; a cache
 folder that cannot be written warns once and kernels run uncached.
@@ -11,6 +12,7 @@ folder that cannot be written warns once and kernels run uncached.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -32,13 +34,40 @@ def cache_root() -> Path:
     return Path(user_cache_dir("nnx", appauthor=False))
 
 
+# The sources compiled kernels are made from besides their own files: the code tables they
+# bake in (activations and heads, optimisers). Every module of nnx.kernels counts as well.
+KERNEL_INPUTS = (("nnx", "network.py"), ("nnx.optim", "optimizers.py"))
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_fingerprint() -> str:
+    """A short hash of the kernel sources (every ``nnx.kernels`` module and ``KERNEL_INPUTS``).
+
+    Numba checks a cached function against its own file only, so cached machine code would
+    outlive a change in a helper or an argument layout in another file: between two installs
+    of the same version (a git checkout, an editable install), that code would run stale, or
+    crash. One folder per fingerprint keeps each set of sources with its own kernels. Empty
+    where the sources cannot be read (a frozen app): the version alone then decides."""
+    from importlib.resources import files
+
+    digest = hashlib.sha256()
+    try:
+        kernels = sorted((p for p in files("nnx.kernels").iterdir() if p.name.endswith(".py")), key=lambda p: p.name)
+        for path in (*kernels, *(files(package) / name for package, name in KERNEL_INPUTS)):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    except (OSError, ModuleNotFoundError, TypeError):
+        return ""
+    return digest.hexdigest()[:12]
+
+
 def numba_cache_dir() -> tuple[Path, str]:
     """(folder Numba caches nnx's kernels in, where that choice came from)."""
     explicit = os.environ.get("NUMBA_CACHE_DIR", "").strip()
     if explicit:
         return Path(explicit).expanduser(), "NUMBA_CACHE_DIR"
     source = ENV_VAR if os.environ.get(ENV_VAR, "").strip() else "user cache folder"
-    return cache_root() / __version__ / "numba", source
+    fingerprint = kernel_fingerprint()
+    return cache_root() / __version__ / (f"numba-{fingerprint}" if fingerprint else "numba"), source
 
 
 def _writable(folder: Path) -> str | None:

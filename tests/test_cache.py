@@ -1,6 +1,8 @@
-"""Where compiled kernels are cached: a per-user folder per nnx version, never the package."""
+"""Where compiled kernels are cached: a per-user folder per nnx version and kernel sources, never the
+package."""
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -26,6 +28,11 @@ def run_fit(**env) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def version_folder(root: Path) -> Path:
+    """Where kernels of this nnx go under a cache root: the version, then the sources' fingerprint."""
+    return root / nnx.__version__ / f"numba-{cache.kernel_fingerprint()}"
+
+
 def kernel_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
 
@@ -40,7 +47,7 @@ def test_kernels_go_to_nnx_cache_dir_in_a_version_folder_never_the_package(tmp_p
     done = run_fit(NNX_CACHE_DIR=str(tmp_path))
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr
     cached = kernel_files(tmp_path)
-    assert cached and all(tmp_path / nnx.__version__ / "numba" in p.parents for p in cached)
+    assert cached and all(version_folder(tmp_path) in p.parents for p in cached)
     assert not kernel_files(PACKAGE) and not kernel_files(KERNELS)
 
 
@@ -66,20 +73,20 @@ def test_default_folder_follows_the_platform_user_cache(monkeypatch, tmp_path):
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
         assert cache.cache_root() == tmp_path / "nnx"
     folder, source = cache.numba_cache_dir()
-    assert folder == cache.cache_root() / nnx.__version__ / "numba" and source == "user cache folder"
+    assert folder == version_folder(cache.cache_root()) and source == "user cache folder"
     monkeypatch.setenv("NNX_CACHE_DIR", str(tmp_path / "mine"))
-    assert cache.numba_cache_dir() == (tmp_path / "mine" / nnx.__version__ / "numba", "NNX_CACHE_DIR")
+    assert cache.numba_cache_dir() == (version_folder(tmp_path / "mine"), "NNX_CACHE_DIR")
 
 
 def test_backends_shows_the_cache_and_cache_clear_empties_it(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("NNX_CACHE_DIR", str(tmp_path))
-    folder = tmp_path / nnx.__version__ / "numba" / "kernels_x"
+    folder = version_folder(tmp_path) / "kernels_x"
     folder.mkdir(parents=True)
     (folder / "k.nbc").write_bytes(b"\0" * 3000)
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
-    assert f"kernel cache: {tmp_path / nnx.__version__ / 'numba'} (2.93 KiB, from NNX_CACHE_DIR" in out
+    assert f"kernel cache: {version_folder(tmp_path)} (2.93 KiB, from NNX_CACHE_DIR" in out
     assert main(["cache", "clear"]) == 0
     assert f"removed {tmp_path} (2.93 KiB)" in capsys.readouterr().out
     assert not tmp_path.exists()
@@ -91,3 +98,53 @@ def test_cache_clear_leaves_an_explicit_numba_cache_dir_alone(monkeypatch, tmp_p
     assert main(["cache", "clear"]) == 2
     assert "NUMBA_CACHE_DIR is set" in capsys.readouterr().err
     assert (tmp_path / "other-project.nbi").exists()
+
+
+def _fake_sources(root: Path, monkeypatch) -> dict[str, Path]:
+    """A kernels package and the KERNEL_INPUTS files under ``root``, read by ``kernel_fingerprint``
+    in place of the installed ones."""
+    places = {"nnx.kernels": root / "kernels", "nnx": root / "nnx", "nnx.optim": root / "nnx" / "optim"}
+    for folder in places.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    (places["nnx.kernels"] / "cpu_a.py").write_text("A = 1\n")
+    (places["nnx.kernels"] / "cpu_b.py").write_text("B = 2\n")
+    (places["nnx.kernels"] / "notes.cu").write_text("// not Python\n")
+    for package, name in cache.KERNEL_INPUTS:
+        (places[package] / name).write_text(f"# {name}\n")
+    monkeypatch.setattr("importlib.resources.files", lambda package: places[package])
+    cache.kernel_fingerprint.cache_clear()
+    return places
+
+
+def test_a_change_in_any_kernel_source_gives_its_own_cache_folder(monkeypatch, tmp_path):
+    """Numba checks a cached function against its own file only: kernels compiled from other
+    sources (another checkout of the same version) must never be loaded."""
+    places = _fake_sources(tmp_path, monkeypatch)
+    try:
+        seen = {cache.kernel_fingerprint()}
+        # the same bytes give the same folder; any changed module, or a table kernels bake in, another
+        for path in (places["nnx.kernels"] / "cpu_b.py", *(places[p] / n for p, n in cache.KERNEL_INPUTS)):
+            path.write_text(path.read_text() + "# changed\n")
+            cache.kernel_fingerprint.cache_clear()
+            assert cache.kernel_fingerprint() not in seen, path.name
+            seen.add(cache.kernel_fingerprint())
+        cache.kernel_fingerprint.cache_clear()
+        assert cache.kernel_fingerprint() in seen
+        (places["nnx.kernels"] / "notes.cu").write_text("// edited\n")  # CUDA sources compile through CuPy
+        cache.kernel_fingerprint.cache_clear()
+        assert cache.kernel_fingerprint() in seen
+        assert len(cache.kernel_fingerprint()) == 12
+    finally:
+        cache.kernel_fingerprint.cache_clear()
+
+
+def test_the_fingerprint_covers_every_nnx_module_the_numba_kernels_import():
+    """``KERNEL_INPUTS`` lists the nnx modules outside nnx.kernels that Numba kernels import (their
+    tables are compiled in); nnx.cache only chooses this folder, so it does not count."""
+    imported = set()
+    for path in KERNELS.glob("cpu_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:  # from ..module import ...
+                imported.add(node.module)
+    listed = {f"{package}.{name[:-3]}".removeprefix("nnx.") for package, name in cache.KERNEL_INPUTS}
+    assert imported - {"cache"} == listed
