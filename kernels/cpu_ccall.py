@@ -20,6 +20,7 @@ from numba import cfunc, types
 from numba.core import sigutils
 from numba.core.ccallback import CFunc
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.runtime import rtsys
 from numba.extending import intrinsic
 
 from .cpu_math import CACHE, FASTMATH
@@ -67,29 +68,71 @@ c_call_float = _returning(types.float64, ir.DoubleType(), "c_call_float")
 
 # The kernels' dtypes, by the names nnx uses.
 DTYPES = {"float32": types.float32, "float64": types.float64}
-# C-callable kernels made in this process, by (Python source, signature).
+# C-callable kernels made in this process, by (Python source, signature, fast math).
 _MADE: dict = {}
-_KERNEL_OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
 
 
-def c_kernel(source, signature, *, cached_only: bool = False):
-    """``source`` as a C-callable kernel (``numba.cfunc``, the training kernels' fast-math flags)
-    for ``signature``: compiled on first use, then loaded from the disk cache; its ``.address``
-    is what ``c_call``/``c_call_float`` take. With ``cached_only``, only whether it is made or
-    on disk, found without compiling (Numba's cache lookup, which ``cfunc`` makes first)."""
-    key = (source, str(signature))
+def load_cached(cache, signature, context):
+    """The compile result for ``signature`` in a function's disk ``cache``, or None.
+
+    Numba's own lookup first sets up its whole compiler (every typing and lowering registry: a
+    fifth of a second or more in a fresh process), which running cached machine code does not
+    need. Here only the runtime that cached code links against (NRT) is set up, so a start from
+    the cache loads its kernels without that set-up; a later compile still makes it as usual."""
+    if not os.path.exists(cache._cache_file._index_path):
+        return None
+    with global_compiler_lock:  # never beside a compile in another thread
+        rtsys.initialize(context)
+        try:
+            return cache._load_overload(signature, context)
+        except OSError:  # unreadable cache files (a concurrent writer on some platforms): not there
+            return None
+
+
+def load_overload(dispatcher, signature) -> bool:
+    """Whether ``dispatcher`` (an ``njit`` function) runs ``signature`` without compiling: compiled
+    in this process, or now loaded from the disk cache (``load_cached``), as its call would."""
+    if signature in dispatcher.overloads:
+        return True
+    compiled = load_cached(dispatcher._cache, signature, dispatcher.targetctx)
+    if compiled is None:
+        return False
+    with global_compiler_lock:
+        if signature not in dispatcher.overloads:  # another thread may have loaded it meanwhile
+            dispatcher._cache_hits[signature] += 1
+            dispatcher.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
+            dispatcher.add_overload(compiled)
+    return True
+
+
+def _from_cache(source, signature, options: dict):
+    """The C-callable kernel from the disk cache (``load_cached``), or None; set up as
+    ``CFunc.compile`` sets up a cached one."""
+    kernel = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=options)
+    kernel.enable_caching()
+    compiled = load_cached(kernel._cache, kernel._sig, kernel._targetdescr.target_context)
+    if compiled is None:
+        return None
+    kernel._cache_hits += 1
+    kernel._library = compiled.library
+    kernel._wrapper_name = compiled.fndesc.llvm_cfunc_wrapper_name
+    kernel._wrapper_address = kernel._library.get_pointer_to_function(kernel._wrapper_name)
+    return kernel
+
+
+def c_kernel(source, signature, *, fastmath=FASTMATH, cached_only: bool = False):
+    """``source`` as a C-callable kernel (``numba.cfunc``, by default with the training kernels'
+    fast-math flags) for ``signature``: loaded from the disk cache, else compiled (and cached);
+    its ``.address`` is what ``c_call``/``c_call_float`` take. With ``cached_only``, only whether
+    it is made or on disk (then loaded), found without compiling."""
+    key = (source, str(signature), str(fastmath))
     made = _MADE.get(key)
-    if cached_only:
-        if made is not None:
-            return True
-        probe = CFunc(source, sigutils.normalize_signature(signature), locals={}, options=_KERNEL_OPTIONS)
-        probe.enable_caching()
-        if not os.path.exists(probe._cache._cache_file._index_path):
-            # nothing cached for this kernel: said without the lookup, which first sets up Numba's
-            # target (a third of a second in a fresh process, on a cold start's critical path)
-            return False
-        with global_compiler_lock:  # the lookup refreshes Numba's target: never beside a compile in another thread
-            return probe._cache.load_overload(probe._sig, probe._targetdescr.target_context) is not None
     if made is None:
-        made = _MADE[key] = cfunc(signature, cache=CACHE, **_KERNEL_OPTIONS)(source)
-    return made
+        options = dict(fastmath=fastmath, error_model="numpy")
+        made = _from_cache(source, signature, options) if CACHE else None
+        if made is None:
+            if cached_only:
+                return False
+            made = cfunc(signature, cache=CACHE, **options)(source)
+        _MADE[key] = made
+    return True if cached_only else made

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import functools
 
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 
-from .cpu_ccall import DTYPES, c_signature
-from .cpu_math import CACHE
+from .cpu_ccall import DTYPES, c_kernel, c_signature
 
 # meta[i]: rows this step (written here; all samples for full batch), columns this step (the
 # one-hidden-layer kernel's padded count), then what the backend sets for the whole call.
@@ -108,4 +107,4 @@ _SOURCES = {"columns": _columns, "rows": _rows}
 @functools.lru_cache(maxsize=None)
 def gatherer(name: str, dtype: str):
     """The compiled gather ``name`` ("columns" or "rows") for ``dtype``."""
-    return cfunc(_signature(name, DTYPES[dtype]), cache=CACHE, error_model="numpy")(_SOURCES[name])
+    return c_kernel(_SOURCES[name], _signature(name, DTYPES[dtype]), fastmath=False)

@@ -26,12 +26,12 @@ import functools
 import math
 
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from ..optim.optimizers import SGD, Adam, AdamW, RMSprop
-from .cpu_ccall import DTYPES, c_signature
-from .cpu_math import CACHE, FASTMATH
+from .cpu_ccall import DTYPES, c_kernel, c_signature
+from .cpu_math import FASTMATH
 
 # Families of update: each its own compiled function. Plain SGD (no momentum, no weight
 # decay) is gradient descent, the tutorials' update, kept apart so its bits never change;
@@ -264,8 +264,7 @@ def updater(name: str, dtype: str):
     equals the reference ``update`` bit for bit on the same gradients (fused multiply-adds
     would differ in the last place, which centred RMSprop and Adam amplify over a run).
     """
-    return cfunc(signature(dtype), cache=CACHE, fastmath=FASTMATH if name == "gd" else False,
-                 error_model="numpy")(_SOURCES[name])
+    return c_kernel(_SOURCES[name], signature(dtype), fastmath=FASTMATH if name == "gd" else False)
 
 
 def settings(optimizer) -> np.ndarray:

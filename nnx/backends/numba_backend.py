@@ -512,12 +512,14 @@ class NumbaBackend(Backend):
         XT = np.ascontiguousarray(X.T)
         out = np.empty((n_out, n), net.np_dtype)
         common = (n, n_in, hidden, n_out, int(plan.codes[0]), plan.head)
-        with self.quiet_floating_point():
-            if chunks > 1:
-                with _parallel_guard():
-                    cpu_mlp1.predict_parallel(*common, chunks, chunk_len, bs, plan.theta, XT, scratch, out)
-            else:
-                cpu_mlp1.predict(*common, bs, plan.theta, XT, scratch, out)
+        if chunks > 1:
+            kernel, args = cpu_mlp1.predict_parallel, (*common, chunks, chunk_len, bs, plan.theta, XT, scratch, out)
+        else:
+            kernel, args = cpu_mlp1.predict, (*common, bs, plan.theta, XT, scratch, out)
+        if not kernel.overloads:  # from the disk cache, if there, without the compiler's set-up
+            _loaded(kernel, args)
+        with self.quiet_floating_point(), _parallel_guard() if chunks > 1 else contextlib.nullcontext():
+            kernel(*args)
         return np.ascontiguousarray(out.T)
 
     def _compiled_predict(self, net: Network, n_samples: int) -> bool:
@@ -610,6 +612,8 @@ class NumbaBackend(Backend):
                       "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
             self._compile_side_by_side(*call)
         kernel, args = self._kernel_call(*call)
+        if not kernel.overloads:  # from the disk cache, if there, without the compiler's set-up
+            _loaded(kernel, args)
         plan.ready = True
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
@@ -755,22 +759,12 @@ def _chunk_kernel(plan: _Plan, dtype: str, *, cached_only: bool = False):
 
 def _loaded(kernel, args) -> bool:
     """Whether ``kernel(*args)`` runs compiled code already in this process or in the disk cache
-    (loaded here, as the call would), rather than compiling first."""
-    from numba.core.compiler_lock import global_compiler_lock
+    (loaded here, without setting up Numba's compiler: ``cpu_ccall.load_overload``), rather than
+    compiling first."""
+    from ..kernels.cpu_ccall import load_overload
 
     try:
-        signature = tuple(kernel.typeof_pyval(a) for a in args)
-        # what Dispatcher.compile does first, under its lock: the lookup refreshes Numba's target,
-        # which must never happen beside a compile in another thread
-        with global_compiler_lock:
-            if signature in kernel.overloads:
-                return True
-            compiled = kernel._cache.load_overload(signature, kernel.targetctx)
-            if compiled is None:
-                return False
-            kernel.targetctx.insert_user_function(compiled.entry_point, compiled.fndesc, [compiled.library])
-            kernel.add_overload(compiled)
-        return True
+        return load_overload(kernel, tuple(kernel.typeof_pyval(a) for a in args))
     except Exception:  # noqa: BLE001 - Numba's internals moved: say loaded, so callers go on as before
         return True
 
