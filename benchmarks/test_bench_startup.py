@@ -55,11 +55,12 @@ rng = np.random.default_rng(0)
 X = rng.normal(size=(n, sizes[0]))
 y = rng.integers(0, sizes[-1], n) if output == "softmax" else rng.uniform(0, 1, (n, sizes[-1]))
 model = nnx.MLP(sizes, hidden=hidden, output=output, dtype=dtype)
-with nnx.use_backend("numba"):
+backend_start = time.perf_counter()
+with nnx.use_backend("numba"):  # imports Numba
     fit_start = time.perf_counter()
     model.fit(X, y, passes=1, log_every=1)
 done = time.perf_counter()
-print(json.dumps({"import_s": imported - start, "fit_s": done - fit_start}))
+print(json.dumps({"import_s": imported - start, "backend_s": fit_start - backend_start, "fit_s": done - fit_start}))
 """
 
 
@@ -78,13 +79,16 @@ def _run_cold(case, cache_dir) -> dict:
 
 @pytest.mark.parametrize("case", _cold_cases(), ids=lambda c: c[0])
 def test_cold_compile_then_cached_start(benchmark, case, tmp_path):
-    """Seconds from ``fit`` to the end of its first pass with an empty cache, then with it full."""
+    """Seconds from ``fit`` to the end of its first pass with an empty cache, then with it full
+    (``warm_import_and_load_s``: ``import nnx``, choosing the Numba backend, which imports Numba,
+    and the first fit, whose kernels load from the cache)."""
     cold = benchmark.pedantic(_run_cold, args=(case, tmp_path), rounds=1, iterations=1)
     warm = min((_run_cold(case, tmp_path) for _ in range(max(1, _repeats() // 2))),
-               key=lambda r: r["import_s"] + r["fit_s"])
+               key=lambda r: r["import_s"] + r["backend_s"] + r["fit_s"])
     benchmark.extra_info.update(
         cold_fit_s=round(cold["fit_s"], 3), warm_import_s=round(warm["import_s"], 3),
-        warm_fit_s=round(warm["fit_s"], 3), warm_import_and_load_s=round(warm["import_s"] + warm["fit_s"], 3))
+        warm_backend_s=round(warm["backend_s"], 3), warm_fit_s=round(warm["fit_s"], 3),
+        warm_import_and_load_s=round(warm["import_s"] + warm["backend_s"] + warm["fit_s"], 3))
 
 
 def _wall(command: list[str], env: dict) -> float:
