@@ -331,6 +331,23 @@ def test_broken_numba_is_unavailable_with_the_reason():
     assert "0.50.0 is too old" in reason and auto == "numpy"
 
 
+def test_numba_without_scipy_blas_is_unavailable_with_the_fix():
+    """Numba's np.dot calls SciPy's BLAS; the backend is checked for it without importing SciPy."""
+    code = textwrap.dedent("""
+        import importlib.util, json, sys
+        real = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a: None if name == "scipy" else real(name, *a)
+        sys.modules['cupy'] = None
+        import nnx
+        print(json.dumps([nnx.available_backends()['numba'], nnx.get_backend().name, 'scipy.linalg' in sys.modules]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reason, auto, scipy_imported = json.loads(done.stdout)
+    assert "SciPy" in reason and "pip install scipy" in reason and auto == "numpy" and not scipy_imported
+
+
 # ------------------------------------------------- one code table, no identity fall-through
 @numba.njit(error_model="numpy")
 def _activation_values(code, libm, x, out, slope):
