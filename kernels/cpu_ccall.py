@@ -10,6 +10,9 @@ into the caller, where LLVM optimises and emits it all over again.
 function at ``address`` with the values of the tuple ``args``: an array is passed as the
 pointer to its first element (arrays must be contiguous), an int64 as ``int64_t``,
 a float64 as ``double``. The callee must have exactly that C signature (``c_signature``).
+
+``c_kernel`` makes such a kernel, and ``load_overload`` loads an ``njit`` entry point, from
+the disk cache without setting up Numba's compiler (``load_cached``).
 """
 from __future__ import annotations
 
@@ -129,7 +132,10 @@ def c_kernel(source, signature, *, fastmath=FASTMATH, cached_only: bool = False)
     made = _MADE.get(key)
     if made is None:
         options = dict(fastmath=fastmath, error_model="numpy")
-        made = _from_cache(source, signature, options) if CACHE else None
+        try:
+            made = _from_cache(source, signature, options) if CACHE else None
+        except (AttributeError, TypeError):  # Numba's internals moved: its own lookup, in cfunc, below
+            made = None
         if made is None:
             if cached_only:
                 return False
