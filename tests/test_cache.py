@@ -3,6 +3,7 @@ package."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -148,3 +149,48 @@ def test_the_fingerprint_covers_every_nnx_module_the_numba_kernels_import():
                 imported.add(node.module)
     listed = {f"{package}.{name[:-3]}".removeprefix("nnx.") for package, name in cache.KERNEL_INPUTS}
     assert imported - {"cache"} == listed
+
+
+LOAD_SCRIPT = """
+import json
+import numpy as np
+from numba.core import base
+refreshed = []
+real = base.BaseContext.refresh
+base.BaseContext.refresh = lambda self: (refreshed.append(1), real(self))[1]
+import nnx
+X, y = nnx.datasets.moons(300, seed=0)
+with nnx.use_backend("numba"):
+    model = nnx.MLP([2, 8, 2]).fit(X, y, passes=5, log_every=1, verbose=0)
+    proba = model.predict_proba(np.repeat(X, 300, axis=0))  # the compiled forward (90,000 samples x units)
+print(json.dumps({"refreshed": len(refreshed), "history": list(model.history.values()), "proba": proba[:3].tolist()}))
+"""
+
+
+def test_a_start_from_the_cache_loads_kernels_without_setting_up_numbas_compiler(tmp_path, numba_required):
+    """Numba's own cached lookup first installs every typing and lowering table (a fifth of a second
+    or more); running cached code needs only its runtime. A cold process compiles (and sets the
+    compiler up); a second one loads the same fit's kernels and predicts without it, same numbers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    env["NNX_CACHE_DIR"] = str(tmp_path)
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", LOAD_SCRIPT], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    cold, warm = runs
+    assert cold["refreshed"] > 0 and warm["refreshed"] == 0
+    assert warm["history"] == cold["history"] and warm["proba"] == cold["proba"]
+
+
+def test_c_kernels_fall_back_to_numbas_own_lookup_where_its_internals_moved(monkeypatch, numba_required):
+    from nnx.kernels import cpu_ccall, cpu_update
+
+    def moved(*args, **kwargs):
+        raise AttributeError("'Cache' object has no attribute '_cache_file'")
+
+    monkeypatch.setattr(cpu_ccall, "_from_cache", moved)
+    monkeypatch.setattr(cpu_ccall, "_MADE", {})
+    kernel = cpu_ccall.c_kernel(cpu_update._none, cpu_update.signature("float64"))
+    assert kernel.address and cpu_ccall.c_kernel(cpu_update._none, cpu_update.signature("float64")) is kernel
