@@ -75,6 +75,11 @@ DTYPES = {"float32": types.float32, "float64": types.float64}
 _MADE: dict = {}
 
 
+def has_cache_index(cache) -> bool:
+    """Whether a function's disk ``cache`` has an index (without one, nothing of it is cached)."""
+    return os.path.exists(cache._cache_file._index_path)
+
+
 def load_cached(cache, signature, context):
     """The compile result for ``signature`` in a function's disk ``cache``, or None.
 
@@ -82,7 +87,7 @@ def load_cached(cache, signature, context):
     fifth of a second or more in a fresh process), which running cached machine code does not
     need. Here only the runtime that cached code links against (NRT) is set up, so a start from
     the cache loads its kernels without that set-up; a later compile still makes it as usual."""
-    if not os.path.exists(cache._cache_file._index_path):
+    if not has_cache_index(cache):
         return None
     with global_compiler_lock:  # never beside a compile in another thread
         rtsys.initialize(context)

@@ -569,6 +569,11 @@ def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
     return c_kernel(CHUNK_KERNELS[name], _chunk_signature(dtype), cached_only=cached_only)
 
 
+def compile_aside(name: str, dtype: str) -> None:
+    """What a helper process compiles beside a fit's entry point: its chunk kernel."""
+    chunk_kernel(name, dtype)
+
+
 # ------------------------------------------------------------------ predict
 @njit(**_INNER)
 def _predict_rows(XT, r0, r1, bs, W1, b1, W2, b2, code, head, hb, z, m, s, out):

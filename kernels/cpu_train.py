@@ -473,3 +473,22 @@ def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
     (compiled on first use, then loaded from the disk cache); with ``cached_only``, whether it
     is made or on disk."""
     return c_kernel(CHUNK_KERNELS[name], _fused_signature(dtype), cached_only=cached_only)
+
+
+def row_helpers(dtype: str) -> None:
+    """Compile (or load) the BLAS layers' loss head and backward row helpers for ``dtype``, as the
+    entry points call them (every array C-contiguous, scalars in the parameters' dtype): the
+    ones an entry point's compile reaches last, so a helper process compiling them beside it
+    (``compile_aside``, for networks with no fused runs) has them in the cache in time."""
+    a2, f = types.Array(DTYPES[dtype], 2, "C"), DTYPES[dtype]
+    rows_head.compile((types.int64, a2, a2, a2, f, types.boolean))
+    rows_grad_derivative.compile((a2, a2, types.int64))
+
+
+def compile_aside(name: str, dtype: str) -> None:
+    """What a helper process compiles beside a fit's entry point: a chunk kernel, or ``"rows"``
+    (``row_helpers``)."""
+    if name == "rows":
+        row_helpers(dtype)
+    else:
+        chunk_kernel(name, dtype)

@@ -1,5 +1,6 @@
-"""A fit on an empty kernel cache compiles its chunk kernel in a helper process while it compiles
-its entry point, then loads the kernel from the cache; a helper that cannot help changes nothing."""
+"""A fit on an empty kernel cache compiles its chunk kernel (or, for BLAS layers only, its row helpers)
+in a helper process while it compiles its entry point, then loads them from the cache; a helper that
+cannot help changes nothing."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,37 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
     fallback = _fit(tmp_path / "other-cache", "failing-helper")
     assert fallback["loaded"] == 0
     assert fallback["loss"] == result["loss"]
+
+
+BLAS_FIT = """
+import json
+import numpy as np
+import nnx
+from nnx.backends import compile_aside
+from nnx.kernels import cpu_train
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(300, 784)), rng.integers(0, 10, 300)
+model = nnx.MLP((784, 32, 10), dtype="float32", seed=0)
+with nnx.use_backend("numba"):
+    model.fit(X, y, passes=3, lr=0.01, verbose=0)
+hits = {f.__name__: sum(f._cache_hits.values()) for f in (cpu_train.rows_head, cpu_train.rows_grad_derivative)}
+print(json.dumps({"hits": hits, "blas_entry": bool(cpu_train.train_passes_blas.signatures),
+                  "cores": compile_aside.usable_cores()}))
+"""
+
+
+def test_blas_only_networks_get_their_row_helpers_from_the_helper(tmp_path):
+    """A network of BLAS layers only has no chunk kernel: the helper compiles the row helpers its
+    entry point reaches last, in the signatures the entry point calls them with."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    env["NNX_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", BLAS_FIT], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    if result["cores"] < 2:
+        pytest.skip("one usable core: no helper process is started")
+    assert result["blas_entry"], "this network must train through train_passes_blas"
+    assert result["hits"] == {"rows_head": 1, "rows_grad_derivative": 1}, result["hits"]
 
 
 def test_no_helper_on_one_core_or_without_a_python_to_start(monkeypatch):

@@ -5,7 +5,9 @@ fit on a cold cache compiles two large pieces that do not depend on each other: 
 point and the chunk kernel it calls by address (``_Plan.chunk_kernel``). Where a second core
 is free, a helper process compiles the chunk kernel into the disk cache while this process
 compiles the entry point, and this process then loads it: the two compiles overlap, as in
-``make -j2``. Whatever goes wrong in the helper (it cannot start, it fails, the machine has
+``make -j2``. A network of BLAS layers only has no chunk kernel; there the helper compiles the
+row helpers (loss head, backward) that the entry point's compile reaches last, and this
+process finds them in the cache when it gets there. Whatever goes wrong in the helper (it cannot start, it fails, the machine has
 one core, the cache cannot be written) leaves this process to compile the kernel itself, as
 it would have anyway: the helper only ever saves time.
 """
@@ -23,8 +25,8 @@ WAIT_S = 300
 
 
 def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
-    """A helper process compiling ``nnx.kernels.<module>.chunk_kernel(name, dtype)`` into the
-    cache, or None where it cannot help (one core, no writable cache, no Python to start: an
+    """A helper process compiling ``nnx.kernels.<module>.compile_aside(name, dtype)`` (a chunk
+    kernel, or BLAS layers' row helpers) into the cache, or None where it cannot help (one core, no writable cache, no Python to start: an
     embedded or frozen interpreter, whose executable is not a Python that runs ``-m``)."""
     import numba
 
@@ -61,7 +63,7 @@ def _main(module: str, name: str, dtype: str) -> int:
     from . import numba_backend
 
     numba_backend.create()  # the threading layer and vector width a fit sets up
-    importlib.import_module(f"nnx.kernels.{module}").chunk_kernel(name, dtype)
+    importlib.import_module(f"nnx.kernels.{module}").compile_aside(name, dtype)
     return 0
 
 

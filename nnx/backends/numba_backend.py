@@ -621,11 +621,20 @@ class NumbaBackend(Backend):
             return float(kernel(*args))
 
     def _compile_side_by_side(self, plan: _Plan, net: Network, *call) -> None:
-        """On a cold cache, the chunk kernel compiles in a helper process (``compile_aside``) while
-        this one compiles the entry point; the kernel is then loaded from the cache."""
-        if not plan.chunk_kernel or _chunk_kernel(plan, net.dtype, cached_only=True):
+        """On a cold cache, a helper process (``compile_aside``) compiles the chunk kernel, or for
+        networks of BLAS layers only the row helpers their entry point reaches last, while this
+        one compiles the entry point; what the helper made is then loaded from the cache."""
+        from ..kernels import cpu_train
+
+        if plan.chunk_kernel:
+            if _chunk_kernel(plan, net.dtype, cached_only=True):
+                return
+            aside = plan.chunk_kernel
+        elif plan.kernel == "train_passes_blas" and not _has_cache_index(cpu_train.train_passes_blas):
+            aside = "rows"
+        else:
             return
-        helper = compile_aside.start("cpu_mlp1" if plan.mlp1 else "cpu_train", plan.chunk_kernel, net.dtype)
+        helper = compile_aside.start("cpu_mlp1" if plan.mlp1 else "cpu_train", aside, net.dtype)
         if helper is None:
             return
         try:
@@ -757,6 +766,17 @@ def _chunk_kernel(plan: _Plan, dtype: str, *, cached_only: bool = False):
     from ..kernels import cpu_mlp1, cpu_train
 
     return (cpu_mlp1 if plan.mlp1 else cpu_train).chunk_kernel(plan.chunk_kernel, dtype, cached_only=cached_only)
+
+
+def _has_cache_index(kernel) -> bool:
+    """Whether ``kernel`` (an ``njit`` function) has compiled code here or any in the disk cache;
+    False means a compile is certain (said without loading anything)."""
+    from ..kernels.cpu_ccall import has_cache_index
+
+    try:
+        return bool(kernel.overloads) or has_cache_index(kernel._cache)
+    except AttributeError:  # Numba's internals moved (or no cache): assume there is, so nothing more starts
+        return True
 
 
 def _loaded(kernel, args) -> bool:
