@@ -255,16 +255,28 @@ def _none(theta_p, addresses_p, lr, l2_, step):
 _SOURCES = {"gd": _gd, "sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "none": _none}
 
 
-@functools.lru_cache(maxsize=None)
-def updater(name: str, dtype: str):
-    """The compiled update of one family and dtype (compiled on first use, then from the disk cache).
-
-    Gradient descent keeps the training kernels' fast-math flags (and so its bits); the
+def _fastmath(name: str):
+    """Gradient descent keeps the training kernels' fast-math flags (and so its bits); the
     other steps use none, so each element operation rounds as NumPy's does and the step
     equals the reference ``update`` bit for bit on the same gradients (fused multiply-adds
-    would differ in the last place, which centred RMSprop and Adam amplify over a run).
-    """
-    return c_kernel(_SOURCES[name], signature(dtype), fastmath=FASTMATH if name == "gd" else False)
+    would differ in the last place, which centred RMSprop and Adam amplify over a run)."""
+    return FASTMATH if name == "gd" else False
+
+
+@functools.lru_cache(maxsize=None)
+def updater(name: str, dtype: str):
+    """The compiled update of one family and dtype (compiled on first use, then from the disk cache)."""
+    return c_kernel(_SOURCES[name], signature(dtype), fastmath=_fastmath(name))
+
+
+def updater_cached(name: str, dtype: str) -> bool:
+    """Whether ``updater(name, dtype)`` is made or on disk (then loaded), found without compiling."""
+    return c_kernel(_SOURCES[name], signature(dtype), fastmath=_fastmath(name), cached_only=True)
+
+
+def compile_aside(name: str, dtype: str) -> None:
+    """What a helper process compiles beside a fit's entry point: the update of family ``name``."""
+    updater(name, dtype)
 
 
 def settings(optimizer) -> np.ndarray:

@@ -52,43 +52,52 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
     assert fallback["loss"] == result["loss"]
 
 
-BLAS_FIT = """
-import json
+ASIDE_FIT = """
+import json, sys
 import numpy as np
 import nnx
 from nnx.backends import compile_aside
-from nnx.kernels import cpu_train
+from nnx.kernels import cpu_train, cpu_update
 rng = np.random.default_rng(0)
-X, y = rng.normal(size=(300, 784)), rng.integers(0, 10, 300)
-model = nnx.MLP((784, 32, 10), dtype="float32", seed=0)
+if sys.argv[1] == "blas-only":
+    X, y = rng.normal(size=(300, 784)), rng.integers(0, 10, 300)
+    model, dtype = nnx.MLP((784, 32, 10), dtype="float32", seed=0), "float32"
+else:  # XOR: the tiny path, its sample-by-sample kernel inlined in its entry point
+    X, y = nnx.datasets.xor()
+    model, dtype = nnx.MLP((2, 2, 1), hidden="sigmoid", output="sigmoid", init="uniform"), "float64"
 with nnx.use_backend("numba"):
-    model.fit(X, y, passes=3, lr=0.01, verbose=0)
+    model.fit(X, y, passes=3, lr=0.5, verbose=0)
 hits = {f.__name__: sum(f._cache_hits.values()) for f in (cpu_train.rows_head, cpu_train.rows_grad_derivative)}
+hits["update"] = cpu_update.updater("gd", dtype).cache_hits
 print(json.dumps({"hits": hits, "blas_entry": bool(cpu_train.train_passes_blas.signatures),
                   "cores": compile_aside.usable_cores()}))
 """
 
 
-def test_blas_only_networks_get_their_row_helpers_from_the_helper(tmp_path):
-    """A network of BLAS layers only has no chunk kernel: the helper compiles the row helpers its
-    entry point reaches last, in the signatures the entry point calls them with."""
+@pytest.mark.parametrize("network", ["blas-only", "tiny"])
+def test_without_a_chunk_kernel_the_helper_takes_the_optimiser_step_and_row_helpers(tmp_path, network):
+    """Where there is no chunk kernel, the entry point's compile is the long one: the helper
+    compiles the optimiser step and, for BLAS layers only, the row helpers that compile reaches
+    last, in the signatures it calls them with; the fit loads them from the cache."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
     env["NNX_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", BLAS_FIT], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", ASIDE_FIT, network], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     if result["cores"] < 2:
         pytest.skip("one usable core: no helper process is started")
-    assert result["blas_entry"], "this network must train through train_passes_blas"
-    assert result["hits"] == {"rows_head": 1, "rows_grad_derivative": 1}, result["hits"]
+    assert result["blas_entry"] == (network == "blas-only")
+    rows = 1 if network == "blas-only" else 0
+    assert result["hits"] == {"rows_head": rows, "rows_grad_derivative": rows, "update": 1}, result["hits"]
 
 
 def test_no_helper_on_one_core_or_without_a_python_to_start(monkeypatch):
     monkeypatch.setattr(compile_aside, "usable_cores", lambda: 1)
-    assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
+    assert compile_aside.start("float64", [("cpu_mlp1", "2x2")]) is None
     monkeypatch.setattr(compile_aside, "usable_cores", lambda: 2)
     monkeypatch.setattr(sys, "frozen", True, raising=False)  # a frozen app: its executable would start the app
-    assert compile_aside.start("cpu_mlp1", "2x2", "float64") is None
+    assert compile_aside.start("float64", [("cpu_mlp1", "2x2")]) is None
 
 
 def test_an_interrupted_wait_stops_the_helper():

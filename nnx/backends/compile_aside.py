@@ -24,10 +24,11 @@ from ..bench.machine import usable_cores
 WAIT_S = 300
 
 
-def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
-    """A helper process compiling ``nnx.kernels.<module>.compile_aside(name, dtype)`` (a chunk
-    kernel, or BLAS layers' row helpers) into the cache, or None where it cannot help (one core, no writable cache, no Python to start: an
-    embedded or frozen interpreter, whose executable is not a Python that runs ``-m``)."""
+def start(dtype: str, jobs) -> subprocess.Popen | None:
+    """A helper process compiling, in order, ``nnx.kernels.<module>.compile_aside(name, dtype)``
+    for each (module, name) of ``jobs`` (a chunk kernel, BLAS layers' row helpers, an optimiser
+    step) into the cache, or None where it cannot help (one core, no writable cache, no Python
+    to start: an embedded or frozen interpreter, whose executable is not a Python that runs ``-m``)."""
     import numba
 
     from ..kernels.cpu_math import CACHE
@@ -40,8 +41,9 @@ def start(module: str, name: str, dtype: str) -> subprocess.Popen | None:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(numba.config.CACHE_DIR),
                NUMBA_CPU_FEATURES=numba.config.CPU_FEATURES or get_host_cpu_features())
     try:
-        return python_module("nnx.backends.compile_aside", module, name, dtype, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        return python_module("nnx.backends.compile_aside", dtype, *(f"{module}:{name}" for module, name in jobs),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=env)
     except OSError:
         return None
 
@@ -57,15 +59,17 @@ def finish(helper: subprocess.Popen) -> None:
             raise
 
 
-def _main(module: str, name: str, dtype: str) -> int:
+def _main(dtype: str, *jobs: str) -> int:
     import importlib
 
     from . import numba_backend
 
     numba_backend.create()  # the threading layer and vector width a fit sets up
-    importlib.import_module(f"nnx.kernels.{module}").compile_aside(name, dtype)
+    for job in jobs:
+        module, name = job.split(":")
+        importlib.import_module(f"nnx.kernels.{module}").compile_aside(name, dtype)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_main(*sys.argv[1:4]))
+    sys.exit(_main(*sys.argv[1:]))

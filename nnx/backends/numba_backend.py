@@ -620,45 +620,59 @@ class NumbaBackend(Backend):
         with _parallel_guard() if plan.parallel else contextlib.nullcontext():
             return float(kernel(*args))
 
-    def _compile_side_by_side(self, plan: _Plan, net: Network, *call) -> None:
-        """On a cold cache, a helper process (``compile_aside``) compiles the chunk kernel, or for
-        networks of BLAS layers only the row helpers their entry point reaches last, while this
-        one compiles the entry point; what the helper made is then loaded from the cache."""
-        from ..kernels import cpu_train
+    def _compile_side_by_side(self, plan: _Plan, net: Network, data: Data, objective: Objective,
+                              optimizer: Optimizer | None, *call) -> None:
+        """On a cold cache, a helper process (``compile_aside``) compiles what the entry point calls
+        while this one compiles the entry point; what the helper made is then loaded from the
+        cache. The helper takes the chunk kernel where there is one (the longer compile of the
+        two); otherwise, when the entry point is certain to compile here, the optimiser step and,
+        for networks of BLAS layers only, the row helpers the entry point's compile reaches last."""
+        from ..kernels import cpu_mlp1, cpu_train, cpu_update
 
+        module = cpu_mlp1 if plan.mlp1 else cpu_train
+        jobs = []
         if plan.chunk_kernel:
-            if _chunk_kernel(plan, net.dtype, cached_only=True):
-                return
-            aside = plan.chunk_kernel
-        elif plan.kernel == "train_passes_blas" and not _has_cache_index(cpu_train.train_passes_blas):
-            aside = "rows"
-        else:
-            return
-        helper = compile_aside.start("cpu_mlp1" if plan.mlp1 else "cpu_train", aside, net.dtype)
+            if not _chunk_kernel(plan, net.dtype, cached_only=True):
+                jobs.append((module.__name__.rsplit(".", 1)[1], plan.chunk_kernel))
+        elif not _has_cache_index(getattr(module, plan.kernel)):
+            if plan.kernel == "train_passes_blas":
+                jobs.append(("cpu_train", "rows"))
+            family = _update_family(optimizer)
+            if not cpu_update.updater_cached(family, net.dtype):
+                jobs.append(("cpu_update", family))
+        helper = compile_aside.start(net.dtype, jobs) if jobs else None
         if helper is None:
             return
         try:
-            kernel, args = self._kernel_call(plan, net, *call, chunk_address=0)
+            kernel, args = self._kernel_call(plan, net, data, objective, optimizer, *call, typing_only=True)
             kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # or loads it from the cache
         finally:
             compile_aside.finish(helper)
 
-    def _compiled(self, plan: _Plan, net: Network, *call) -> bool:
-        """Whether ``_run``'s call (the same arguments) finds its entry point and chunk kernel
-        compiled, in this process or in the disk cache (then loaded), checked without compiling."""
+    def _compiled(self, plan: _Plan, net: Network, data: Data, objective: Objective, optimizer: Optimizer | None,
+                  *call) -> bool:
+        """Whether ``_run``'s call (the same arguments) finds its entry point, chunk kernel and
+        optimiser step compiled, in this process or in the disk cache (then loaded), checked
+        without compiling."""
+        from ..kernels import cpu_update
+
         if plan.chunk_kernel and not _chunk_kernel(plan, net.dtype, cached_only=True):
             return False
-        kernel, args = self._kernel_call(plan, net, *call, chunk_address=0)
+        if not cpu_update.updater_cached(_update_family(optimizer), net.dtype):
+            return False
+        kernel, args = self._kernel_call(plan, net, data, objective, optimizer, *call, typing_only=True)
         return bool(kernel.overloads) or _loaded(kernel, args)
 
     def _kernel_call(self, plan: _Plan, net: Network, data: Data, objective: Objective, optimizer: Optimizer | None,
                      lrs: np.ndarray, batches: Batches | None, step: int, want_loss: bool,
-                     record: np.ndarray | None = None, every: int = 0, *, chunk_address: int | None = None) -> tuple:
-        """(entry point, its arguments) of the compiled call ``_run`` makes. The chunk kernel it
-        calls by address is compiled or loaded here, unless ``chunk_address`` is given."""
+                     record: np.ndarray | None = None, every: int = 0, *, typing_only: bool = False) -> tuple:
+        """(entry point, its arguments) of the compiled call ``_run`` makes. What it calls by address
+        (the chunk kernel, the optimiser step, the gather) is compiled or loaded here; with
+        ``typing_only``, nothing is: the arguments then have the call's types (all a compile of the
+        entry point needs) and null addresses, and must never be run."""
         from ..kernels import cpu_gather, cpu_mlp1, cpu_train
 
-        kit = self._call_kit(plan, net, data, objective, optimizer)
+        kit = _typing_kit(net) if typing_only else self._call_kit(plan, net, data, objective, optimizer)
         n = data.n_samples
         order, bounds = _NO_INDEX, _NO_INDEX
         if plan.batched and batches is not None:  # (a loss alone may come with the fit's batches or none)
@@ -669,7 +683,8 @@ class NumbaBackend(Backend):
         meta[cpu_gather.META.index("n_updates")] = lrs.size
         interval = (lrs, kit.update, kit.addresses, step)
         XT, TT = plan.feature_major(data)
-        if chunk_address is None:
+        chunk_address = 0
+        if not typing_only:
             if plan.chunk_kernel and not plan.chunk_address:
                 plan.chunk_address = _chunk_kernel(plan, net.dtype).address
             chunk_address = plan.chunk_address
@@ -711,7 +726,7 @@ class NumbaBackend(Backend):
         # [l2, full-batch scale, mean?, this step's scale] (a minibatch's gather rewrites the last)
         hyper = np.array([objective.l2, scale, mean, scale], dtype=net.np_dtype)
         # a loss alone runs no step: handed the fit's own (compiled anyway), else a no-op
-        update = cpu_update.updater("none" if optimizer is None else cpu_update.family(optimizer), net.dtype)
+        update = cpu_update.updater(_update_family(optimizer), net.dtype)
         settings = cpu_update.settings(optimizer) if optimizer is not None else _NO_SETTINGS
         batch_rows = plan.rows if plan.batched else 0
         # the minibatch gather, compiled on the first minibatch fit only (never called with full batches)
@@ -766,6 +781,22 @@ def _chunk_kernel(plan: _Plan, dtype: str, *, cached_only: bool = False):
     from ..kernels import cpu_mlp1, cpu_train
 
     return (cpu_mlp1 if plan.mlp1 else cpu_train).chunk_kernel(plan.chunk_kernel, dtype, cached_only=cached_only)
+
+
+def _update_family(optimizer: Optimizer | None) -> str:
+    """The compiled optimiser step a call runs (``cpu_update``): a loss alone (no optimiser) runs none."""
+    from ..kernels import cpu_update
+
+    return "none" if optimizer is None else cpu_update.family(optimizer)
+
+
+def _typing_kit(net: Network) -> _CallKit:
+    """A call kit of the real one's types with nothing behind it (``_kernel_call(typing_only=True)``)."""
+    from ..kernels import cpu_gather, cpu_update
+
+    return _CallKit(key=(), hyper=np.zeros(4, net.np_dtype), update=0,
+                    addresses=np.zeros(len(cpu_update.ADDRESSES), np.int64),
+                    meta=np.zeros(cpu_gather.N_META, np.int64), gather=0, owned={})
 
 
 def _has_cache_index(kernel) -> bool:
