@@ -646,6 +646,8 @@ class NumbaBackend(Backend):
         try:
             kernel, args = self._kernel_call(plan, net, data, objective, optimizer, *call, typing_only=True)
             kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # or loads it from the cache
+            if all(module != "cpu_update" for module, _ in jobs):
+                self._call_kit(plan, net, data, objective, optimizer)  # the optimiser step, while the helper works
         finally:
             compile_aside.finish(helper)
 
