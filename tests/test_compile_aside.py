@@ -113,3 +113,41 @@ def test_an_interrupted_wait_stops_the_helper():
     with pytest.raises(KeyboardInterrupt):
         compile_aside.finish(helper)
     assert helper.returncode is not None, "the helper was left running"
+
+
+ORDER_FIT = """
+import json, sys
+import nnx
+from nnx.backends import compile_aside
+from nnx.kernels import cpu_update
+seen = []
+real_finish = compile_aside.finish
+def finish(helper):
+    seen.append(cpu_update.updater.cache_info().currsize > 0)  # the step made here before the wait?
+    real_finish(helper)
+compile_aside.finish = finish
+if sys.argv[1] == "chunk-kernel":
+    X, y = nnx.datasets.moons(200, noise=0.2, seed=0)
+    model = nnx.MLP((2, 3, 2))
+else:
+    X, y = nnx.datasets.xor()
+    model = nnx.MLP((2, 2, 1), hidden="sigmoid", output="sigmoid", init="uniform")
+with nnx.use_backend("numba"):
+    model.fit(X, y, passes=3, verbose=0)
+print(json.dumps({"step_before_wait": seen, "cores": compile_aside.usable_cores()}))
+"""
+
+
+@pytest.mark.parametrize("network", ["chunk-kernel", "tiny"])
+def test_the_fit_compiles_the_optimiser_step_before_waiting_unless_the_helper_does(tmp_path, network):
+    """Where the helper compiles the chunk kernel (the longer compile), the fit compiles the
+    optimiser step while it waits for nothing; where there is none, the helper takes the step."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    env["NNX_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", ORDER_FIT, network], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    if result["cores"] < 2:
+        pytest.skip("one usable core: no helper process is started")
+    assert result["step_before_wait"] == [network == "chunk-kernel"]
