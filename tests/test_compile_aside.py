@@ -32,12 +32,18 @@ print(json.dumps({"loaded": cpu_mlp1.chunk_kernel("2x2", "float64").cache_hits,
 """
 
 
-def _fit(cache_dir, mode: str) -> dict:
+def _run(script: str, cache_dir, *args: str) -> dict:
+    """``script``'s JSON result, run in a fresh process with ``cache_dir`` as nnx's kernel cache."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
     env["NNX_CACHE_DIR"] = str(cache_dir)
-    done = subprocess.run([sys.executable, "-c", FIT, mode], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def _fit(cache_dir, mode: str) -> dict:
+    return _run(FIT, cache_dir, mode)
 
 
 def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
@@ -79,12 +85,7 @@ def test_without_a_chunk_kernel_the_helper_takes_the_optimiser_step_and_row_help
     """Where there is no chunk kernel, the entry point's compile is the long one: the helper
     compiles the optimiser step and, for BLAS layers only, the row helpers that compile reaches
     last, in the signatures it calls them with; the fit loads them from the cache."""
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
-    env["NNX_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", ASIDE_FIT, network], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = _run(ASIDE_FIT, tmp_path, network)
     if result["cores"] < 2:
         pytest.skip("one usable core: no helper process is started")
     assert result["blas_entry"] == (network == "blas-only")
@@ -140,14 +141,9 @@ print(json.dumps({"step_before_wait": seen, "cores": compile_aside.usable_cores(
 
 @pytest.mark.parametrize("network", ["chunk-kernel", "tiny"])
 def test_the_fit_compiles_the_optimiser_step_before_waiting_unless_the_helper_does(tmp_path, network):
-    """Where the helper compiles the chunk kernel (the longer compile), the fit compiles the
-    optimiser step while it waits for nothing; where there is none, the helper takes the step."""
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
-    env["NNX_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", ORDER_FIT, network], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    """While the helper compiles a chunk kernel (the longer compile), the fit compiles the
+    optimiser step before it waits; where there is no chunk kernel, the helper compiles the step."""
+    result = _run(ORDER_FIT, tmp_path, network)
     if result["cores"] < 2:
         pytest.skip("one usable core: no helper process is started")
     assert result["step_before_wait"] == [network == "chunk-kernel"]
