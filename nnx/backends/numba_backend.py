@@ -629,12 +629,12 @@ class NumbaBackend(Backend):
         for networks of BLAS layers only, the row helpers the entry point's compile reaches last."""
         from ..kernels import cpu_mlp1, cpu_train, cpu_update
 
-        module = cpu_mlp1 if plan.mlp1 else cpu_train
+        module, kernels = ("cpu_mlp1", cpu_mlp1) if plan.mlp1 else ("cpu_train", cpu_train)
         jobs = []
         if plan.chunk_kernel:
             if not _chunk_kernel(plan, net.dtype, cached_only=True):
-                jobs.append((module.__name__.rsplit(".", 1)[1], plan.chunk_kernel))
-        elif not _has_cache_index(getattr(module, plan.kernel)):
+                jobs.append((module, plan.chunk_kernel))
+        elif not _has_cache_index(getattr(kernels, plan.kernel)):
             if plan.kernel == "train_passes_blas":
                 jobs.append(("cpu_train", "rows"))
             family = _update_family(optimizer)
@@ -643,11 +643,12 @@ class NumbaBackend(Backend):
         helper = compile_aside.start(net.dtype, jobs) if jobs else None
         if helper is None:
             return
+        step_aside = any(job_module == "cpu_update" for job_module, _ in jobs)
         try:
             kernel, args = self._kernel_call(plan, net, data, objective, optimizer, *call, typing_only=True)
             kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # or loads it from the cache
-            if all(module != "cpu_update" for module, _ in jobs):
-                self._call_kit(plan, net, data, objective, optimizer)  # the optimiser step, while the helper works
+            if not step_aside:  # the optimiser step here, while the helper works
+                self._call_kit(plan, net, data, objective, optimizer)
         finally:
             compile_aside.finish(helper)
 
