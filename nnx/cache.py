@@ -3,11 +3,11 @@
 ``NNX_CACHE_DIR`` when set, else the platform's user cache folder
 (``$XDG_CACHE_HOME/nnx`` or ``~/.cache/nnx`` on Linux, ``~/Library/Caches/nnx``
 on macOS, ``%LOCALAPPDATA%\\nnx\\Cache`` on Windows), in a subfolder per nnx
-version and kernel sources (``kernel_fingerprint``). An explicit ``NUMBA_CACHE_DIR`` is
-respected. The package folder may
-be read-only (system site-packages, a container image) and a cache written
-there would outlive ``pip uninstall``, so nnx never writes there; a cache
-folder that cannot be written warns once and kernels run uncached.
+version and set of kernel sources (``kernel_fingerprint``). An explicit
+``NUMBA_CACHE_DIR`` is respected. The package folder may be read-only (system
+site-packages, a container image) and a cache written there would outlive
+``pip uninstall``, so nnx never writes there; a cache folder that cannot be
+written warns once and kernels run uncached.
 """
 from __future__ import annotations
 

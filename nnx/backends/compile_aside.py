@@ -5,11 +5,12 @@ fit on a cold cache compiles two large pieces that do not depend on each other: 
 point and the chunk kernel it calls by address (``_Plan.chunk_kernel``). Where a second core
 is free, a helper process compiles the chunk kernel into the disk cache while this process
 compiles the entry point, and this process then loads it: the two compiles overlap, as in
-``make -j2``. A network of BLAS layers only has no chunk kernel; there the helper compiles the
-row helpers (loss head, backward) that the entry point's compile reaches last, and this
-process finds them in the cache when it gets there. Whatever goes wrong in the helper (it cannot start, it fails, the machine has
-one core, the cache cannot be written) leaves this process to compile the kernel itself, as
-it would have anyway: the helper only ever saves time.
+``make -j2``. Where there is no chunk kernel (XOR-sized networks, BLAS layers only), the entry
+point's compile is the long one: the helper then compiles the optimiser step and, for BLAS
+layers, the row helpers (loss head, backward) that compile reaches last, and this process finds
+them in the cache when it gets there. Whatever goes wrong in the helper (it cannot start, it
+fails, the machine has one core, the cache cannot be written) leaves this process to compile
+everything itself, as it would have anyway: the helper only ever saves time.
 """
 from __future__ import annotations
 
