@@ -203,8 +203,13 @@ def _backends(args: argparse.Namespace) -> int:
         print(f"{name:6} {'available' if reason is None else 'unavailable: ' + reason}")
     print(f"active: {backends.explain_backend()}")
     folder, source = cache.numba_cache_dir()
-    print(f"kernel cache: {folder} ({format_bytes(cache.folder_size(folder))}, from {source}; "
-          "empty it with `nnx cache clear`)")
+    size = cache.folder_size(folder)
+    print(f"kernel cache: {folder} ({format_bytes(size)}, from {source}; empty it with `nnx cache clear`)")
+    if source != "NUMBA_CACHE_DIR":  # kernels of other nnx versions or kernel sources, never loaded by this one
+        others = cache.folder_size(cache.cache_root()) - size
+        if others > 0:
+            print(f"other kernel folders under {cache.cache_root()} (other nnx versions or kernel sources): "
+                  f"{format_bytes(others)}, also emptied by `nnx cache clear`")
     return 0
 
 

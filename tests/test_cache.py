@@ -88,8 +88,15 @@ def test_backends_shows_the_cache_and_cache_clear_empties_it(monkeypatch, tmp_pa
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     assert f"kernel cache: {version_folder(tmp_path)} (2.93 KiB, from NNX_CACHE_DIR" in out
+    assert "other kernel folders" not in out
+    stale = tmp_path / nnx.__version__ / "numba-000000000000"  # another checkout's kernels
+    stale.mkdir()
+    (stale / "k.nbc").write_bytes(b"\0" * 1024)
+    assert main(["backends"]) == 0
+    assert f"other kernel folders under {tmp_path} (other nnx versions or kernel sources): 1.00 KiB" in (
+        capsys.readouterr().out)
     assert main(["cache", "clear"]) == 0
-    assert f"removed {tmp_path} (2.93 KiB)" in capsys.readouterr().out
+    assert f"removed {tmp_path} (3.93 KiB)" in capsys.readouterr().out
     assert not tmp_path.exists()
 
 
