@@ -348,6 +348,23 @@ def test_numba_without_scipy_blas_is_unavailable_with_the_fix():
     assert "SciPy" in reason and "pip install scipy" in reason and auto == "numpy" and not scipy_imported
 
 
+def test_numba_with_its_jit_disabled_is_unavailable_and_auto_trains_on_numpy():
+    code = textwrap.dedent("""
+        import json, sys
+        sys.modules['cupy'] = None
+        import nnx
+        X, y = nnx.datasets.moons(50, seed=0)
+        model = nnx.MLP([2, 3, 2]).fit(X, y, passes=3, verbose=0)
+        print(json.dumps([nnx.available_backends()['numba'], nnx.get_backend().name, model.backend_name]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    env["NUMBA_DISABLE_JIT"] = "1"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reason, auto, trained_on = json.loads(done.stdout)
+    assert "NUMBA_DISABLE_JIT" in reason and auto == trained_on == "numpy"
+
+
 # ------------------------------------------------- one code table, no identity fall-through
 @numba.njit(error_model="numpy")
 def _activation_values(code, libm, x, out, slope):

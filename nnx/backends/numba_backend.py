@@ -903,6 +903,9 @@ def check() -> None:
     major, minor = (int(p) for p in numba.__version__.split(".")[:2])
     if (major, minor) < (0, 59):
         raise BackendUnavailableError(f"numba {numba.__version__} is too old: pip install 'numba>=0.59'")
+    if numba.config.DISABLE_JIT:
+        raise BackendUnavailableError("NUMBA_DISABLE_JIT is set, and nnx's Numba kernels need the JIT: unset it "
+                                      "(the numpy backend runs the same math without compiling)")
     if not _scipy_blas_installed():
         raise BackendUnavailableError("numba's BLAS calls need SciPy's BLAS (scipy.linalg.cython_blas), which is not "
                                       "installed: pip install scipy")
