@@ -15,10 +15,21 @@ from nnx.backends import compile_aside
 
 pytestmark = pytest.mark.skipif(nnx.available_backends()["numba"] is not None, reason="numba unavailable here")
 
-FIT = """
+# Records, at each wait for a helper, whether this process had made the optimiser step before it.
+WAITS = """
 import json, sys
 import nnx
 from nnx.backends import compile_aside
+from nnx.kernels import cpu_update
+step_before_wait = []
+real_finish = compile_aside.finish
+def finish(helper):
+    step_before_wait.append(cpu_update.updater.cache_info().currsize > 0)
+    real_finish(helper)
+compile_aside.finish = finish
+"""
+
+FIT = WAITS + """
 from nnx.kernels import cpu_mlp1
 if sys.argv[1] == "failing-helper":  # a helper that starts and exits at once, having compiled nothing
     import subprocess
@@ -27,8 +38,8 @@ X, y = nnx.datasets.moons(200, noise=0.2, seed=0)
 model = nnx.MLP((2, 3, 2), seed=0)
 with nnx.use_backend("numba"):
     model.fit(X, y, passes=50, lr=0.01, l2=0.01, reduction="sum", verbose=0)
-print(json.dumps({"loaded": cpu_mlp1.chunk_kernel("2x2", "float64").cache_hits,
-                  "loss": model.history[50], "cores": compile_aside.usable_cores()}))
+print(json.dumps({"loaded": cpu_mlp1.chunk_kernel("2x2", "float64").cache_hits, "loss": model.history[50],
+                  "step_before_wait": step_before_wait, "cores": compile_aside.usable_cores()}))
 """
 
 
@@ -51,6 +62,8 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
     if result["cores"] < 2:
         pytest.skip("one usable core: no helper process is started")
     assert result["loaded"] == 1, "the fit compiled the kernel itself instead of loading the helper's"
+    # the helper compiles the chunk kernel (the longer compile): the fit makes the step before it waits
+    assert result["step_before_wait"] == [True]
     assert list((tmp_path / "cache").rglob("cpu_mlp1._chunk_2x2-*.nbi"))
     # the same training as a fit that compiles everything itself (a failed helper leaves it to the fit)
     fallback = _fit(tmp_path / "other-cache", "failing-helper")
@@ -58,12 +71,9 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
     assert fallback["loss"] == result["loss"]
 
 
-ASIDE_FIT = """
-import json, sys
+ASIDE_FIT = WAITS + """
 import numpy as np
-import nnx
-from nnx.backends import compile_aside
-from nnx.kernels import cpu_train, cpu_update
+from nnx.kernels import cpu_train
 rng = np.random.default_rng(0)
 if sys.argv[1] == "blas-only":
     X, y = rng.normal(size=(300, 784)), rng.integers(0, 10, 300)
@@ -76,7 +86,7 @@ with nnx.use_backend("numba"):
 hits = {f.__name__: sum(f._cache_hits.values()) for f in (cpu_train.rows_head, cpu_train.rows_grad_derivative)}
 hits["update"] = cpu_update.updater("gd", dtype).cache_hits
 print(json.dumps({"hits": hits, "blas_entry": bool(cpu_train.train_passes_blas.signatures),
-                  "cores": compile_aside.usable_cores()}))
+                  "step_before_wait": step_before_wait, "cores": compile_aside.usable_cores()}))
 """
 
 
@@ -84,13 +94,15 @@ print(json.dumps({"hits": hits, "blas_entry": bool(cpu_train.train_passes_blas.s
 def test_without_a_chunk_kernel_the_helper_takes_the_optimiser_step_and_row_helpers(tmp_path, network):
     """Where there is no chunk kernel, the entry point's compile is the long one: the helper
     compiles the optimiser step and, for BLAS layers only, the row helpers that compile reaches
-    last, in the signatures it calls them with; the fit loads them from the cache."""
+    last, in the signatures it calls them with; the fit loads them from the cache (and does
+    not make the step itself before it waits)."""
     result = _run(ASIDE_FIT, tmp_path, network)
     if result["cores"] < 2:
         pytest.skip("one usable core: no helper process is started")
     assert result["blas_entry"] == (network == "blas-only")
     rows = 1 if network == "blas-only" else 0
     assert result["hits"] == {"rows_head": rows, "rows_grad_derivative": rows, "update": 1}, result["hits"]
+    assert result["step_before_wait"] == [False]
 
 
 def test_no_helper_on_one_core_or_without_a_python_to_start(monkeypatch):
@@ -115,35 +127,3 @@ def test_an_interrupted_wait_stops_the_helper():
         compile_aside.finish(helper)
     assert helper.returncode is not None, "the helper was left running"
 
-
-ORDER_FIT = """
-import json, sys
-import nnx
-from nnx.backends import compile_aside
-from nnx.kernels import cpu_update
-seen = []
-real_finish = compile_aside.finish
-def finish(helper):
-    seen.append(cpu_update.updater.cache_info().currsize > 0)  # the step made here before the wait?
-    real_finish(helper)
-compile_aside.finish = finish
-if sys.argv[1] == "chunk-kernel":
-    X, y = nnx.datasets.moons(200, noise=0.2, seed=0)
-    model = nnx.MLP((2, 3, 2))
-else:
-    X, y = nnx.datasets.xor()
-    model = nnx.MLP((2, 2, 1), hidden="sigmoid", output="sigmoid", init="uniform")
-with nnx.use_backend("numba"):
-    model.fit(X, y, passes=3, verbose=0)
-print(json.dumps({"step_before_wait": seen, "cores": compile_aside.usable_cores()}))
-"""
-
-
-@pytest.mark.parametrize("network", ["chunk-kernel", "tiny"])
-def test_the_fit_compiles_the_optimiser_step_before_waiting_unless_the_helper_does(tmp_path, network):
-    """While the helper compiles a chunk kernel (the longer compile), the fit compiles the
-    optimiser step before it waits; where there is no chunk kernel, the helper compiles the step."""
-    result = _run(ORDER_FIT, tmp_path, network)
-    if result["cores"] < 2:
-        pytest.skip("one usable core: no helper process is started")
-    assert result["step_before_wait"] == [network == "chunk-kernel"]
