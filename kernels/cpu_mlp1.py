@@ -144,7 +144,7 @@ def _chunk_any(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
                 for n in range(nb):
                     acc += hb[j, n] * g[c, n]
                 dW2[j, c] += acc
-            grad_times_derivative(code, d, 0, hb, j, nb)
+            grad_times_derivative(code, d, np.int64(0), hb, j, nb)  # not a literal 0: one compile with the row helpers'
             acc = zero
             for n in range(nb):
                 acc += d[0, n]
@@ -567,6 +567,23 @@ def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
     """The C-callable chunk kernel ``name`` (``CHUNK_KERNELS``) for ``dtype`` (compiled on first
     use, then loaded from the disk cache); with ``cached_only``, whether it is made or on disk."""
     return c_kernel(CHUNK_KERNELS[name], _chunk_signature(dtype), cached_only=cached_only)
+
+
+def late_callees(name: str, dtype: str, entry: str) -> list:
+    """(function, argument types) for the separately compiled functions chunk kernel ``name`` calls
+    last, in the types it calls them with, the last first. A fit compiles these while a helper
+    process compiles the kernel (``compile_aside``), which then finds them in the cache: the
+    helper's compile is the longer one (2-core machine, float64: ``2x2`` 3.4 s of which these
+    0.5 s, the fit's own 2.3 s; ``any`` 5.8 s of which these 1.5 s). The first callees stay with
+    the helper: it reaches them before the fit could have them ready. Every entry point
+    (``entry``) of these networks is as short a compile."""
+    f = DTYPES[dtype]
+    a1, a2, i = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
+    if name == "2x2":
+        return [(_softmax2_grad32 if dtype == "float32" else _softmax2_grad64, (f,) * 5)]
+    return [(grad_times_derivative, (i, a2, i, a2, i, i)),
+            (squared_error_block, (i, a2, a2, i, i, f, a2, types.boolean)),
+            (softmax_xent_block, (a2, a2, i, i, f, a2, a1, a1, types.boolean))]
 
 
 def compile_aside(name: str, dtype: str) -> None:

@@ -39,7 +39,9 @@ model = nnx.MLP((2, 3, 2), seed=0)
 with nnx.use_backend("numba"):
     model.fit(X, y, passes=50, lr=0.01, l2=0.01, reduction="sum", verbose=0)
 print(json.dumps({"loaded": cpu_mlp1.chunk_kernel("2x2", "float64").cache_hits, "loss": model.history[50],
-                  "step_before_wait": step_before_wait, "cores": compile_aside.usable_cores()}))
+                  "step_before_wait": step_before_wait, "cores": compile_aside.usable_cores(),
+                  "late_callee_signatures": [len(function.signatures)
+                                             for function, _ in cpu_mlp1.late_callees("2x2", "float64", "train")]}))
 """
 
 
@@ -69,6 +71,35 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
     fallback = _fit(tmp_path / "other-cache", "failing-helper")
     assert fallback["loaded"] == 0
     assert fallback["loss"] == result["loss"]
+    # the fit compiled the kernel's last callees before it waited, and then the kernel itself
+    # (the helper made nothing): the kernel called them in the types they were compiled for
+    assert result["late_callee_signatures"] == [1]
+    assert fallback["late_callee_signatures"] == [1]
+
+
+LATE_CALLEES = """
+import json, sys
+from nnx.kernels import cpu_mlp1, cpu_train
+dtype = sys.argv[1]
+counts = {}
+for module, name, entry in ((cpu_mlp1, "any", "train"), (cpu_train, "fused", "train_passes_fused")):
+    callees = module.late_callees(name, dtype, entry)
+    for function, types in callees:
+        function.compile(types)
+    module.chunk_kernel(name, dtype)
+    counts[name] = [len(function.signatures) for function, _ in callees]
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_fit_compiles_the_callees_a_chunk_kernel_reaches_last_in_the_types_the_kernel_calls_them_with(
+        tmp_path, dtype):
+    """What a fit compiles while the helper compiles the chunk kernel (``late_callees``) is what the
+    kernel's compile then finds made: a second signature of any of them would mean the kernel
+    compiled it again, in other types."""
+    counts = _run(LATE_CALLEES, tmp_path, dtype)
+    assert counts == {"any": [1, 1, 1], "fused": [1, 1]}, counts
 
 
 ASIDE_FIT = WAITS + """

@@ -625,8 +625,10 @@ class NumbaBackend(Backend):
         """On a cold cache, a helper process (``compile_aside``) compiles what the entry point calls
         while this one compiles the entry point; what the helper made is then loaded from the
         cache. The helper takes the chunk kernel where there is one (the longer compile of the
-        two); otherwise, when the entry point is certain to compile here, the optimiser step and,
-        for networks of BLAS layers only, the row helpers the entry point's compile reaches last."""
+        two), and this process first compiles the functions that kernel calls last
+        (``late_callees``); otherwise, when the entry point is certain to compile here, the
+        helper takes the optimiser step and, for networks of BLAS layers only, the row helpers
+        the entry point's compile reaches last."""
         from ..kernels import cpu_mlp1, cpu_train, cpu_update
 
         module, kernels = ("cpu_mlp1", cpu_mlp1) if plan.mlp1 else ("cpu_train", cpu_train)
@@ -645,6 +647,9 @@ class NumbaBackend(Backend):
             return
         step_aside = any(job_module == "cpu_update" for job_module, _ in jobs)
         try:
+            if any(name == plan.chunk_kernel for _, name in jobs):  # what the helper's compile reaches last
+                for function, argument_types in kernels.late_callees(plan.chunk_kernel, net.dtype, plan.kernel):
+                    function.compile(argument_types)
             kernel, args = self._kernel_call(plan, net, data, objective, optimizer, *call, typing_only=True)
             kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # or loads it from the cache
             if not step_aside:  # the optimiser step here, while the helper works
