@@ -40,6 +40,8 @@ COLD_CASES = [
     ("tutorial-float32", (2, 3, 2), "tanh", "softmax", "float32", 200),
     ("xor-2-2-1", (2, 2, 1), "sigmoid", "sigmoid", "float64", 4),
     ("moons-2-64-2-chunked", (2, 64, 2), "tanh", "softmax", "float64", 5000),
+    ("one-hidden-2-8-1-sigmoid", (2, 8, 1), "sigmoid", "sigmoid", "float64", 200),
+    ("deep-all-fused-2-8-8-2", (2, 8, 8, 2), "tanh", "softmax", "float64", 200),
     ("deep-fused-2-16-16-2", (2, 16, 16, 2), "tanh", "softmax", "float64", 200),
     ("deep-chunked-2-256-256-2", (2, 256, 256, 2), "relu", "softmax", "float64", 4000),
     ("blas-784-256-10", (784, 256, 10), "tanh", "softmax", "float32", 1000),
