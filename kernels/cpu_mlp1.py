@@ -144,7 +144,7 @@ def _chunk_any(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
                 for n in range(nb):
                     acc += hb[j, n] * g[c, n]
                 dW2[j, c] += acc
-            grad_times_derivative(code, d, np.int64(0), hb, j, nb)  # not a literal 0: one compile with the row helpers'
+            grad_times_derivative(code, d, np.int64(0), hb, j, nb)  # a literal 0 would compile a second specialisation
             acc = zero
             for n in range(nb):
                 acc += d[0, n]
@@ -575,8 +575,8 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     process compiles the kernel (``compile_aside``), which then finds them in the cache: the
     helper's compile is the longer one (2-core machine, float64: ``2x2`` 3.4 s of which these
     0.5 s, the fit's own 2.3 s; ``any`` 5.8 s of which these 1.5 s). The first callees stay with
-    the helper: it reaches them before the fit could have them ready. Every entry point
-    (``entry``) of these networks is as short a compile."""
+    the helper: it reaches them before the fit could have them ready. ``entry`` does not change
+    the list: every one-hidden-layer entry point is about as short a compile."""
     f = DTYPES[dtype]
     a1, a2, i = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
     if name == "2x2":
