@@ -161,4 +161,3 @@ def test_an_interrupted_wait_stops_the_helper():
     with pytest.raises(KeyboardInterrupt):
         compile_aside.finish(helper)
     assert helper.returncode is not None, "the helper was left running"
-

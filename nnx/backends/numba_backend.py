@@ -647,7 +647,7 @@ class NumbaBackend(Backend):
             return
         step_aside = any(job_module == "cpu_update" for job_module, _ in jobs)
         try:
-            if any(name == plan.chunk_kernel for _, name in jobs):  # what the helper's compile reaches last
+            if plan.chunk_kernel:  # the helper compiles it: first what its compile reaches last
                 for function, argument_types in kernels.late_callees(plan.chunk_kernel, net.dtype, plan.kernel):
                     function.compile(argument_types)
             kernel, args = self._kernel_call(plan, net, data, objective, optimizer, *call, typing_only=True)
