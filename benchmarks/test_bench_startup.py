@@ -42,7 +42,7 @@ COLD_CASES = [
     ("moons-2-64-2-chunked", (2, 64, 2), "tanh", "softmax", "float64", 5000),
     ("one-hidden-2-8-1-sigmoid", (2, 8, 1), "sigmoid", "sigmoid", "float64", 200),
     ("deep-all-fused-2-8-8-2", (2, 8, 8, 2), "tanh", "softmax", "float64", 200),
-    ("deep-fused-2-16-16-2", (2, 16, 16, 2), "tanh", "softmax", "float64", 200),
+    ("deep-mixed-2-32-32-2", (2, 32, 32, 2), "tanh", "softmax", "float64", 200),
     ("deep-chunked-2-256-256-2", (2, 256, 256, 2), "relu", "softmax", "float64", 4000),
     ("blas-784-256-10", (784, 256, 10), "tanh", "softmax", "float32", 1000),
 ]

@@ -56,6 +56,20 @@ def test_paths_follow_the_smallest_dimension_not_the_width():
     assert layer_paths(Network((2, 500, 3)), fused_max_dim=ALL_BLAS) == ["blas", "blas"]
 
 
+def test_layers_small_on_both_sides_join_the_fused_run():
+    """At most 2 x FUSED_MAX_DIM (16) on both sides: fused, so 2-16-16-2 is one fused run; a
+    wider side keeps a layer on BLAS unless its other side is at most FUSED_MAX_DIM."""
+    assert FUSED_MAX_DIM == 8
+    assert layer_paths(Network((2, 16, 16, 2))) == ["fused", "fused", "fused"]
+    assert layer_paths(Network((2, 17, 17, 2))) == ["fused", "blas", "fused"]
+    assert layer_paths(Network((16, 16, 16))) == ["fused", "fused"]
+    assert layer_paths(Network((784, 16, 10))) == ["blas", "fused"]
+    assert layer_paths(Network((784, 17, 10))) == ["blas", "blas"]
+    assert layer_paths(Network((2, 16, 16, 2)), fused_max_dim=ALL_BLAS) == ["blas", "blas", "blas"]
+    assert not make_plan(Network((4, 16, 16, 3)), 150).mlp1
+    assert make_plan(Network((10, 16, 3)), 150).mlp1
+
+
 def test_fused_run_never_stores_the_hidden_activations():
     plan = make_plan(Network((2, 4096, 2)), 4096)
     assert plan.acts.size == 1 and plan.deltas.size == 1  # nothing N x H

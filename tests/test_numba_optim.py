@@ -41,7 +41,7 @@ OPTIMIZERS = {
 }
 NETS = {
     "tutorial003": Network((2, 3, 2), "tanh", "softmax"),
-    "relu3": Network((2, 16, 16, 16, 2), "relu", "softmax"),
+    "relu3": Network((2, 20, 20, 20, 2), "relu", "softmax"),  # by default fused, BLAS, BLAS, fused
 }
 # Each net on its default path and on the paths it takes when forced to BLAS or fused layers.
 PATHS = {"default": None, "blas": ALL_BLAS, "fused": ALL_FUSED}

@@ -129,7 +129,7 @@ def test_crash_variants_survive_and_match_sequential_fits(numba_available, passe
 CASES = {
     "serial": ([2, 64, 2], 2000, 24, 3),     # the case: one-hidden-layer kernel on one thread
     "chunked": ([2, 64, 2], 4096, 6, 2),     # the same shape, enough samples to split across threads
-    "deep": ([2, 16, 16, 2], 1000, 24, 3),   # fused layer, BLAS layer, fused head
+    "deep": ([2, 32, 32, 2], 1000, 24, 3),   # fused layer, BLAS layer, fused head
 }
 
 
