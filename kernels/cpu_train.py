@@ -74,10 +74,12 @@ def _block(buf, off, rows, bs):
     return buf[off:off + rows * bs].reshape((rows, bs))
 
 
-@njit(**_SHARED)  # compiled once, into its C-callable kernel (``chunk_kernel``)
-def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas,
-                act_off, r0, r1, bs, buf, pgrad, pg_off, scale):
-    """Stream samples r0..r1 through fused layers t0..t1 in blocks of ``bs``.
+def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, xt, tt, acts, deltas, act_off, r0, r1, bs,
+                buf, pgrad, pg_off, scale, n_layers, n_theta, x_cols, t_cols, n_stored, n_buf, n_pg):
+    """Stream samples r0..r1 through fused layers t0..t1 in blocks of ``bs``: the C-callable
+    kernel of the fused runs (``chunk_kernel``), its arrays as pointers with the sizes it
+    views them with (nothing is copied). Written as one function, not a wrapper around an
+    inlined one: Numba's inlining copies a large function's IR at a cost of half a second.
 
     MODE_FORWARD stores the run's output; MODE_BACKWARD recomputes the run's
     activations and back-propagates the stored delta at its output;
@@ -86,7 +88,19 @@ def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, T
     gradients of this chunk accumulate in ``pgrad``; when the run does not start
     at the input, the delta at its input is stored for the layer before.
     """
-    n_layers = sizes.size - 1
+    sizes = carray(sizes, (n_layers + 1,))
+    codes = carray(codes, (n_layers,))
+    w_off = carray(w_off, (n_layers,))
+    theta = carray(theta, (n_theta,))
+    XT = carray(xt, (sizes[0], x_cols))
+    TT = carray(tt, (sizes[n_layers], t_cols))
+    acts = carray(acts, (n_stored,))
+    deltas = carray(deltas, (n_stored,))
+    act_off = carray(act_off, (n_layers,))
+    buf = carray(buf, (n_buf,))
+    pgrad = carray(pgrad, (n_pg,))
+    pg_off = carray(pg_off, (n_layers,))
+    scale = like(theta, scale)
     n_in = sizes[t0]
     maxw = n_in
     for layer in range(t0, t1 + 1):
@@ -196,8 +210,8 @@ def _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, n_chunks):
 @njit(**_SHARED)
 def _fused_call(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas, act_off,
                 r0, r1, bs, buf, pgrad, pg_off, scale):
-    """``fused_chunk`` through the C-callable kernel at address ``kernel`` (arrays as pointers,
-    with the sizes it rebuilds them from)."""
+    """``fused_chunk``, the C-callable kernel at address ``kernel`` (arrays as pointers, with the
+    sizes it rebuilds them from)."""
     return c_call_float(kernel, (mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas,
                                  act_off, r0, r1, bs, buf, pgrad, pg_off, np.float64(scale), np.int64(codes.size),
                                  np.int64(theta.size), np.int64(XT.shape[1]), np.int64(TT.shape[1]),
@@ -446,19 +460,6 @@ def train_passes_blas(n_updates, want_loss, sizes, codes, head, w_off, b_off, ac
 
 
 # ------------------------------------------------------------ fused-run kernel
-def _fused_chunk_by_pointer(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, xt, tt, acts, deltas, act_off,
-                            r0, r1, bs, buf, pgrad, pg_off, scale, n_layers, n_theta, x_cols, t_cols, n_stored, n_buf,
-                            n_pg):
-    """``fused_chunk`` on the arrays behind the pointers (views: nothing is copied)."""
-    sizes = carray(sizes, (n_layers + 1,))
-    theta = carray(theta, (n_theta,))
-    return fused_chunk(mode, t0, t1, sizes, carray(codes, (n_layers,)), head, carray(w_off, (n_layers,)), theta,
-                       n_samples, carray(xt, (sizes[0], x_cols)), carray(tt, (sizes[n_layers], t_cols)),
-                       carray(acts, (n_stored,)), carray(deltas, (n_stored,)), carray(act_off, (n_layers,)), r0, r1,
-                       bs, carray(buf, (n_buf,)), carray(pgrad, (n_pg,)), carray(pg_off, (n_layers,)),
-                       like(theta, scale))
-
-
 @functools.lru_cache(maxsize=None)
 def _fused_signature(dtype: str):
     p, q, i = types.CPointer(DTYPES[dtype]), types.CPointer(types.int64), types.int64
@@ -466,7 +467,7 @@ def _fused_signature(dtype: str):
                          i)
 
 
-CHUNK_KERNELS = {"fused": _fused_chunk_by_pointer}
+CHUNK_KERNELS = {"fused": fused_chunk}
 
 
 def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
@@ -479,18 +480,19 @@ def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
 def late_callees(name: str, dtype: str, entry: str) -> list:
     """(function, argument types) for separately compiled functions chunk kernel ``name`` calls, in
     the types it calls them with: a fit compiles them, in this order, while a helper process
-    compiles the kernel (``compile_aside``), which then finds them in the cache. First the
-    activations' loops, which the kernel reaches early and the BLAS layers' row helpers need too
-    (without this, both processes compile them); then, where ``entry`` runs fused layers only
-    (``train_passes_fused``, serial or chunked; one with BLAS layers too is the longer compile of
-    the two), the backward block, which the kernel reaches last. On 2 cores, 2-8-8-2 float64: the
-    kernel 8.7 s, of which these 3 s."""
+    compiles the kernel (``compile_aside``), which then finds them in the cache. Where ``entry``
+    has BLAS layers too: the activations' loops, which the kernel reaches first and the BLAS
+    layers' row helpers need too (without this, both processes compile them). Where it runs
+    fused layers only (``train_passes_fused``, serial or chunked), the fit needs none of the
+    kernel's functions itself and takes the two it can have ready before the kernel reaches
+    them: the squared-error head and the backward block (the kernel reaches the softmax head
+    first, too early). On 2 cores, 2-16-16-2 float64: the kernel 7.3 s, these two 1.8 s of it."""
     f = DTYPES[dtype]
     a1, a2, i = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
-    callees = [(activate, (i, a2, i, i))]
-    if entry.startswith("train_passes_fused"):
-        callees.append((backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)))
-    return callees
+    if not entry.startswith("train_passes_fused"):
+        return [(activate, (i, a2, i, i))]
+    return [(squared_error_block, (i, a2, a2, i, i, f, a2, types.boolean)),
+            (backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i))]
 
 
 def row_helpers(dtype: str) -> None:
