@@ -58,8 +58,11 @@ MAX_BLOCK = 512
 # Numba's default ``workqueue`` threading layer aborts the process when two threads
 # enter parallel regions at once; nnx runs its parallel kernels one at a time.
 _PARALLEL_LOCK = threading.Lock()
-# One-hidden-layer fits with at most this many samples x hidden units run sample by sample
-# (XOR's 4 x 2): blocks of samples would be all loop set-up and remainder there.
+# One-hidden-layer fits with at most TINY_MAX_SAMPLES samples (rows of a minibatch) and
+# TINY_MAX_WORK samples x hidden units run sample by sample (XOR's 4 x 2): with fewer samples
+# than a vector holds, blocks would be all loop set-up and remainder. From 8 samples on, the
+# blocks were faster (benchmarks/test_bench_plan.py: 2-2-1 to 2-16-1, float64 and float32).
+TINY_MAX_SAMPLES = 7
 TINY_MAX_WORK = 256
 # Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
 COMPILED_PREDICT_MIN = 1 << 16
@@ -365,7 +368,7 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         pg_size = n_params
     if mlp1:
         fast = shapes[0][0] == 2 and shapes[1][1] == 2 and net.output == "softmax" and net.hidden == "tanh"
-        tiny = n_samples * shapes[0][1] <= TINY_MAX_WORK and not fast
+        tiny = n_samples <= TINY_MAX_SAMPLES and n_samples * shapes[0][1] <= TINY_MAX_WORK and not fast
         kernel = "train_tiny" if tiny else "train"
         chunk_kernel = "" if tiny else "2x2" if fast else "any"
         parallel = chunks > 1
@@ -614,6 +617,8 @@ class NumbaBackend(Backend):
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
         call = (plan, net, data, objective, optimizer, lrs, batches, step, want_loss, record, every)
+        if plan.parallel and not plan.ready:
+            _start_threading_layer()  # before its entry point loads from the cache
         if not plan.ready:  # a fit's first call: whatever must compile compiles here
             if ANNOUNCE_COMPILES.get() and not self._compiled(*call):
                 print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
@@ -822,6 +827,18 @@ def _has_cache_index(kernel) -> bool:
         return bool(kernel.overloads) or has_cache_index(kernel._cache)
     except AttributeError:  # Numba's internals moved (or no cache): assume there is, so nothing more starts
         return True
+
+
+def _start_threading_layer() -> None:
+    """Start Numba's threading layer (once per process), which chunked entry points run on.
+
+    Numba starts it when it compiles a parallel loop, or loads from the cache a function that
+    holds one, but not for a cached function that reaches its loop through a callee that was
+    itself loaded from the cache when the function compiled (numba/numba#4807): loading such an
+    entry point alone then failed to link (``allocate_sched``) or crashed."""
+    import numba
+
+    numba.get_num_threads()
 
 
 def _loaded(kernel, args) -> bool:
