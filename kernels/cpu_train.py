@@ -480,19 +480,21 @@ def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
 def late_callees(name: str, dtype: str, entry: str) -> list:
     """(function, argument types) for separately compiled functions chunk kernel ``name`` calls, in
     the types it calls them with: a fit compiles them, in this order, while a helper process
-    compiles the kernel (``compile_aside``), which then finds them in the cache. Where ``entry``
-    has BLAS layers too: the activations' loops, which the kernel reaches first and the BLAS
-    layers' row helpers need too (without this, both processes compile them). Where it runs
-    fused layers only (``train_passes_fused``, serial or chunked), the fit needs none of the
-    kernel's functions itself and takes the two it can have ready before the kernel reaches
-    them: the squared-error head and the backward block (the kernel reaches the softmax head
-    first, too early). On 2 cores, 2-16-16-2 float64: the kernel 7.3 s, these two 1.8 s of it."""
+    compiles the kernel (``compile_aside``), which then finds them in the cache. First the
+    activations' loops, which the kernel reaches after its own set-up and the BLAS layers' row
+    helpers need too (without this, both processes compile them). Then, where ``entry`` runs
+    fused layers only (``train_passes_fused``, serial or chunked; one with BLAS layers too is
+    the longer compile of the two), the backward block and the squared-error head, which the
+    kernel reaches after compiling the softmax head (the fit could not have that one ready in
+    time). 2-8-8-2 float64 on 2 cores, timelines of both processes: the helper's kernel about
+    8 s, of which these 3.5 s."""
     f = DTYPES[dtype]
     a1, a2, i = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
-    if not entry.startswith("train_passes_fused"):
-        return [(activate, (i, a2, i, i))]
-    return [(squared_error_block, (i, a2, a2, i, i, f, a2, types.boolean)),
-            (backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i))]
+    callees = [(activate, (i, a2, i, i))]
+    if entry.startswith("train_passes_fused"):
+        callees += [(backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)),
+                    (squared_error_block, (i, a2, a2, i, i, f, a2, types.boolean))]
+    return callees
 
 
 def row_helpers(dtype: str) -> None:

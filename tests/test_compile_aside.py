@@ -100,7 +100,7 @@ def test_a_fit_compiles_the_callees_a_chunk_kernel_reaches_last_in_the_types_the
     kernel's compile then finds made: a second signature of any of them would mean the kernel
     compiled it again, in other types."""
     counts = _run(LATE_CALLEES, tmp_path, dtype)
-    assert counts == {"train": [1, 1, 1], "train_passes": [1], "train_passes_fused": [1, 1]}, counts
+    assert counts == {"train": [1, 1, 1], "train_passes": [1], "train_passes_fused": [1, 1, 1]}, counts
 
 
 ASIDE_FIT = WAITS + """

@@ -47,9 +47,9 @@ from .base import BOOKKEEPING_BYTES, Backend, Data, learning_rates, validated_ta
 
 # Layers whose smaller side is at most this many units take the fused path, and so do layers
 # at most twice this on both sides: a product that small gains nothing from BLAS, and the
-# layer joins its neighbours' fused run (benchmarks/test_bench_layer_paths.py: 2-16-16-2,
-# 4-16-16-3, 10-16-3 and 2-12-12-12-2 ran 1.3-2.0x faster a pass than with those layers on
-# BLAS, on 2 cores; 32 x 32 layers were slower fused at N=200).
+# layer joins its neighbours' fused run (benchmarks/test_bench_plan.py: 2-16-16-2, 4-16-16-3,
+# 10-16-3 and 2-12-12-12-2 ran 1.2-2.0x faster a pass than with those layers on BLAS, on 2
+# cores; 32 x 32 layers were slower fused at N=200).
 FUSED_MAX_DIM = 8
 # Target elements of one fused block (feature x sample buffers). Longer blocks
 # amortise the per-row reductions over samples (64 samples for H=4096 measured best).
@@ -617,9 +617,9 @@ class NumbaBackend(Backend):
         """The compiled call; returns the summed data loss of all samples at the new parameters
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
         call = (plan, net, data, objective, optimizer, lrs, batches, step, want_loss, record, every)
-        if plan.parallel and not plan.ready:
-            _start_threading_layer()  # before its entry point loads from the cache
         if not plan.ready:  # a fit's first call: whatever must compile compiles here
+            if plan.parallel:
+                _start_threading_layer()  # before its entry point loads from the cache
             if ANNOUNCE_COMPILES.get() and not self._compiled(*call):
                 print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
                       "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
