@@ -72,7 +72,9 @@ def test_readme_commands_work_one_after_the_other(tmp_path):
                                   capture_output=True, text=True, check=True).stdout.strip())
     installed = purelib / "nnx"
     assert not [p for p in installed.rglob("*") if p.suffix in (".nbi", ".nbc")], "kernels cached in site-packages"
-    if re.search(r"^backend: .*numba", trained.stdout, re.M):  # NumPy while the kernels compile in the background
+    # On numba, a cold cache trains on NumPy while the kernels compile in the background, unless
+    # NumPy's run is estimated over BACKGROUND_MAX_NUMPY_S (a loaded machine): then it compiles first
+    if re.search(r"^backend: .*numba", trained.stdout, re.M) and "first use of these kernels" not in trained.stdout:
         assert "they compile in the background" in trained.stdout, trained.stdout[:2000]
         assert background_compile.wait(cache, 300), "the background compile did not finish"
         log = next(cache.rglob("background-compile.log")).read_text()
