@@ -87,7 +87,7 @@ for module, name, entry in ((cpu_mlp1, "any", "train"), (cpu_train, "fused", "tr
     callees = module.late_callees(name, dtype, entry)
     for function, types in callees:
         function.compile(types)
-    module.chunk_kernel(name, dtype)  # the second time, made: the heads' types are checked against its
+    module.chunk_kernel(name, dtype)  # "fused" compiles once: a later list's types are checked against its
     counts[entry] = [len(function.signatures) for function, _ in callees]
 print(json.dumps(counts))
 """

@@ -70,6 +70,17 @@ def test_layers_small_on_both_sides_join_the_fused_run():
     assert make_plan(Network((10, 16, 3)), 150).mlp1
 
 
+def test_only_fits_of_fewer_than_8_samples_run_sample_by_sample():
+    """The sample-by-sample kernel below 8 samples (rows of a minibatch) and 256 samples x hidden
+    units; blocks of samples from 8 on, where they were faster (benchmarks/test_bench_plan.py)."""
+    xor = Network((2, 2, 1), "sigmoid", "sigmoid")
+    assert make_plan(xor, 4).kernel == "train_tiny" and make_plan(xor, 7).kernel == "train_tiny"
+    assert make_plan(xor, 8).kernel == "train" and make_plan(xor, 32).kernel == "train"
+    assert make_plan(Network((2, 64, 1), "sigmoid", "sigmoid"), 4).kernel == "train_tiny"
+    assert make_plan(Network((2, 65, 1), "sigmoid", "sigmoid"), 4).kernel == "train"
+    assert make_plan(xor, 1000, batch_rows=4).kernel == "train_tiny"
+
+
 def test_fused_run_never_stores_the_hidden_activations():
     plan = make_plan(Network((2, 4096, 2)), 4096)
     assert plan.acts.size == 1 and plan.deltas.size == 1  # nothing N x H
