@@ -218,7 +218,9 @@ sizes = tuple(map(int, sys.argv[1].split("-")))
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(20000, 2)), rng.integers(0, 2, 20000)
 assert numba_backend.make_plan(Network(sizes), len(X)).kernel == sys.argv[2]
-with nnx.use_backend("numba"):
+with nnx.use_backend("numba") as backend:
+    if sys.argv[3:] == ["ask-first"]:  # as `nnx train` does: is it cached? (that loads the entry point)
+        assert backend.kernels_cached(Network(sizes), len(X))
     model = nnx.MLP(sizes).fit(X, y, passes=2, log_every=1, verbose=0)
 print(repr(model.history), repr(model.params[0][0].sum()))
 """
@@ -229,16 +231,18 @@ def test_a_parallel_entry_point_compiled_beside_a_cached_parallel_callee_loads_a
     function holding one, but not for a cached function that reaches its loop through a callee
     that was itself loaded from the cache when it compiled (numba/numba#4807). Here the chunked
     fused-only entry point compiles while the chunked runner it shares with the mixed entry point
-    comes from the cache; a third process loading that entry point alone then crashed."""
+    comes from the cache; a later process loading that entry point alone (to fit, or first to
+    ask whether it is cached, as ``nnx train`` does) then crashed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NNX_CACHE_DIR", "NUMBA_CACHE_DIR"))}
     env["NNX_CACHE_DIR"] = str(tmp_path)
 
-    def fit(sizes: str, kernel: str) -> str:
-        done = subprocess.run([sys.executable, "-c", PARALLEL_FIT, sizes, kernel], capture_output=True, text=True,
-                              env=env, timeout=600)
+    def fit(sizes: str, kernel: str, *how: str) -> str:
+        done = subprocess.run([sys.executable, "-c", PARALLEL_FIT, sizes, kernel, *how], capture_output=True,
+                              text=True, env=env, timeout=600)
         assert done.returncode == 0, f"{sizes} exited with {done.returncode}: {done.stderr[-2000:]}"
         return done.stdout
 
     fit("2-32-32-2", "train_passes_parallel")  # compiles and caches the chunked runner
     compiled = fit("2-8-8-2", "train_passes_fused_parallel")  # compiles its entry point, the runner from the cache
     assert fit("2-8-8-2", "train_passes_fused_parallel") == compiled  # everything from the cache
+    assert fit("2-8-8-2", "train_passes_fused_parallel", "ask-first") == compiled

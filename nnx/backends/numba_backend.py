@@ -618,8 +618,6 @@ class NumbaBackend(Backend):
         when asked (and the one-hidden-layer kernels fill ``record``, see ``_train``)."""
         call = (plan, net, data, objective, optimizer, lrs, batches, step, want_loss, record, every)
         if not plan.ready:  # a fit's first call: whatever must compile compiles here
-            if plan.parallel:
-                _start_threading_layer()  # before its entry point loads from the cache
             if ANNOUNCE_COMPILES.get() and not self._compiled(*call):
                 print(f"nnx: compiling the numba kernel for {'-'.join(map(str, net.layer_sizes))} {net.dtype} "
                       "(first use; several seconds, cached for later runs)", file=sys.stderr, flush=True)
@@ -691,6 +689,8 @@ class NumbaBackend(Backend):
         entry point needs) and null addresses, and must never be run."""
         from ..kernels import cpu_gather, cpu_mlp1, cpu_train
 
+        if plan.parallel and not plan.ready:
+            _start_threading_layer()  # before the entry point loads from the cache (or compiles)
         kit = _typing_kit(net) if typing_only else self._call_kit(plan, net, data, objective, optimizer)
         n = data.n_samples
         order, bounds = _NO_INDEX, _NO_INDEX
