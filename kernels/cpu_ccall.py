@@ -71,6 +71,15 @@ c_call_float = _returning(types.float64, ir.DoubleType(), "c_call_float")
 
 # The kernels' dtypes, by the names nnx uses.
 DTYPES = {"float32": types.float32, "float64": types.float64}
+
+
+def value_types(dtype: str) -> tuple:
+    """(scalar, 1-D array, 2-D array) types of ``dtype`` as kernels pass parameters and buffers
+    (C-contiguous): what a callee is compiled for ahead of the kernel that calls it."""
+    f = DTYPES[dtype]
+    return f, types.Array(f, 1, "C"), types.Array(f, 2, "C")
+
+
 # C-callable kernels made in this process, by (Python source, signature, fast math).
 _MADE: dict = {}
 

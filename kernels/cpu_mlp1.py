@@ -37,7 +37,7 @@ from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, 
 from .cpu_math import (CACHE, FASTMATH, _is32, _vexp32, like, log1p_exp, rational_exp_below_zero, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block
-from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel
+from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel, value_types
 
 # What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
 # same forward pass (the update after a logging point, whose forward gives that point's loss);
@@ -577,8 +577,8 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     0.5 s, the fit's own 2.3 s; ``any`` 5.8 s of which these 1.5 s). The first callees stay with
     the helper: it reaches them before the fit could have them ready. ``entry`` does not change
     the list: every one-hidden-layer entry point is about as short a compile."""
-    f = DTYPES[dtype]
-    a1, a2, i = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
+    f, a1, a2 = value_types(dtype)
+    i = types.int64
     if name == "2x2":
         return [(_softmax2_grad32 if dtype == "float32" else _softmax2_grad64, (f,) * 5)]
     return [(grad_times_derivative, (i, a2, i, a2, i, i)),

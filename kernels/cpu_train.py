@@ -28,7 +28,7 @@ from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH, like
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
 from .cpu_squared import squared_error_block, squared_error_rows
-from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel
+from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel, value_types
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
 MODE_FORWARD, MODE_BACKWARD, MODE_HEAD, MODE_LOSS = 0, 1, 2, 3
@@ -488,8 +488,8 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     kernel reaches after compiling the softmax head (the fit could not have that one ready in
     time). 2-8-8-2 float64 on 2 cores, timelines of both processes: the helper's kernel about
     8 s, of which these 3.5 s."""
-    f = DTYPES[dtype]
-    a1, a2, i = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
+    f, a1, a2 = value_types(dtype)
+    i = types.int64
     callees = [(activate, (i, a2, i, i))]
     if entry.startswith("train_passes_fused"):
         callees += [(backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)),
@@ -502,7 +502,7 @@ def row_helpers(dtype: str) -> None:
     entry points call them (every array C-contiguous, scalars in the parameters' dtype): the
     ones an entry point's compile reaches last, so a helper process compiling them beside it
     (``compile_aside``, for networks with no fused runs) has them in the cache in time."""
-    a2, f = types.Array(DTYPES[dtype], 2, "C"), DTYPES[dtype]
+    f, _, a2 = value_types(dtype)
     rows_head.compile((types.int64, a2, a2, a2, f, types.boolean))
     rows_grad_derivative.compile((a2, a2, types.int64))
 
