@@ -41,6 +41,8 @@ trap 'rm -rf "$WORK"' EXIT
 LOGS="$WORK/logs"
 mkdir -p "$OUT" "$LOGS"
 export NUMBA_CACHE_DIR="$WORK/numba-cache"
+# nnx keeps its kernels here too: a fresh cache, and no need for platformdirs (not in every GPU image).
+export NNX_CACHE_DIR="$WORK/nnx-cache"
 STEPS=()
 FAILED=0
 STOPPED=false

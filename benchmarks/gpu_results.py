@@ -6,9 +6,10 @@ The folder is what ``benchmarks/gpu_check.sh`` leaves in ``$OUT``:
 ``environment.json`` (GPU, driver, CUDA, CuPy, CPU), ``steps.json`` (each step's
 status and seconds), ``smoke.json`` (kernels, parity, CUDA-event timings),
 ``gpu-tests.xml`` (the ``gpu``-marked tests, JUnit) and ``bench.json`` (``nnx
-bench`` on the GPU targets plus the same machine's Numba rows). A missing or
-partial file shows as "not measured" rather than stopping the report, and
-each target says whether it was met, missed or could not be judged.
+bench`` on the GPU targets plus the same machine's Numba rows), and, when
+present, ``suite-cupy.xml`` (the whole suite under ``NNX_BACKEND=cupy``). A
+missing or partial file shows as "not measured" rather than stopping the
+report, and each target says whether it was met, missed or could not be judged.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ WORKLOAD_ORDER = ("tutorial", "crossover", "large-hidden", "blas-bound", "sweep"
 MOONS_TARGET_ID, MOONS_TARGET_X = "N4096-2x16384x2", 50.0
 BLAS_SHARE_TARGET = 0.70
 TUTORIAL_OVER_OP_BY_OP = 10.0
+# Optional: `NNX_BACKEND=cupy pytest tests benchmarks --junitxml=$OUT/suite-cupy.xml`, run after the
+# check when the slot has time left (the check itself runs only the `gpu`-marked tests).
+SUITE_JUNIT = "suite-cupy.xml"
 
 
 def _load_json(folder: Path, name: str) -> dict | None:
@@ -38,9 +42,9 @@ def _load_json(folder: Path, name: str) -> dict | None:
         return None
 
 
-def junit_counts(folder: Path) -> dict | None:
-    """passed/failed/errors/skipped of the JUnit file, and the failing tests' names."""
-    path = folder / "gpu-tests.xml"
+def junit_counts(folder: Path, name: str = "gpu-tests.xml") -> dict | None:
+    """passed/failed/errors/skipped of a JUnit file, and the failing tests' names."""
+    path = folder / name
     if not path.is_file():
         return None
     root = ET.parse(path).getroot()
@@ -181,13 +185,12 @@ def render(folder: Path) -> str:
         "",
         "## Tests marked `gpu`",
         "",
+        *_counts_lines(counts),
     ]
-    if counts is None:
-        lines.append("Not run (no JUnit file).")
-    else:
-        lines.append(f"{counts['total']} collected: {counts['passed']} passed, {counts['failed']} failed, "
-                     f"{counts['errors']} errors, {counts['skipped']} skipped.")
-        lines += [f"- failed: `{name}`" for name in counts["failing"]]
+    suite = junit_counts(folder, SUITE_JUNIT)
+    if suite is not None:
+        lines += ["", f"## The whole suite under `NNX_BACKEND=cupy` (`{SUITE_JUNIT}`, beside the check)", "",
+                  *_counts_lines(suite)]
     lines += ["", "## Targets", "",
               _table(["target", "figures", "measured", "required", "verdict"], targets(smoke, ms)), ""]
     lines += _smoke_sections(smoke)
@@ -205,6 +208,14 @@ def render(folder: Path) -> str:
     else:
         lines.append("Not measured.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _counts_lines(counts: dict | None) -> list[str]:
+    if counts is None:
+        return ["Not run (no JUnit file)."]
+    return [f"{counts['total']} collected: {counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['errors']} errors, {counts['skipped']} skipped.",
+            *[f"- failed: `{name}`" for name in counts["failing"]]]
 
 
 def _smoke_sections(smoke: dict | None) -> list[str]:

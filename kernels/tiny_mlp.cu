@@ -243,8 +243,10 @@ __device__ __forceinline__ T* nnx_tiny_pick(int array, T* W1, T* b1, T* W2, T* b
 // thread overlaps with phase 2.
 // A minibatch adds one dependent global load per update (its sample indices,
 // at the start of phase 1).
+// Launch bounds (threads, 1): the kernel runs one block, so ptxas may give each thread the whole
+// register file's share; without the 1, NVRTC 13.0 capped the W=2 instances at 64 registers and spilled.
 template <typename T, int W>
-__global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W))
+__global__ void __launch_bounds__(NNX_ONE_BLOCK_THREADS(W), 1)
     nnx_tiny_train(const T* X, const T* targets, T* W1, T* b1, T* W2, T* b2, T* const* slots, int n, int rows, int d,
                    int h, int c, int slices_h, int slices_n, int lanes, int act, int head, int mean, T l2, int code,
                    int n_slots, const double* hyper, const double* lrs, const long long* order,

@@ -260,7 +260,7 @@ def test_peers_skip_cleanly_or_match_nnx(peer):
     ref.reset()
     ref.run(3)
     W1 = ref.backend.params_to_numpy(ref.state.params)[0][0]
-    got = (target.model[0].weight.detach().numpy().T if peer == "torch" else np.asarray(target.result[0][0]))
+    got = (target.model[0].weight.detach().cpu().numpy().T if peer == "torch" else np.asarray(target.result[0][0]))
     np.testing.assert_allclose(got, W1, rtol=1e-8, atol=1e-10)
 
 

@@ -114,7 +114,7 @@ def test_every_cu_file_is_listed_with_every_kernel() -> None:
     files = {p.name for p in resources.files("nnx.kernels").iterdir() if p.name.endswith(".cu")}
     assert files == {s.filename for s in src.SOURCES}
     for source in src.SOURCES:
-        defined = set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\)\s+)?(\w+)\s*\(",
+        defined = set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s+)?(\w+)\s*\(",
                                  source.code()))
         assert defined == {k.name for k in source.kernels}, source.filename
 

@@ -285,9 +285,12 @@ def test_grid_is_bounded():
 
 # --------------------------------------------------------------- on a GPU
 def _problem(sizes, hidden="tanh", output="softmax", dtype="float64", n=300, seed=0):
+    """Labels from a linear rule the network can learn: with random labels, 600 hidden units and
+    lr 0.5 memorise noise, and a rounding difference grows to 1e-5 in 1,000 passes (NumPy against
+    Numba too), which would hide a real kernel error under the tolerance."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, sizes[0]))
-    y = rng.integers(0, sizes[-1], n)
+    y = np.argmax(X @ rng.normal(size=(sizes[0], sizes[-1])), axis=1)
     return nnx.MLP(sizes, hidden=hidden, output=output, dtype=dtype, seed=seed), X, y
 
 
@@ -439,7 +442,7 @@ def test_dense_networks_replay_graphs_with_their_cublas_products(recwarn):
 
 # Single-block plans on the GPU's own barriers and shuffles: hidden slices, 512 threads, width 8.
 @on_gpu
-@pytest.mark.parametrize("sizes,n", [((2, 4, 2), 16), ((2, 4, 2), 1000), ((8, 6, 8), 64), ((2, 20, 2), 200)])
+@pytest.mark.parametrize("sizes,n", [((2, 4, 2), 16), ((2, 4, 2), 400), ((8, 6, 8), 64), ((2, 20, 2), 200)])
 def test_single_block_plans_match_numpy(sizes, n):
     model, X, y = _problem(sizes, n=n)
     assert plan.plan_tiny_net(model.net, n).one_block

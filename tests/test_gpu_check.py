@@ -295,6 +295,7 @@ def test_results_md_is_generated_from_the_folder_alone(tmp_path):
     assert "580.65" in text and "CuPy | 14.2.0" in text and "Test CPU, 16 usable cores" in text
     assert "7 collected: 4 passed, 1 failed, 0 errors, 2 skipped." in text and "`tests.test_a::test_bad`" in text
     assert "| tests | timeout | 75 | 75 |" in text
+    assert "NNX_BACKEND=cupy" not in text  # no whole-suite file, no section
     rates = made["rates"]
     moons = rates[("large-hidden", "N4096-2x16384x2", "cupy", "float32")] / \
         rates[("large-hidden", "N4096-2x16384x2", "numba", "float32")]
@@ -323,3 +324,18 @@ def test_results_md_says_what_was_not_measured(tmp_path):
     text = _load("gpu_results").render(folder)
     assert text.count("not measured") == 6  # every target row
     assert "Not run (no JUnit file)." in text and "## Throughput" in text and "Not measured." in text
+
+
+def test_results_md_reports_the_whole_suite_run_when_its_junit_file_is_there(tmp_path):
+    folder = tmp_path / "out"
+    _synthetic_folder(folder)
+    (folder / "suite-cupy.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="12" failures="0" errors="1" skipped="3">'
+        '<testcase classname="tests.test_b" name="test_broken"><error message="y"/></testcase>'
+        '</testsuite></testsuites>')
+    gen = _load("gpu_results")
+    assert gen.main([str(folder), "--merge-bench", "--out", str(folder / "RESULTS.md")]) == 0
+    text = (folder / "RESULTS.md").read_text()
+    suite = text[text.index("## The whole suite under `NNX_BACKEND=cupy`"):text.index("## Targets")]
+    assert "12 collected: 8 passed, 0 failed, 1 errors, 3 skipped." in suite and "`tests.test_b::test_broken`" in suite
+    assert "7 collected: 4 passed, 1 failed" in text[:text.index("## The whole suite")]

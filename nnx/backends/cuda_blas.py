@@ -172,7 +172,9 @@ def loaded_library(major_versions: tuple[int, ...] = (13, 12, 11)) -> ctypes.CDL
     """The libcublas already loaded into this process (by CuPy), never a second copy.
 
     Tries ``libcublas.so.<major>`` with RTLD_NOLOAD, then the path of a loaded
-    libcublas in /proc/self/maps; raises OSError saying what was looked for.
+    libcublas of one of those majors in /proc/self/maps (never another major's,
+    whose handle would not match the runtime); raises OSError saying what was
+    looked for.
     """
     names = [f"libcublas.so.{v}" for v in major_versions]
     for name in names:
@@ -182,6 +184,7 @@ def loaded_library(major_versions: tuple[int, ...] = (13, 12, 11)) -> ctypes.CDL
             continue
     maps = Path("/proc/self/maps")
     if maps.exists():
-        for path in re.findall(r"(/\S*/libcublas\.so[.\d]*)$", maps.read_text(), re.MULTILINE):
-            return ctypes.CDLL(path, mode=_NOLOAD)
+        for path, major in re.findall(r"(/\S*/libcublas\.so\.(\d+)[.\d]*)$", maps.read_text(), re.MULTILINE):
+            if int(major) in major_versions:
+                return ctypes.CDLL(path, mode=_NOLOAD)
     raise OSError(f"no libcublas is loaded in this process (looked for {', '.join(names)} and in /proc/self/maps)")

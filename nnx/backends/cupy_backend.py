@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -231,6 +232,9 @@ class CupyBackend(Backend):
         self._replayer: PassReplayer | None = None
         self._programs: dict[int, tuple[tuple, int, object]] = {}
         self._serial = itertools.count()
+        # One stream per backend: threads sharing the backend take turns on it, since a pass being
+        # captured into a graph must not see another thread's work or events on its stream.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------- bench hooks
     def warm_up(self, net: Network, n_samples: int) -> float:
@@ -296,23 +300,26 @@ class CupyBackend(Backend):
 
     def _ensure_stream(self) -> cupy.cuda.Stream:
         """The backend's own non-blocking stream (graphs need one), its cuBLAS handle and replayer."""
-        if self._stream is None:
-            self._stream = cupy.cuda.Stream(non_blocking=True)
-            self.device.bind(self._stream)
-            self._replayer = PassReplayer(self._stream, self._per_graph, capture_errors=capture_errors())
-        return self._stream
+        with self._lock:
+            if self._stream is None:
+                self._stream = cupy.cuda.Stream(non_blocking=True)
+                self.device.bind(self._stream)
+                self._replayer = PassReplayer(self._stream, self._per_graph, capture_errors=capture_errors())
+            return self._stream
 
     @contextlib.contextmanager
     def _side_stream(self) -> Iterator[cupy.cuda.Stream]:
-        """Run on the backend's own stream, ordered after and before the caller's current stream."""
-        self._ensure_stream()
-        current = cupy.cuda.get_current_stream()
-        self._stream.wait_event(current.record())
-        try:
-            with self._stream:
-                yield self._stream
-        finally:
-            current.wait_event(self._stream.record())
+        """Run on the backend's own stream, ordered after and before the caller's current stream,
+        one thread at a time."""
+        with self._lock:
+            self._ensure_stream()
+            current = cupy.cuda.get_current_stream()
+            self._stream.wait_event(current.record())
+            try:
+                with self._stream:
+                    yield self._stream
+            finally:
+                current.wait_event(self._stream.record())
 
     # ---------------------------------------------------------------- memory
     def fit_bytes(self, net: Network, n_samples: int, batch_size: int | None = None, n_slots: int = 0) -> int:
