@@ -142,7 +142,7 @@ def targets(smoke: dict | None, ms: list[Measurement]) -> list[list[str]]:
     return rows
 
 
-def render(folder: Path) -> str:
+def render(folder: Path, commit_given: str | None = None) -> str:
     env = _load_json(folder, "environment.json") or {}
     steps = _load_json(folder, "steps.json") or {}
     smoke = _load_json(folder, "smoke.json")
@@ -173,8 +173,7 @@ def render(folder: Path) -> str:
             ["CPU", f"{env.get('cpu', '-')}, {env.get('cores', '-')} usable cores "
                     f"(the CPU rows ran on {nnx_info.get('threads', {}).get('requested', '-')} threads)"],
             ["Python / NumPy / Numba", f"{env.get('python', '-')} / {env.get('numpy', '-')} / {env.get('numba', '-')}"],
-            ["nnx", f"{env.get('nnx', '-')}, commit {str(commit.get('id', '-'))[:10]}"
-                    f"{' (uncommitted changes)' if commit.get('dirty') else ''}"],
+            ["nnx", f"{env.get('nnx', '-')}, {_commit_text(commit, commit_given)}"],
         ]),
         "",
         "## Steps",
@@ -208,6 +207,13 @@ def render(folder: Path) -> str:
     else:
         lines.append("Not measured.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _commit_text(commit: dict, given: str | None) -> str:
+    seen = f"commit {str(commit.get('id', '-'))[:10]}{' (uncommitted changes)' if commit.get('dirty') else ''}"
+    if given is None:
+        return seen
+    return f"the files of commit {given[:10]} (given to the generator; the GPU machine's git said {seen})"
 
 
 def _counts_lines(counts: dict | None) -> list[str]:
@@ -286,10 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write RESULTS.md (default: print it)")
     parser.add_argument("--merge-bench", action="store_true",
                         help="first merge the folder's bench-gpu.json and bench-cpu.json into bench.json")
+    parser.add_argument("--commit", default=None,
+                        help="the commit whose files the check ran on, where the GPU machine's copy of the "
+                             "repository carries an older .git (its own reading is shown beside it)")
     args = parser.parse_args(argv)
     if args.merge_bench:
         merge_bench(args.folder)
-    text = render(args.folder)
+    text = render(args.folder, args.commit)
     if args.out is None:
         print(text, end="")
     else:

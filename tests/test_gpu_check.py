@@ -339,3 +339,12 @@ def test_results_md_reports_the_whole_suite_run_when_its_junit_file_is_there(tmp
     suite = text[text.index("## The whole suite under `NNX_BACKEND=cupy`"):text.index("## Targets")]
     assert "12 collected: 8 passed, 0 failed, 1 errors, 3 skipped." in suite and "`tests.test_b::test_broken`" in suite
     assert "7 collected: 4 passed, 1 failed" in text[:text.index("## The whole suite")]
+
+
+def test_results_md_names_the_commit_given_beside_the_machines_own_reading(tmp_path):
+    folder = tmp_path / "out"
+    _synthetic_folder(folder)
+    gen = _load("gpu_results")
+    assert gen.main([str(folder), "--merge-bench", "--commit", "0123456789abcdef", "--out", str(folder / "R.md")]) == 0
+    machine_row = next(line for line in (folder / "R.md").read_text().splitlines() if line.startswith("| nnx |"))
+    assert "the files of commit 0123456789 (given to the generator; the GPU machine's git said commit" in machine_row
