@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import sys
+import threading
 import types
 
 import numpy as np
@@ -180,6 +181,34 @@ def test_a_fit_continued_or_resumed_from_a_file_equals_one_fit_bit_for_bit(emula
         for other in (half, loaded):
             assert other.updates == whole.updates
             assert all(np.array_equal(a, b) for pa, pb in zip(whole.params, other.params) for a, b in zip(pa, pb))
+
+
+def test_threads_take_turns_on_the_backends_stream(emulated_cupy):
+    """A second thread's work waits while a first one runs (and may be capturing a graph) on the
+    backend's one stream: on an H200, two threads capturing on it at once failed with
+    cudaErrorStreamCaptureImplicit and cudaErrorIllegalState."""
+    _, backend = emulated_cupy
+    first_inside, second_inside, release = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with backend._side_stream():
+            first_inside.set()
+            release.wait(10)
+
+    def second():
+        first_inside.wait(10)
+        with backend._side_stream():
+            second_inside.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    assert first_inside.wait(10)
+    assert not second_inside.wait(0.3), "the second thread ran on the stream while the first held it"
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert second_inside.is_set()
 
 
 def test_graphs_switched_off_give_the_same_bits(emulated_cupy, moons):
