@@ -7,7 +7,8 @@ version and set of kernel sources (``kernel_fingerprint``). An explicit
 ``NUMBA_CACHE_DIR`` is respected. The package folder may be read-only (system
 site-packages, a container image) and a cache written there would outlive
 ``pip uninstall``, so nnx never writes there; a cache folder that cannot be
-written warns once and kernels run uncached.
+written warns once and kernels run uncached. Without platformdirs (an install
+with ``--no-deps``) the Linux folder is used everywhere, with one warning.
 """
 from __future__ import annotations
 
@@ -29,9 +30,22 @@ def cache_root() -> Path:
     explicit = os.environ.get(ENV_VAR, "").strip()
     if explicit:
         return Path(explicit).expanduser()
-    from platformdirs import user_cache_dir
-
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:
+        return _root_without_platformdirs()
     return Path(user_cache_dir("nnx", appauthor=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _root_without_platformdirs() -> Path:
+    """The XDG folder, said once, where platformdirs (a dependency of nnx) is missing, as after an
+    install without dependencies: a fit should not fail for want of a folder name."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache").expanduser() / "nnx"
+    warnings.warn(f"platformdirs, a dependency of nnx, is not installed, so nnx caches its kernels in {root}. "
+                  f"Run `pip install platformdirs` for the platform's own cache folder, or set {ENV_VAR}.",
+                  RuntimeWarning, stacklevel=3)
+    return root
 
 
 # The sources compiled kernels are made from besides their own files: the code tables they

@@ -79,6 +79,21 @@ def test_default_folder_follows_the_platform_user_cache(monkeypatch, tmp_path):
     assert cache.numba_cache_dir() == (version_folder(tmp_path / "mine"), "NNX_CACHE_DIR")
 
 
+def test_without_platformdirs_kernels_go_to_the_xdg_folder_with_one_warning(monkeypatch, tmp_path):
+    """An install without dependencies (pip --no-deps) lacks platformdirs: fits still find a folder."""
+    monkeypatch.delenv("NNX_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "platformdirs", None)  # import platformdirs now raises ImportError
+    cache._root_without_platformdirs.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="pip install platformdirs") as said:
+            assert cache.cache_root() == tmp_path / "nnx"
+            assert cache.cache_root() == tmp_path / "nnx"
+        assert len(said) == 1 and str(tmp_path / "nnx") in str(said[0].message)
+    finally:
+        cache._root_without_platformdirs.cache_clear()
+
+
 def test_backends_shows_the_cache_and_cache_clear_empties_it(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("NNX_CACHE_DIR", str(tmp_path))
