@@ -8,7 +8,8 @@
 #   probe      the environment; the check STOPS here when CuPy cannot compile or run a kernel
 #   smoke      benchmarks/gpu_smoke.py: kernels, the three paths' parity and determinism, CUDA-event timings
 #              (tutorial, moons, blas-bound, and Adam on minibatches: the minibatch and mnist-shaped fits),
-#              then every path under SGD/Adam/RMSprop, full batch and minibatches: bits, errors, captures
+#              then every path under SGD/Adam/RMSprop, full batch and minibatches: bits, errors, captures;
+#              the plans' neighbours (single-block threads, sliced work items) timed beside the default
 #   tests      pytest -m gpu
 #   bench-gpu  nnx bench, GPU targets: tutorial, crossover, large-hidden, blas-bound
 #   bench-cpu  nnx bench, numba: tutorial, crossover, large-hidden (the same machine's CPU rows)

@@ -269,7 +269,18 @@ def _smoke_sections(smoke: dict | None) -> list[str]:
                                  _fmt(row.get("launches_per_pass"), 4)])
         out += ["## CUDA-event timings", "", _table(["case", "target", "us per pass", "passes", "launches / pass"],
                                                     rows), ""]
+    plans = smoke.get("plans")
+    if plans:
+        out += ["## Plan neighbours (CUDA events; error against the default plan's parameters)", "",
+                _table(["case", "dtype", "setting", "us per pass", "vs default", "error vs default"],
+                       [[r["case"], r["dtype"], r["setting"] + (" (default)" if r["default"] else ""),
+                         _fmt(r["us_per_pass"], 4), f"{_plan_default(plans, r)['us_per_pass'] / r['us_per_pass']:.2f}x",
+                         f"{r['rel_err_vs_default']:.1e}"] for r in plans]), ""]
     return out
+
+
+def _plan_default(plans: list[dict], row: dict) -> dict:
+    return next(r for r in plans if r["default"] and (r["case"], r["dtype"]) == (row["case"], row["dtype"]))
 
 
 def merge_bench(folder: Path) -> Path | None:

@@ -11,14 +11,18 @@
                    minibatches, ten intervals under a cosine schedule (bits, errors, graph
                    captures); CUDA-event timings of tutorial 003, moons N=4,096 x H=65,536, the
                    blas-bound net against its bare cuBLAS products, and the ``minibatch`` and
-                   ``mnist-shaped`` fits (Adam on minibatches). The JSON is rewritten after
-                   every section, so a timeout keeps what was measured.
+                   ``mnist-shaped`` fits (Adam on minibatches); the plans' neighbours (threads
+                   of the single-block kernel, work items of a sliced launch) timed beside the
+                   default. The JSON is rewritten after every section, so a timeout keeps what
+                   was measured.
 
 Each figure is measured here; ``gpu_results.py`` turns the JSON into ``RESULTS.md``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -429,11 +433,68 @@ def timings_section(emit, make_backend=_cupy_backend, timer=_events_seconds, xp=
     return out
 
 
+# The plans' neighbours: threads of the single-block kernel (tutorial 003) and work items per sliced
+# launch (moons, N=4,096 x H=16,384 float32), each timed and checked against the default plan.
+PLAN_THREADS = (128, 256, 384, 512)
+PLAN_ITEMS = (1 << 17, 1 << 18, 1 << 19)
+PLAN_MOONS_CASE = next(c for c in WORKLOADS["large-hidden"].cases("full") if c.n_hidden == 16384)
+PLAN_PARITY_PASSES = 300
+
+
+@contextlib.contextmanager
+def _plan_setting(name: str, value):
+    """cuda_plan's ``name`` set to ``value`` for the block (``plan_tiny`` looks both up per call)."""
+    from nnx.backends import cuda_plan
+
+    saved = getattr(cuda_plan, name)
+    setattr(cuda_plan, name, value)
+    try:
+        yield
+    finally:
+        setattr(cuda_plan, name, saved)
+
+
+def plans_section(make_backend=_cupy_backend, timer=_events_seconds,
+                  cases: tuple[Case, Case] = (TUTORIAL_CASE, PLAN_MOONS_CASE),
+                  passes: tuple[int, int] = (TUTORIAL_PASSES, 64), parity_passes: int = PLAN_PARITY_PASSES) -> list[dict]:
+    """Per-pass time of each plan setting beside the default's, and its parameters' error against the
+    default's after ``parity_passes`` (only the order of sums may differ): where a neighbour is
+    faster, the plan's constants want tuning on this GPU."""
+    from nnx.backends import cuda_plan
+
+    tutorial, moons = cases
+    one_block = cuda_plan.plan_one_block
+    chosen = {dtype: cuda_plan.plan_tiny_net(Network(tutorial.layer_sizes, dtype=dtype), tutorial.n_samples).threads
+              for dtype in ("float64", "float32")}
+    settings = [(tutorial, dtype, f"threads={t}", t == chosen[dtype],
+                 ("plan_one_block", functools.partial(one_block, threads=t)))
+                for dtype in ("float64", "float32") for t in PLAN_THREADS]
+    settings += [(moons, "float32", f"items={items}", items == cuda_plan.TINY_TARGET_ITEMS,
+                  ("TINY_TARGET_ITEMS", items)) for items in PLAN_ITEMS]
+    rows, defaults = [], {}
+    for case, dtype, setting, is_default, (name, value) in settings:
+        net = Network(case.layer_sizes, case.hidden, case.output, dtype)
+        X, _, T = make_data(case)
+        with _plan_setting(name, value):
+            timed = _timed_train(make_backend(), case, dtype, passes[case is moons], timer)
+            params = _train(make_backend(), net, X, T, _params(case.layer_sizes, dtype, case.init), parity_passes,
+                            Objective(case.reduction, case.l2), case.lr)
+        rows.append({"case": case.id, "dtype": dtype, "setting": setting, "default": is_default,
+                     "us_per_pass": timed["us_per_pass"], "passes": timed["passes"], "params": params})
+        if is_default:
+            defaults[(case.id, dtype)] = params
+    for row in rows:
+        row["rel_err_vs_default"] = _rel_err(defaults[(row["case"], row["dtype"])], row.pop("params"))
+        print(f"  {row['case']} {row['dtype']} {row['setting']}{' (default)' if row['default'] else ''}: "
+              f"{row['us_per_pass']:.4g} us a pass, err vs default {row['rel_err_vs_default']:.1e}", flush=True)
+    return rows
+
+
 def smoke(out: Path) -> int:
     document: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": {}}
     sections = [("kernels", kernels_section), ("paths", paths_section),
                 ("timings", lambda: timings_section(lambda partial: _write(out, {**document, "timings": partial}))),
-                ("optimizers", optimizers_section)]
+                ("optimizers", optimizers_section), ("plans", plans_section)]
     for name, run in sections:
         print(f"== {name}", flush=True)
         start = time.perf_counter()

@@ -278,6 +278,17 @@ def test_graph_blocks_cover_the_passes(passes):
     assert sum(k for _, k in blocks) <= passes // 64 + 1
 
 
+def test_the_single_block_plan_takes_a_thread_count_within_its_launch_bounds():
+    """The GPU check times the threads the plan did not choose (gpu_smoke.plans_section)."""
+    chosen = plan.plan_one_block(200, 2, 3, 2, 8)
+    wider = plan.plan_one_block(200, 2, 3, 2, 8, threads=384)
+    assert chosen.threads == 256 and (wider.threads, wider.slices_n) == (384, 384 // 3)
+    assert wider.lanes == 16 and wider.shared_bytes(8) <= plan.ONE_BLOCK_SMEM_BYTES
+    for bad in (100, 0, 1024):  # not a multiple of 32, or beyond the W=2 kernel's 512
+        with pytest.raises(ValueError, match="multiple of 32 from 32 to 512"):
+            plan.plan_one_block(200, 2, 3, 2, 8, threads=bad)
+
+
 def test_grid_is_bounded():
     assert plan.grid_for(0) == 1 and plan.grid_for(257) == 2
     assert plan.grid_for(10**12) == plan.MAX_BLOCKS

@@ -233,6 +233,31 @@ def test_smoke_timings_section_times_each_case_and_saves_as_it_goes():
     assert all(r["finite"] for entry in out.values() for r in entry.values() if isinstance(r, dict) and "finite" in r)
 
 
+def test_smoke_plans_section_times_each_setting_in_force_and_restores_the_plan():
+    from nnx.backends import cuda_plan
+
+    smoke = _load("gpu_smoke")
+    seen = []
+
+    class Recording(_StandIn):
+        def prepare_data(self, net, X, T):  # the plan as the CuPy backend would read it for this fit
+            seen.append((cuda_plan.plan_tiny_net(net, X.shape[0]).threads, cuda_plan.TINY_TARGET_ITEMS))
+            return super().prepare_data(net, X, T)
+
+    tutorial, moons, _ = _small_cases()
+    originals = cuda_plan.plan_one_block, cuda_plan.TINY_TARGET_ITEMS
+    rows = smoke.plans_section(Recording, _wall_seconds, (tutorial, moons), (20, 3), parity_passes=5)
+    assert (cuda_plan.plan_one_block, cuda_plan.TINY_TARGET_ITEMS) == originals
+    settings = [(r["case"], r["dtype"], r["setting"]) for r in rows]
+    assert settings == [(tutorial.id, d, f"threads={t}") for d in ("float64", "float32") for t in smoke.PLAN_THREADS] \
+        + [(moons.id, "float32", f"items={i}") for i in smoke.PLAN_ITEMS]
+    assert [r["setting"] for r in rows if r["default"]] == ["threads=256", "threads=256", f"items={1 << 18}"]
+    threads = [t for t, _ in seen[:2 * len(smoke.PLAN_THREADS) * 2]]  # two fits per setting: timed, parity
+    assert threads == [t for _ in range(2) for t in smoke.PLAN_THREADS for _ in range(2)]
+    assert [i for _, i in seen[-2 * len(smoke.PLAN_ITEMS):]] == [i for i in smoke.PLAN_ITEMS for _ in range(2)]
+    assert all(r["rel_err_vs_default"] == 0.0 and r["us_per_pass"] > 0 and json.dumps(r) for r in rows)
+
+
 # ------------------------------------------------------------ RESULTS.md
 def _measurement(workload: str, case_id: str, target: str, dtype: str, passes_per_s: float) -> Measurement:
     case = next(c for c in WORKLOADS[workload].cases("full") if c.id == case_id)
@@ -265,6 +290,10 @@ def _synthetic_folder(folder: Path) -> dict:
     (folder / "smoke.json").write_text(json.dumps({
         "errors": {}, "paths": smoke.paths_section(_StandIn, passes=2), "timings": timings,
         "optimizers": smoke.optimizers_section(_StandIn, intervals=1),
+        "plans": [{"case": "N200-2x3x2", "dtype": "float64", "setting": "threads=256", "default": True,
+                   "us_per_pass": 3.0, "passes": 20, "rel_err_vs_default": 0.0},
+                  {"case": "N200-2x3x2", "dtype": "float64", "setting": "threads=384", "default": False,
+                   "us_per_pass": 2.0, "passes": 20, "rel_err_vs_default": 2e-15}],
         "kernels": {"compile_s": {"tiny_mlp.cu": 4.5}, "ok": True, "instances": [
             {"kernel": "nnx_tiny_train<double, 2>", "registers": 64, "local_bytes": 0, "static_shared_bytes": 0,
              "max_threads_per_block": 512}]}}))
@@ -296,6 +325,8 @@ def test_results_md_is_generated_from_the_folder_alone(tmp_path):
     assert "7 collected: 4 passed, 1 failed, 0 errors, 2 skipped." in text and "`tests.test_a::test_bad`" in text
     assert "| tests | timeout | 75 | 75 |" in text
     assert "NNX_BACKEND=cupy" not in text  # no whole-suite file, no section
+    assert "| N200-2x3x2 | float64 | threads=256 (default) | 3 | 1.00x | 0.0e+00 |" in text
+    assert "| N200-2x3x2 | float64 | threads=384 | 2 | 1.50x | 2.0e-15 |" in text
     rates = made["rates"]
     moons = rates[("large-hidden", "N4096-2x16384x2", "cupy", "float32")] / \
         rates[("large-hidden", "N4096-2x16384x2", "numba", "float32")]

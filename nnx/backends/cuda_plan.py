@@ -117,12 +117,13 @@ def _power_of_two_at_most(x: int) -> int:
 
 
 def plan_one_block(n: int, d: int, h: int, c: int, itemsize: int, rows: int | None = None, slots: int = 0,
-                   batched: bool = False) -> TinyPlan | None:
+                   batched: bool = False, threads: int | None = None) -> TinyPlan | None:
     """The single-block plan, or None when its shared memory would not fit.
 
     ``rows`` is the most rows one update trains on (a minibatch; all ``n`` by
     default). Threads: 256 up to 256 rows, else as many as the kernel's
-    registers allow (512 up to width 4). Hidden slices give idle threads part
+    registers allow (512 up to width 4); ``threads`` (a multiple of 32 within
+    that bound) overrides the choice, for the GPU check's timing of neighbours. Hidden slices give idle threads part
     of each row's hidden units when there are fewer rows than threads; row
     slices give each hidden unit as many threads as fit, fewer if shared memory
     runs short; ``lanes`` threads (a power of two up to 32) add up each
@@ -130,7 +131,10 @@ def plan_one_block(n: int, d: int, h: int, c: int, itemsize: int, rows: int | No
     """
     m = n if rows is None else rows
     width = tiny_width(d, c)
-    threads = THREADS if m <= THREADS else one_block_threads(width)
+    if threads is None:
+        threads = THREADS if m <= THREADS else one_block_threads(width)
+    elif threads % 32 or not 32 <= threads <= one_block_threads(width):
+        raise ValueError(f"threads must be a multiple of 32 from 32 to {one_block_threads(width)}, not {threads}")
     slices_h = max(1, min(h, threads // m))
     slices_n = max(1, min(m, threads // h))
     while True:
