@@ -27,7 +27,7 @@ WORKLOAD_ORDER = ("tutorial", "crossover", "large-hidden", "blas-bound", "sweep"
 MOONS_TARGET_ID, MOONS_TARGET_X = "N4096-2x16384x2", 50.0
 BLAS_SHARE_TARGET = 0.70
 TUTORIAL_OVER_OP_BY_OP = 10.0
-# Optional: `NNX_BACKEND=cupy pytest tests benchmarks --junitxml=$OUT/suite-cupy.xml`, run after the
+# Optional: `NNX_BACKEND=cupy pytest tests -m "not fresh_install" --junitxml=$OUT/suite-cupy.xml`, run after the
 # check when the slot has time left (the check itself runs only the `gpu`-marked tests).
 SUITE_JUNIT = "suite-cupy.xml"
 

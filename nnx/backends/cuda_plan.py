@@ -123,11 +123,11 @@ def plan_one_block(n: int, d: int, h: int, c: int, itemsize: int, rows: int | No
     ``rows`` is the most rows one update trains on (a minibatch; all ``n`` by
     default). Threads: 256 up to 256 rows, else as many as the kernel's
     registers allow (512 up to width 4); ``threads`` (a multiple of 32 within
-    that bound) overrides the choice, for the GPU check's timing of neighbours. Hidden slices give idle threads part
-    of each row's hidden units when there are fewer rows than threads; row
-    slices give each hidden unit as many threads as fit, fewer if shared memory
-    runs short; ``lanes`` threads (a power of two up to 32) add up each
-    parameter's slices.
+    that bound) overrides the choice, for the GPU check's timing of neighbours.
+    Hidden slices give idle threads part of each row's hidden units when there
+    are fewer rows than threads; row slices give each hidden unit as many
+    threads as fit, fewer if shared memory runs short; ``lanes`` threads (a
+    power of two up to 32) add up each parameter's slices.
     """
     m = n if rows is None else rows
     width = tiny_width(d, c)
