@@ -36,7 +36,7 @@ from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, 
                              head_activation)
 from .cpu_math import (CACHE, FASTMATH, _is32, _vexp32, like, log1p_exp, rational_exp_below_zero, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
-from .cpu_squared import squared_error_block
+from .cpu_squared import squared_error_block, squared_error_block_types
 from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel, value_types
 
 # What a chunk computes (``mode``): its gradients; its gradients and the summed data loss of the
@@ -582,7 +582,7 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     if name == "2x2":
         return [(_softmax2_grad32 if dtype == "float32" else _softmax2_grad64, (f,) * 5)]
     return [(grad_times_derivative, (i, a2, i, a2, i, i)),
-            (squared_error_block, (i, a2, a2, i, i, f, a2, types.boolean)),
+            (squared_error_block, squared_error_block_types(dtype)),
             (softmax_xent_block, (a2, a2, i, i, f, a2, a1, a1, types.boolean))]
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from numba import njit, types
 
 from .cpu_activation import HEAD_IDENTITY, HEAD_SIGMOID
+from .cpu_ccall import value_types
 from .cpu_math import CACHE, FASTMATH, like, vsigmoid
 
 
@@ -39,6 +40,14 @@ def squared_error_block(head, z, TT, n0, nb, scale, delta, want_loss):
                 delta[c, n] = math.nan
             loss = math.nan
     return loss
+
+
+def squared_error_block_types(dtype: str) -> tuple:
+    """The argument types the fused kernels call ``squared_error_block`` with (C-contiguous
+    blocks, scalars in ``dtype``): what a fit compiles it for ahead of a kernel that calls it."""
+    f, _, a2 = value_types(dtype)
+    i = types.int64
+    return (i, a2, a2, i, i, f, a2, types.boolean)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, error_model="numpy")

@@ -27,7 +27,7 @@ from .cpu_activation import HEAD_SOFTMAX, IDENTITY, activate, grad_times_derivat
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH, like
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
-from .cpu_squared import squared_error_block, squared_error_rows
+from .cpu_squared import squared_error_block, squared_error_block_types, squared_error_rows
 from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel, value_types
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
@@ -488,12 +488,12 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     kernel reaches after compiling the softmax head (the fit could not have that one ready in
     time). 2-8-8-2 float64 on 2 cores, timelines of both processes: the helper's kernel about
     8 s, of which these 3.5 s."""
-    f, a1, a2 = value_types(dtype)
+    _, a1, a2 = value_types(dtype)
     i = types.int64
     callees = [(activate, (i, a2, i, i))]
     if entry.startswith("train_passes_fused"):
         callees += [(backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)),
-                    (squared_error_block, (i, a2, a2, i, i, f, a2, types.boolean))]
+                    (squared_error_block, squared_error_block_types(dtype))]
     return callees
 
 
