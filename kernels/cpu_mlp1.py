@@ -34,7 +34,8 @@ from numba.extending import overload
 
 from .cpu_activation import (HEAD_IDENTITY, HEAD_SOFTMAX, activate, activation, derivative, grad_times_derivative,
                              head_activation)
-from .cpu_math import (CACHE, FASTMATH, _is32, _vexp32, like, log1p_exp, rational_exp_below_zero, vexp, vtanh)
+from .cpu_math import (CACHE, FASTMATH, _is32, _vexp32, _vtanh32, _vtanh64, like, log1p_exp,
+                       rational_exp_below_zero, vexp, vtanh)
 from .cpu_softmax import softmax_xent_block
 from .cpu_squared import squared_error_block, squared_error_block_types
 from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel, value_types
@@ -570,17 +571,21 @@ def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
 
 
 def late_callees(name: str, dtype: str, entry: str) -> list:
-    """(function, argument types) for the separately compiled functions chunk kernel ``name`` calls
-    last, in the types it calls them with, the last first. A fit compiles these while a helper
-    process compiles the kernel (``compile_aside``), which then finds them in the cache: the
-    helper's compile is the longer one (2-core machine, float64: ``2x2`` 3.4 s of which these
-    0.5 s, the fit's own 2.3 s; ``any`` 5.8 s of which these 1.5 s). The first callees stay with
-    the helper: it reaches them before the fit could have them ready. ``entry`` does not change
-    the list: every one-hidden-layer entry point is about as short a compile."""
+    """(function, argument types) for separately compiled functions chunk kernel ``name`` calls, in
+    the types it calls them with, in the order the kernel's compile reaches them. A fit compiles
+    these while a helper process compiles the kernel (``compile_aside``), which then finds them
+    in the cache: the helper's compile is the longer one. For ``2x2`` that is both of its callees,
+    the tanh first: the helper spends about 0.9 s starting Python, importing Numba and typing the
+    kernel's set-up before it needs the tanh, which the fit has made 0.35 s after it starts
+    (timelines of both processes, tutorial 003 float64 on 2 cores: the fit 0.25 s shorter). The
+    general kernel's first callees (the activations' loops) stay with the helper, which reaches
+    them before the fit could have them ready. ``entry`` does not change the list: every
+    one-hidden-layer entry point is about as short a compile."""
     f, a1, a2 = value_types(dtype)
     i = types.int64
     if name == "2x2":
-        return [(_softmax2_grad32 if dtype == "float32" else _softmax2_grad64, (f,) * 5)]
+        return [(_vtanh32 if dtype == "float32" else _vtanh64, (f,)),
+                (_softmax2_grad32 if dtype == "float32" else _softmax2_grad64, (f,) * 5)]
     return [(grad_times_derivative, (i, a2, i, a2, i, i)),
             (squared_error_block, squared_error_block_types(dtype)),
             (softmax_xent_block, (a2, a2, i, i, f, a2, a1, a1, types.boolean))]

@@ -373,6 +373,39 @@ def test_numba_without_scipy_blas_is_unavailable_with_the_fix():
     assert "SciPy" in reason and "pip install scipy" in reason and auto == "numpy" and not scipy_imported
 
 
+def test_the_backend_loads_scipys_blas_module_without_scipys_linear_algebra():
+    """Numba's set-up imports ``scipy.linalg.cython_blas``; the backend loads that module alone (the
+    package's ``__init__`` is a sixth of a second of every cold compile). BLAS layers then train
+    through it, and a later ``import scipy.linalg`` works and finds the same module."""
+    code = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        import nnx
+        rng = np.random.default_rng(0)
+        X, y = rng.normal(size=(64, 40)), rng.integers(0, 3, 64)
+        losses = {}
+        for backend in ("numba", "numpy"):
+            model = nnx.MLP((40, 48, 3), seed=0)
+            with nnx.use_backend(backend):
+                model.fit(X, y, passes=3, lr=0.05, verbose=0)
+            losses[backend] = model.history[3]
+            if backend == "numba":
+                alone = "scipy.linalg" not in sys.modules and "scipy.linalg.cython_blas" in sys.modules
+        blas = sys.modules["scipy.linalg.cython_blas"]
+        import scipy.linalg
+        from scipy.linalg import cython_blas
+        product = scipy.linalg.blas.dgemm(1.0, np.eye(2), np.full((2, 2), 3.0))
+        print(json.dumps([alone, losses, cython_blas is blas, product.tolist()]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    alone, losses, same_module, product = json.loads(done.stdout)
+    assert alone, "the fit imported scipy.linalg"
+    assert losses["numba"] == pytest.approx(losses["numpy"], rel=1e-10)
+    assert same_module and product == [[3.0, 3.0], [3.0, 3.0]]
+
+
 def test_numba_with_its_jit_disabled_is_unavailable_and_auto_trains_on_numpy():
     code = textwrap.dedent("""
         import json, sys
