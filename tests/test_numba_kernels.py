@@ -376,7 +376,8 @@ def test_numba_without_scipy_blas_is_unavailable_with_the_fix():
 def test_the_backend_loads_scipys_blas_module_without_scipys_linear_algebra():
     """Numba's set-up imports ``scipy.linalg.cython_blas``; the backend loads that module alone (the
     package's ``__init__`` is a sixth of a second of every cold compile). BLAS layers then train
-    through it, and a later ``import scipy.linalg`` works and finds the same module."""
+    through it, and a later ``import scipy.linalg`` works and has the same module as its attribute,
+    as after an ordinary import."""
     code = textwrap.dedent("""
         import json, sys
         import numpy as np
@@ -395,7 +396,7 @@ def test_the_backend_loads_scipys_blas_module_without_scipys_linear_algebra():
         import scipy.linalg
         from scipy.linalg import cython_blas
         product = scipy.linalg.blas.dgemm(1.0, np.eye(2), np.full((2, 2), 3.0))
-        print(json.dumps([alone, losses, cython_blas is blas, product.tolist()]))
+        print(json.dumps([alone, losses, cython_blas is blas and scipy.linalg.cython_blas is blas, product.tolist()]))
     """)
     env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)

@@ -26,14 +26,12 @@ so fits in several threads never share them.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +40,7 @@ from ..batching import Batches
 from ..network import ACTIVATION_CODES, HEAD_CODES, Network, Objective, TrainState
 from ..optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from ..progress import ANNOUNCE_COMPILES
-from . import compile_aside
+from . import compile_aside, scipy_blas
 from .base import BOOKKEEPING_BYTES, Backend, Data, learning_rates, validated_targets_bytes
 
 # Layers whose smaller side is at most this many units take the fused path, and so do layers
@@ -934,46 +932,13 @@ def check() -> None:
     if numba.config.DISABLE_JIT:
         raise BackendUnavailableError("NUMBA_DISABLE_JIT is set, and nnx's Numba kernels need the JIT: unset it "
                                       "(the numpy backend runs the same math without compiling)")
-    if _cython_blas_file() is None:
+    if scipy_blas.module_file() is None:
         raise BackendUnavailableError("numba's BLAS calls need SciPy's BLAS (scipy.linalg.cython_blas), which is not "
                                       "installed: pip install scipy")
-
-
-def _cython_blas_file() -> Path | None:
-    """SciPy's BLAS module (``scipy.linalg.cython_blas``), which Numba's matrix products call into,
-    as a file on disk, or None where SciPy or the module is not installed. Found without importing
-    it: importing SciPy's linear algebra takes a sixth of a second."""
-    spec = importlib.util.find_spec("scipy")
-    folders = (spec.submodule_search_locations or []) if spec is not None else []
-    found = [path for folder in folders for path in Path(folder, "linalg").glob("cython_blas.*")
-             if path.suffix in (".so", ".pyd")]
-    return found[0] if found else None
-
-
-def _load_blas_module_alone() -> None:
-    """Load ``scipy.linalg.cython_blas`` by itself, without the ``scipy.linalg`` package around it.
-    Numba's CPU target imports that module when it is first set up (its BLAS check), in every
-    cold compile and at the first matrix product from the cache, and importing it the ordinary
-    way runs the package's ``__init__`` first: all of SciPy's linear algebra, 0.17 s, where the
-    module alone, all Numba calls into, loads in milliseconds. A later ``import scipy.linalg``
-    finds the module loaded. Anything unexpected leaves the ordinary import to Numba."""
-    name = "scipy.linalg.cython_blas"
-    if name in sys.modules or "scipy.linalg" in sys.modules:
-        return
-    try:
-        path = _cython_blas_file()
-        if path is None:
-            return
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    except Exception:  # noqa: BLE001 - a start-up saving only
-        sys.modules.pop(name, None)
 
 
 def create() -> Backend:
     configure_threading()
     _configure_vector_width()
-    _load_blas_module_alone()
+    scipy_blas.load_alone()
     return NumbaBackend()
