@@ -314,8 +314,11 @@ def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_
            pg, hyper, batch, interval):
     """``n_updates`` steps in place (forward, gradients, then ``update``: the optimiser step
     with ``lrs[u]`` and step ``step0 + u + 1``); with ``want_loss``, the summed data loss of
-    all samples at the new parameters. ``blas`` is None for networks without BLAS layers:
-    their code is then left out of the entry point (a branch on ``is None`` is pruned).
+    all samples at the new parameters. ``blas`` is None for networks without BLAS layers: their
+    code is then left out of the entry point (a branch on ``is None`` is pruned). Otherwise it
+    is the loss head of a BLAS output layer: ``rows_head``, or ``_no_blas_head`` where the output
+    layer is in a fused run, whose kernel has the head (``rows_head`` is a second of a cold
+    compile on 2 cores).
 
     ``batch`` = (batch_rows, order, bounds, data_X, data_T, gather, meta). Full batch
     (``batch_rows`` 0): ``X``/``T`` are the data (``XT``/``TT`` feature-major where fused runs
@@ -367,7 +370,7 @@ def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_
                            scratch, pg, pg_off, scale)
         if unit_kind[n_units - 1] == UNIT_BLAS:
             if blas is not None:
-                part = rows_head(head, _stored(acts, act_off, sizes, last, n), Tc,
+                part = blas(head, _stored(acts, act_off, sizes, last, n), Tc,
                                  _stored(deltas, act_off, sizes, last, n), scale, final)
                 if final:
                     loss += part
@@ -410,15 +413,23 @@ def _no_fused_runs(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, grads
     return 0.0
 
 
+@njit(**_OPTS)
+def _no_blas_head(head, Z, T, D, scale, want_loss):
+    """The BLAS loss head of networks whose output layer is in a fused run (never called: their
+    fused kernel runs the head), so their entry point compiles no ``rows_head``."""
+    return 0.0
+
+
 # ------------------------------------------------------------- entry points
-# Same arguments for all five (see ``_train``): fused runs and BLAS layers, fused runs only,
-# or BLAS layers only, the fused runs on this thread or chunked across threads (``_parallel``),
-# so a network compiles only the code its layers run.
+# Same arguments for all seven (see ``_train``): fused runs and BLAS layers (the output layer
+# on BLAS, or in a fused run: ``_fused_head``), fused runs only, or BLAS layers only, the fused
+# runs on this thread or chunked across threads (``_parallel``), so a network compiles only the
+# code its layers run.
 @njit(**_ENTRY)
 def train_passes(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0, unit_t1,
                  unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch, pg, hyper,
                  batch, interval):
-    return _train(fused_unit_serial, True, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
+    return _train(fused_unit_serial, rows_head, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
                   pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
                   TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
@@ -427,9 +438,27 @@ def train_passes(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off
 def train_passes_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
                           unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas,
                           scratch, pg, hyper, batch, interval):
-    return _train(fused_unit_parallel, True, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
+    return _train(fused_unit_parallel, rows_head, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
                   pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
                   TT, acts, deltas, scratch, pg, hyper, batch, interval)
+
+
+@njit(**_ENTRY)
+def train_passes_fused_head(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind,
+                            unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
+                            deltas, scratch, pg, hyper, batch, interval):
+    return _train(fused_unit_serial, _no_blas_head, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off,
+                  pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T,
+                  TT, acts, deltas, scratch, pg, hyper, batch, interval)
+
+
+@njit(**_ENTRY)
+def train_passes_fused_head_parallel(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+                                     unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads,
+                                     X, XT, T, TT, acts, deltas, scratch, pg, hyper, batch, interval):
+    return _train(fused_unit_parallel, _no_blas_head, n_updates, want_loss, sizes, codes, head, w_off, b_off,
+                  act_off, pg_off, unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X,
+                  XT, T, TT, acts, deltas, scratch, pg, hyper, batch, interval)
 
 
 @njit(**_ENTRY)
@@ -454,7 +483,7 @@ def train_passes_fused_parallel(n_updates, want_loss, sizes, codes, head, w_off,
 def train_passes_blas(n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off, unit_kind, unit_t0,
                       unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts, deltas, scratch,
                       pg, hyper, batch, interval):
-    return _train(_no_fused_runs, True, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
+    return _train(_no_fused_runs, rows_head, n_updates, want_loss, sizes, codes, head, w_off, b_off, act_off, pg_off,
                   unit_kind, unit_t0, unit_t1, unit_bs, unit_chunks, unit_chunk_len, theta, grads, X, XT, T, TT, acts,
                   deltas, scratch, pg, hyper, batch, interval)
 
@@ -491,7 +520,7 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     _, a1, a2 = value_types(dtype)
     i = types.int64
     callees = [(activate, (i, a2, i, i))]
-    if entry.startswith("train_passes_fused"):
+    if entry in ("train_passes_fused", "train_passes_fused_parallel"):
         callees += [(backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)),
                     (squared_error_block, squared_error_block_types(dtype))]
     return callees

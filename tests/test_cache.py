@@ -257,7 +257,7 @@ def test_a_parallel_entry_point_compiled_beside_a_cached_parallel_callee_loads_a
         assert done.returncode == 0, f"{sizes} exited with {done.returncode}: {done.stderr[-2000:]}"
         return done.stdout
 
-    fit("2-32-32-2", "train_passes_parallel")  # compiles and caches the chunked runner
+    fit("2-32-32-2", "train_passes_fused_head_parallel")  # compiles and caches the chunked runner
     compiled = fit("2-8-8-2", "train_passes_fused_parallel")  # compiles its entry point, the runner from the cache
     assert fit("2-8-8-2", "train_passes_fused_parallel") == compiled  # everything from the cache
     assert fit("2-8-8-2", "train_passes_fused_parallel", "ask-first") == compiled

@@ -213,13 +213,13 @@ def test_read_only_C_contiguous_X_compiles_no_second_numba_specialisation():
     X, y = nnx.datasets.moons(64, seed=0)
     fit = dict(passes=2, log_every=1)
     with nnx.use_backend("numba"):
-        # [2, 32, 32, 2] has a BLAS-path layer, so X goes to cpu_train.train_passes as it is
+        # [2, 32, 32, 2] has a BLAS-path layer, so X goes to cpu_train.train_passes_fused_head as it is
         writeable = nnx.MLP([2, 32, 32, 2]).fit(X, y, **fit)
-        compiled = len(cpu_train.train_passes.signatures)
+        compiled = len(cpu_train.train_passes_fused_head.signatures)
         read_only = X.copy()
         read_only.setflags(write=False)
         model = nnx.MLP([2, 32, 32, 2]).fit(read_only, y, **fit)
-        assert len(cpu_train.train_passes.signatures) == compiled
+        assert len(cpu_train.train_passes_fused_head.signatures) == compiled
     assert all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(model.params, writeable.params))
 
 

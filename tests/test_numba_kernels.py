@@ -81,6 +81,18 @@ def test_only_fits_of_fewer_than_8_samples_run_sample_by_sample():
     assert make_plan(xor, 1000, batch_rows=4).kernel == "train_tiny"
 
 
+def test_an_entry_point_holds_only_the_code_its_network_runs():
+    """Fused runs only, BLAS layers only, or both; with both, a BLAS output layer's loss head is
+    compiled into the entry point only where the output layer is on BLAS."""
+    entry = lambda sizes, n=200: make_plan(Network(sizes), n).kernel  # noqa: E731
+    assert entry((2, 8, 8, 2)) == "train_passes_fused"
+    assert entry((784, 32, 10)) == "train_passes_blas"
+    assert entry((2, 32, 32, 2)) == "train_passes_fused_head"  # fused, BLAS, fused
+    assert entry((2, 12, 40, 10)) == "train_passes"  # fused, BLAS, BLAS
+    assert entry((2, 32, 32, 2), 20_000) == "train_passes_fused_head_parallel"
+    assert entry((2, 12, 40, 10), 100_000) == "train_passes_parallel"
+
+
 def test_fused_run_never_stores_the_hidden_activations():
     plan = make_plan(Network((2, 4096, 2)), 4096)
     assert plan.acts.size == 1 and plan.deltas.size == 1  # nothing N x H

@@ -31,6 +31,7 @@ CASES = {
     "tutorial003": ((2, 3, 2), "tanh", "softmax", "moons", 0.01, 0.01, "sum"),
     "h50": ((2, 50, 2), "tanh", "softmax", "moons", 0.01, 0.01, "sum"),
     "relu3": ((2, 50, 50, 50, 2), "relu", "softmax", "moons", 0.001, 0.01, "sum"),
+    "blas_head": ((2, 12, 40, 10), "tanh", "softmax", "moons", 0.001, 0.01, "sum"),
     "xor": ((2, 2, 1), "sigmoid", "sigmoid", "xor", 1.0, 0.0, "sum"),
     "identity_mean": ((2, 30, 3), "identity", "identity", "regression", 0.05, 0.01, "mean"),
 }
