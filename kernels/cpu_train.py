@@ -27,7 +27,7 @@ from .cpu_activation import HEAD_SOFTMAX, IDENTITY, activate, grad_times_derivat
 from .cpu_dense import backward_block, bias_activation_rows, forward_block
 from .cpu_math import CACHE, FASTMATH, like
 from .cpu_softmax import softmax_xent_block, softmax_xent_rows
-from .cpu_squared import squared_error_block, squared_error_block_types, squared_error_rows
+from .cpu_squared import squared_error_block, squared_error_rows
 from .cpu_ccall import DTYPES, c_call, c_call_float, c_kernel, value_types
 
 UNIT_BLAS, UNIT_FUSED = 0, 1
@@ -74,123 +74,132 @@ def _block(buf, off, rows, bs):
     return buf[off:off + rows * bs].reshape((rows, bs))
 
 
-def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, xt, tt, acts, deltas, act_off, r0, r1, bs,
-                buf, pgrad, pg_off, scale, n_layers, n_theta, x_cols, t_cols, n_stored, n_buf, n_pg):
-    """Stream samples r0..r1 through fused layers t0..t1 in blocks of ``bs``: the C-callable
-    kernel of the fused runs (``chunk_kernel``), its arrays as pointers with the sizes it
-    views them with (nothing is copied). Written as one function, not a wrapper around an
-    inlined one: Numba's inlining copies a large function's IR at a cost of half a second.
+def _fused_chunk_for(loss_head: str):
+    """The fused-run kernel for one kind of loss head, ``"softmax"`` or ``"squared"`` (sigmoid and
+    identity outputs): a constant of the function it returns, so Numba leaves the other head's
+    code out (half a second of its compile on 2 cores). Numba's disk cache keys each variant by
+    that constant, so both live in the same cache files."""
+    softmax = {"softmax": True, "squared": False}[loss_head]
 
-    MODE_FORWARD stores the run's output; MODE_BACKWARD recomputes the run's
-    activations and back-propagates the stored delta at its output;
-    MODE_HEAD goes forward, through the loss head and back in one sweep;
-    MODE_LOSS goes forward and returns the summed data loss. The partial
-    gradients of this chunk accumulate in ``pgrad``; when the run does not start
-    at the input, the delta at its input is stored for the layer before.
-    """
-    sizes = carray(sizes, (n_layers + 1,))
-    codes = carray(codes, (n_layers,))
-    w_off = carray(w_off, (n_layers,))
-    theta = carray(theta, (n_theta,))
-    XT = carray(xt, (sizes[0], x_cols))
-    TT = carray(tt, (sizes[n_layers], t_cols))
-    acts = carray(acts, (n_stored,))
-    deltas = carray(deltas, (n_stored,))
-    act_off = carray(act_off, (n_layers,))
-    buf = carray(buf, (n_buf,))
-    pgrad = carray(pgrad, (n_pg,))
-    pg_off = carray(pg_off, (n_layers,))
-    scale = like(theta, scale)
-    n_in = sizes[t0]
-    maxw = n_in
-    for layer in range(t0, t1 + 1):
-        maxw = max(maxw, sizes[layer + 1])
-    act_base = n_in * bs
-    top = act_base
-    for layer in range(t0, t1 + 1):
-        top += sizes[layer + 1] * bs
-    ga = top
-    gb = top + maxw * bs
-    m = buf[top + 2 * maxw * bs:top + 2 * maxw * bs + bs]
-    s = buf[top + 2 * maxw * bs + bs:top + 2 * maxw * bs + 2 * bs]
-    # offsets as int64, never a literal 0: Numba compiles a callee once per literal argument
-    xin = _block(buf, np.int64(0), n_in, bs)
-    loss = 0.0
-    if mode == MODE_HEAD or mode == MODE_BACKWARD:
+    def fused_chunk(mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, xt, tt, acts, deltas, act_off, r0, r1,
+                    bs, buf, pgrad, pg_off, scale, n_layers, n_theta, x_cols, t_cols, n_stored, n_buf, n_pg):
+        """Stream samples r0..r1 through fused layers t0..t1 in blocks of ``bs``: the C-callable
+        kernel of the fused runs (``chunk_kernel``), its arrays as pointers with the sizes it
+        views them with (nothing is copied). Written as one function, not a wrapper around an
+        inlined one: Numba's inlining copies a large function's IR at a cost of half a second.
+
+        MODE_FORWARD stores the run's output; MODE_BACKWARD recomputes the run's
+        activations and back-propagates the stored delta at its output;
+        MODE_HEAD goes forward, through the loss head and back in one sweep;
+        MODE_LOSS goes forward and returns the summed data loss. The partial
+        gradients of this chunk accumulate in ``pgrad``; when the run does not start
+        at the input, the delta at its input is stored for the layer before.
+        """
+        sizes = carray(sizes, (n_layers + 1,))
+        codes = carray(codes, (n_layers,))
+        w_off = carray(w_off, (n_layers,))
+        theta = carray(theta, (n_theta,))
+        XT = carray(xt, (sizes[0], x_cols))
+        TT = carray(tt, (sizes[n_layers], t_cols))
+        acts = carray(acts, (n_stored,))
+        deltas = carray(deltas, (n_stored,))
+        act_off = carray(act_off, (n_layers,))
+        buf = carray(buf, (n_buf,))
+        pgrad = carray(pgrad, (n_pg,))
+        pg_off = carray(pg_off, (n_layers,))
+        scale = like(theta, scale)
+        n_in = sizes[t0]
+        maxw = n_in
         for layer in range(t0, t1 + 1):
-            o = pg_off[layer]
-            for i in range(o, o + (sizes[layer] + 1) * sizes[layer + 1]):
-                pgrad[i] = 0.0
-    for n0 in range(r0, r1, bs):
-        nb = min(bs, r1 - n0)
-        if t0 == 0:
-            for k in range(n_in):
-                xk = XT[k, n0:]  # block views indexed from 0: an index n0 + n of unknown sign wraps negatives
-                for n in range(nb):
-                    xin[k, n] = xk[n]
-        else:
-            a_in = _stored(acts, act_off, sizes, t0 - 1, n_samples)[n0:]
-            for n in range(nb):
+            maxw = max(maxw, sizes[layer + 1])
+        act_base = n_in * bs
+        top = act_base
+        for layer in range(t0, t1 + 1):
+            top += sizes[layer + 1] * bs
+        ga = top
+        gb = top + maxw * bs
+        m = buf[top + 2 * maxw * bs:top + 2 * maxw * bs + bs]
+        s = buf[top + 2 * maxw * bs + bs:top + 2 * maxw * bs + 2 * bs]
+        # offsets as int64, never a literal 0: Numba compiles a callee once per literal argument
+        xin = _block(buf, np.int64(0), n_in, bs)
+        loss = 0.0
+        if mode == MODE_HEAD or mode == MODE_BACKWARD:
+            for layer in range(t0, t1 + 1):
+                o = pg_off[layer]
+                for i in range(o, o + (sizes[layer] + 1) * sizes[layer + 1]):
+                    pgrad[i] = 0.0
+        for n0 in range(r0, r1, bs):
+            nb = min(bs, r1 - n0)
+            if t0 == 0:
                 for k in range(n_in):
-                    xin[k, n] = a_in[n, k]
-        # forward through the run, block activations only
-        off = act_base
-        prev = np.int64(0)
-        for layer in range(t0, t1 + 1):
-            fan_out = sizes[layer + 1]
-            out = _block(buf, off, fan_out, bs)
-            x = _block(buf, prev, sizes[layer], bs)
-            code = IDENTITY if layer == n_layers - 1 else codes[layer]
-            forward_block(_weights(theta, w_off, sizes, layer), _bias(theta, w_off, sizes, layer),
-                          code, x, out, nb)
-            prev = off
-            off += fan_out * bs
-        width = sizes[t1 + 1]
-        last = _block(buf, prev, width, bs)
-        if mode == MODE_FORWARD:
-            a_out = _stored(acts, act_off, sizes, t1, n_samples)[n0:]
-            for n in range(nb):
-                for j in range(width):
-                    a_out[n, j] = last[j, n]
-            continue
-        g = _block(buf, ga, width, bs)
-        if mode == MODE_HEAD or mode == MODE_LOSS:
-            want_loss = mode == MODE_LOSS
-            if head == HEAD_SOFTMAX:
-                loss += softmax_xent_block(last, TT, n0, nb, scale, g, m, s, want_loss)
+                    xk = XT[k, n0:]  # block views indexed from 0: an index n0 + n of unknown sign wraps negatives
+                    for n in range(nb):
+                        xin[k, n] = xk[n]
             else:
-                loss += squared_error_block(head, last, TT, n0, nb, scale, g, want_loss)
-            if want_loss:
+                a_in = _stored(acts, act_off, sizes, t0 - 1, n_samples)[n0:]
+                for n in range(nb):
+                    for k in range(n_in):
+                        xin[k, n] = a_in[n, k]
+            # forward through the run, block activations only
+            off = act_base
+            prev = np.int64(0)
+            for layer in range(t0, t1 + 1):
+                fan_out = sizes[layer + 1]
+                out = _block(buf, off, fan_out, bs)
+                x = _block(buf, prev, sizes[layer], bs)
+                code = IDENTITY if layer == n_layers - 1 else codes[layer]
+                forward_block(_weights(theta, w_off, sizes, layer), _bias(theta, w_off, sizes, layer),
+                              code, x, out, nb)
+                prev = off
+                off += fan_out * bs
+            width = sizes[t1 + 1]
+            last = _block(buf, prev, width, bs)
+            if mode == MODE_FORWARD:
+                a_out = _stored(acts, act_off, sizes, t1, n_samples)[n0:]
+                for n in range(nb):
+                    for j in range(width):
+                        a_out[n, j] = last[j, n]
                 continue
-        else:
-            d_out = _stored(deltas, act_off, sizes, t1, n_samples)[n0:]
-            for n in range(nb):
-                for j in range(width):
-                    g[j, n] = d_out[n, j]
-        # backward: off walks back over the block activations
-        g_off = ga
-        gin_off = gb
-        for layer in range(t1, t0 - 1, -1):
-            fan_in = sizes[layer]
-            fan_out = sizes[layer + 1]
-            off -= fan_out * bs
-            x_off = off - fan_in * bs if layer > t0 else np.int64(0)
-            o = pg_off[layer]
-            dW = pgrad[o:o + fan_in * fan_out].reshape((fan_in, fan_out))
-            db = pgrad[o + fan_in * fan_out:o + (fan_in + 1) * fan_out]
-            want_gin = layer > 0
-            prev_code = codes[layer - 1] if layer > 0 else IDENTITY
-            backward_block(_weights(theta, w_off, sizes, layer), _block(buf, g_off, fan_out, bs),
-                           _block(buf, x_off, fan_in, bs), dW, db, _block(buf, gin_off, fan_in, bs),
-                           nb, want_gin, prev_code)
-            g_off, gin_off = gin_off, g_off
-        if t0 > 0:
-            d_in = _stored(deltas, act_off, sizes, t0 - 1, n_samples)[n0:]
-            gin = _block(buf, g_off, n_in, bs)
-            for n in range(nb):
-                for k in range(n_in):
-                    d_in[n, k] = gin[k, n]
-    return loss
+            g = _block(buf, ga, width, bs)
+            if mode == MODE_HEAD or mode == MODE_LOSS:
+                want_loss = mode == MODE_LOSS
+                if softmax:  # a constant of this kernel: the other head is not compiled into it
+                    loss += softmax_xent_block(last, TT, n0, nb, scale, g, m, s, want_loss)
+                else:
+                    loss += squared_error_block(head, last, TT, n0, nb, scale, g, want_loss)
+                if want_loss:
+                    continue
+            else:
+                d_out = _stored(deltas, act_off, sizes, t1, n_samples)[n0:]
+                for n in range(nb):
+                    for j in range(width):
+                        g[j, n] = d_out[n, j]
+            # backward: off walks back over the block activations
+            g_off = ga
+            gin_off = gb
+            for layer in range(t1, t0 - 1, -1):
+                fan_in = sizes[layer]
+                fan_out = sizes[layer + 1]
+                off -= fan_out * bs
+                x_off = off - fan_in * bs if layer > t0 else np.int64(0)
+                o = pg_off[layer]
+                dW = pgrad[o:o + fan_in * fan_out].reshape((fan_in, fan_out))
+                db = pgrad[o + fan_in * fan_out:o + (fan_in + 1) * fan_out]
+                want_gin = layer > 0
+                prev_code = codes[layer - 1] if layer > 0 else IDENTITY
+                backward_block(_weights(theta, w_off, sizes, layer), _block(buf, g_off, fan_out, bs),
+                               _block(buf, x_off, fan_in, bs), dW, db, _block(buf, gin_off, fan_in, bs),
+                               nb, want_gin, prev_code)
+                g_off, gin_off = gin_off, g_off
+            if t0 > 0:
+                d_in = _stored(deltas, act_off, sizes, t0 - 1, n_samples)[n0:]
+                gin = _block(buf, g_off, n_in, bs)
+                for n in range(nb):
+                    for k in range(n_in):
+                        d_in[n, k] = gin[k, n]
+        return loss
+
+    return fused_chunk
 
 
 @njit(**_OPTS)
@@ -328,7 +337,8 @@ def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_
     compiled gather at address ``gather``, ``cpu_gather``), and the loss goes range by range
     through the same buffers, so nothing but the data is N rows long. ``interval`` = (lrs, update, addresses,
     step0, kernel), ``update`` the address of the optimiser step (``cpu_update``), ``kernel`` that of the
-    fused-run kernel (``chunk_kernel("fused", dtype)``; unused without fused runs); ``hyper``
+    fused-run kernel (``chunk_kernel("fused_softmax", dtype)`` or ``"fused_squared"``; unused
+    without fused runs); ``hyper``
     is [l2, full-batch scale, mean?, this step's scale], ``meta`` (``cpu_gather.META``) starts
     [this step's rows, -]: the
     kernel reads both each step (a minibatch's gather writes them), so a step's data is
@@ -496,7 +506,8 @@ def _fused_signature(dtype: str):
                          i)
 
 
-CHUNK_KERNELS = {"fused": fused_chunk}
+# The fused-run kernels by name: one per loss head (``_fused_chunk_for``).
+CHUNK_KERNELS = {f"fused_{head}": _fused_chunk_for(head) for head in ("softmax", "squared")}
 
 
 def chunk_kernel(name: str, dtype: str, *, cached_only: bool = False):
@@ -513,16 +524,13 @@ def late_callees(name: str, dtype: str, entry: str) -> list:
     activations' loops, which the kernel reaches after its own set-up and the BLAS layers' row
     helpers need too (without this, both processes compile them). Then, where ``entry`` runs
     fused layers only (``train_passes_fused``, serial or chunked; one with BLAS layers too is
-    the longer compile of the two), the backward block and the squared-error head, which the
-    kernel reaches after compiling the softmax head (the fit could not have that one ready in
-    time). 2-8-8-2 float64 on 2 cores, timelines of both processes: the helper's kernel about
-    8 s, of which these 3.5 s."""
+    the longer compile of the two), the backward block, which the kernel reaches after its loss
+    head (the fit could not have the head ready in time). The list is the same for both heads."""
     _, a1, a2 = value_types(dtype)
     i = types.int64
     callees = [(activate, (i, a2, i, i))]
     if entry in ("train_passes_fused", "train_passes_fused_parallel"):
-        callees += [(backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)),
-                    (squared_error_block, squared_error_block_types(dtype))]
+        callees.append((backward_block, (a2, a2, a2, a2, a1, a2, i, types.boolean, i)))
     return callees
 
 

@@ -79,15 +79,18 @@ def test_the_helper_compiles_the_chunk_kernel_and_the_fit_loads_it(tmp_path):
 
 LATE_CALLEES = """
 import json, sys
-from nnx.kernels import cpu_mlp1, cpu_train
+from nnx.kernels import cpu_mlp1, cpu_softmax, cpu_squared, cpu_train
 dtype = sys.argv[1]
+heads = lambda: [len(cpu_softmax.softmax_xent_block.signatures), len(cpu_squared.squared_error_block.signatures)]
 counts = {}
-for module, name, entry in ((cpu_mlp1, "any", "train"), (cpu_train, "fused", "train_passes"),
-                            (cpu_train, "fused", "train_passes_fused")):
+cpu_train.chunk_kernel("fused_softmax", dtype)
+counts["heads of the softmax kernel"] = heads()
+for module, name, entry in ((cpu_mlp1, "any", "train"), (cpu_train, "fused_softmax", "train_passes"),
+                            (cpu_train, "fused_squared", "train_passes_fused")):
     callees = module.late_callees(name, dtype, entry)
     for function, types in callees:
         function.compile(types)
-    module.chunk_kernel(name, dtype)  # "fused" compiles once: a later list's types are checked against its
+    module.chunk_kernel(name, dtype)  # a later list's types are checked against an earlier kernel's calls
     counts[entry] = [len(function.signatures) for function, _ in callees]
 print(json.dumps(counts))
 """
@@ -98,9 +101,11 @@ def test_a_fit_compiles_the_callees_a_chunk_kernel_reaches_last_in_the_types_the
         tmp_path, dtype):
     """What a fit compiles while the helper compiles the chunk kernel (``late_callees``) is what the
     kernel's compile then finds made: a second signature of any of them would mean the kernel
-    compiled it again, in other types."""
+    compiled it again, in other types. The fused-run kernel of a softmax network compiles no
+    squared-error head."""
     counts = _run(LATE_CALLEES, tmp_path, dtype)
-    assert counts == {"train": [1, 1, 1], "train_passes": [1], "train_passes_fused": [1, 1, 1]}, counts
+    assert counts == {"heads of the softmax kernel": [1, 0], "train": [1, 1, 1], "train_passes": [1],
+                      "train_passes_fused": [1, 1]}, counts
 
 
 ASIDE_FIT = WAITS + """

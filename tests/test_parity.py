@@ -34,6 +34,7 @@ CASES = {
     "blas_head": ((2, 12, 40, 10), "tanh", "softmax", "moons", 0.001, 0.01, "sum"),
     "xor": ((2, 2, 1), "sigmoid", "sigmoid", "xor", 1.0, 0.0, "sum"),
     "identity_mean": ((2, 30, 3), "identity", "identity", "regression", 0.05, 0.01, "mean"),
+    "deep_regression": ((2, 8, 8, 3), "tanh", "identity", "regression", 0.05, 0.01, "mean"),
 }
 
 

@@ -376,7 +376,7 @@ def make_plan(net: Network, n_samples: int, fused_max_dim: int = FUSED_MAX_DIM, 
         fused_runs = 1 in kinds
         kernel = ("train_passes_blas" if not fused_runs else "train_passes_fused" if 0 not in kinds
                   else "train_passes" if units[-1][0] == 0 else "train_passes_fused_head")
-        chunk_kernel = "fused" if fused_runs else ""
+        chunk_kernel = ("fused_softmax" if net.output == "softmax" else "fused_squared") if fused_runs else ""
     # block buffers per thread (any chunk may run on any thread), partial gradients per chunk
     if not gradients:
         pg_size, max_grad_chunks, n_grads = 1, 1, 1
