@@ -219,7 +219,7 @@ def _sum_chunk_grads(t0, t1, sizes, w_off, grads, pg, pg_off, n_chunks):
 @njit(**_SHARED)
 def _fused_call(kernel, mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas, act_off,
                 r0, r1, bs, buf, pgrad, pg_off, scale):
-    """``fused_chunk``, the C-callable kernel at address ``kernel`` (arrays as pointers, with the
+    """The fused-run kernel (``fused_chunk``), C-callable at address ``kernel`` (arrays as pointers, with the
     sizes it rebuilds them from)."""
     return c_call_float(kernel, (mode, t0, t1, sizes, codes, head, w_off, theta, n_samples, XT, TT, acts, deltas,
                                  act_off, r0, r1, bs, buf, pgrad, pg_off, np.float64(scale), np.int64(codes.size),
