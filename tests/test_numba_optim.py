@@ -132,7 +132,8 @@ def test_every_optimizer_matches_numpy_on_every_path(path, optimizer_name, net_n
 
 
 @pytest.mark.parametrize("optimizer_name", ["adam", "momentum", "rmsprop-centered"])
-@pytest.mark.parametrize("sizes", [(2, 300, 2), (3, 512, 64, 3)], ids=["one-hidden", "deep"])
+@pytest.mark.parametrize("sizes", [(2, 300, 2), (3, 512, 64, 3), (3, 512, 64, 12)],
+                         ids=["one-hidden", "deep", "deep-blas-output"])
 def test_chunked_parallel_paths_match_numpy_with_large_minibatches(sizes, optimizer_name):
     """Batches large enough that their passes split into chunks on threads."""
     net = Network(sizes, "tanh", "softmax")
