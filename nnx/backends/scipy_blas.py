@@ -9,6 +9,7 @@ attribute, as an ordinary import would have left it (``_AttachToPackage``).
 """
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.util
 import sys
@@ -18,9 +19,10 @@ MODULE = "scipy.linalg.cython_blas"
 PACKAGE = "scipy.linalg"
 
 
+@functools.lru_cache(maxsize=1)
 def module_file() -> Path | None:
     """The module's file, or None where SciPy or the module is not installed; found without
-    importing anything."""
+    importing anything, once a process (the backend's check and ``load_alone`` both ask)."""
     spec = importlib.util.find_spec("scipy")
     folders = (spec.submodule_search_locations or []) if spec is not None else []
     found = [path for folder in folders for path in Path(folder, "linalg").glob("cython_blas.*")
