@@ -16,12 +16,13 @@ are bit-identical whatever ``NUMBA_NUM_THREADS``.
 
 Compile time: the chunk kernels (``_chunk_2x2`` for the moons model, ``_chunk_any``)
 are C-callable functions (``chunk_kernel``), compiled once per dtype and cached, and
-the entry points (``train``, its chunked twin ``train_parallel``, ``train_tiny``)
-call them by address, as they call the optimiser step. So an entry point compiles
-only its loop, whatever network it trains, and no function holds a second copy of
-a kernel: Numba links a compiled callee's code into each caller, where LLVM
-optimises and emits it again, and a parallel function's compile grows with all it
-holds. ``train_tiny`` inlines its sample-by-sample kernel instead (XOR-sized work).
+the entry points (``train``, its chunked twin ``train_parallel``) call them by address,
+as they call the optimiser step. So an entry point compiles only its loop, whatever
+network it trains, and no function holds a second copy of a kernel: Numba links a
+compiled callee's code into each caller, where LLVM optimises and emits it again, and
+a parallel function's compile grows with all it holds. Fits of a handful of samples
+(XOR-sized work) run ``tiny_entry``'s entry point instead, made per input and output
+width, which inlines its sample-by-sample kernel.
 """
 from __future__ import annotations
 
@@ -91,16 +92,16 @@ def _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z):
 
 
 @njit(**_SHARED)
-def _zero(dW1, db1, dW2, db2):
-    """Explicit loops: slice assignment costs more than a whole tiny pass."""
-    n_in, n_hidden = dW1.shape
-    for j in range(n_hidden):
+def _zero(dW1, db1, dW2, db2, n_in, n_out):
+    """Explicit loops: slice assignment costs more than a whole tiny pass. The widths come as
+    arguments: constants in ``tiny_entry``'s kernels."""
+    for j in range(dW1.shape[1]):
         db1[j] = 0.0
         for k in range(n_in):
             dW1[k, j] = 0.0
-        for c in range(dW2.shape[1]):
+        for c in range(n_out):
             dW2[j, c] = 0.0
-    for c in range(db2.size):
+    for c in range(n_out):
         db2[c] = 0.0
 
 
@@ -115,7 +116,7 @@ def _chunk_any(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
     zero = like(W1, 0.0)  # accumulators in W1's precision
     loss = 0.0
     if mode != LOSS_ONLY:
-        _zero(dW1, db1, dW2, db2)
+        _zero(dW1, db1, dW2, db2, n_in, n_out)
     r1 = min(r1, n_samples)  # the padding is for the 2x2 kernel only
     for n0 in range(r0, r1, bs):
         nb = min(bs, r1 - n0)
@@ -161,18 +162,18 @@ def _chunk_any(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
 
 # inlined into its loop: at XOR's 4 x 2-2-1 a call per pass was a fifth of the pass
 @njit(**_SHARED)
-def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, W1, b1, W2, b2, code, head, scale, mode,
+def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, n_in, n_out, W1, b1, W2, b2, code, head, scale, mode,
                 hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` one sample at a time, for a handful of samples and units (XOR: 4 x 2-2-1):
-    there, loops over blocks of samples would be all set-up and remainder."""
-    n_in, n_hidden = W1.shape
-    n_out = W2.shape[1]
+    there, loops over blocks of samples would be all set-up and remainder. ``n_in`` and ``n_out``
+    are constants of the entry point (``tiny_entry``)."""
+    n_hidden = W1.shape[1]
     h = hb[:, 0]
     zz = z[:, 0]
     gg = g[:, 0]
     loss = 0.0
     if mode != LOSS_ONLY:
-        _zero(dW1, db1, dW2, db2)
+        _zero(dW1, db1, dW2, db2, n_in, n_out)
     for n in range(r0, min(r1, n_samples)):
         for j in range(n_hidden):
             acc = b1[j]
@@ -296,7 +297,7 @@ def _chunk_2x2(xt, tt, cols, n_samples, r0, r1, bs, theta, n_in, n_hidden, n_out
     one = like(W1, 1.0)
     loss = 0.0
     if mode != LOSS_ONLY:
-        _zero(dW1, db1, dW2, db2)
+        _zero(dW1, db1, dW2, db2, n_in, n_out)
     acc_b0 = zero
     acc_b1 = zero
     for n0 in range(r0, r1, bs):
@@ -470,8 +471,8 @@ def _train(chunk, side_by_side, n_updates, want_loss, n_samples, n_in, n_hidden,
                                              n_in, n_hidden, n_out, code, head, np.float64(scale), mode, scratch[0],
                                              grads))
             else:
-                part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, W1, b1, W2, b2, code, head, scale, mode,
-                             hb, z, g, d, m, s, dW1, db1, dW2, db2)
+                part = chunk(XT, TT, n_real, np.int64(0), n_rows, bs, n_in, n_out, W1, b1, W2, b2, code, head, scale,
+                             mode, hb, z, g, d, m, s, dW1, db1, dW2, db2)
         else:
             losses = np.empty(n_chunks)
             side_by_side(kernel, mode, n_real, n_rows, n_chunks, chunk_len, bs, XT, TT, theta, n_in, n_hidden, n_out,
@@ -542,12 +543,29 @@ def train_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code,
                   batch, interval)
 
 
-@njit(**_ENTRY)
-def train_tiny(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel, n_chunks, chunk_len, bs,
-               theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
-    return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel,
-                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
-                  batch, interval)
+@functools.lru_cache(maxsize=None)
+def tiny_entry(n_in: int, n_out: int):
+    """The entry point of fits too small for blocks (``train_tiny`` in a plan), made for ``n_in``
+    inputs and ``n_out`` outputs: constants of the function, so LLVM unrolls the loops over them
+    (XOR's 2-2-1: 220-270 ns a pass against 350-370 with the widths known only at run time, in
+    one process). The hidden width stays a run-time value, so a sweep over it compiles once.
+    Numba's disk cache keys each variant by those constants."""
+    n_in, n_out = int(n_in), int(n_out)
+
+    def train_tiny(n_updates, want_loss, n_samples, any_in, n_hidden, any_out, code, head, kernel, n_chunks,
+                   chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
+                   interval):
+        return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel,
+                      n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
+                      batch, interval)
+
+    return njit(**_ENTRY)(train_tiny)
+
+
+def entry_point(name: str, n_in: int, n_out: int):
+    """The entry point a plan names (``train``, ``train_parallel`` or ``train_tiny``) for a network of
+    ``n_in`` inputs and ``n_out`` outputs."""
+    return tiny_entry(n_in, n_out) if name == "train_tiny" else {"train": train, "train_parallel": train_parallel}[name]
 
 
 # ------------------------------------------------------------ chunk kernels

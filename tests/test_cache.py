@@ -261,3 +261,43 @@ def test_a_parallel_entry_point_compiled_beside_a_cached_parallel_callee_loads_a
     compiled = fit("2-8-8-2", "train_passes_fused_parallel")  # compiles its entry point, the runner from the cache
     assert fit("2-8-8-2", "train_passes_fused_parallel") == compiled  # everything from the cache
     assert fit("2-8-8-2", "train_passes_fused_parallel", "ask-first") == compiled
+
+
+TINY_FITS = """
+import json
+import numpy as np
+from numba.core import event
+import nnx
+compiled = []
+class Compiles(event.Listener):
+    def on_start(self, ev):
+        compiled.append(getattr(ev.data["dispatcher"], "__name__", "?"))
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", Compiles())
+rng = np.random.default_rng(0)
+losses = []
+with nnx.use_backend("numba"):
+    for sizes, head in (((2, 2, 1), "sigmoid"), ((4, 3, 3), "softmax")):
+        X = rng.normal(size=(5, sizes[0]))
+        y = rng.integers(0, 2, 5) if head == "sigmoid" else np.array([0, 1, 2, 1, 0])
+        model = nnx.MLP(list(sizes), output=head).fit(X, y.astype(float) if head == "sigmoid" else y, passes=20)
+        losses.append(model.history[20])
+print(json.dumps({"compiled": compiled, "losses": losses}))
+"""
+
+
+def test_each_input_and_output_width_of_the_tiny_kernel_is_cached_and_loaded(tmp_path, numba_required):
+    """Fits of fewer than 8 samples run an entry point made for their input and output widths
+    (``cpu_mlp1.tiny_entry``): Numba's cache keeps one per width pair, and a second process loads
+    both without compiling anything, to the same losses."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NNX_CACHE_DIR", "NUMBA_CACHE_DIR", "NNX_BACKEND"))}
+    env.update(NNX_CACHE_DIR=str(tmp_path))
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", TINY_FITS], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    first, second = runs
+    assert first["compiled"].count("train_tiny") == 2, first["compiled"]
+    assert second["compiled"] == [] and second["losses"] == first["losses"]

@@ -35,6 +35,9 @@ CASES = {
     "xor": ((2, 2, 1), "sigmoid", "sigmoid", "xor", 1.0, 0.0, "sum"),
     "identity_mean": ((2, 30, 3), "identity", "identity", "regression", 0.05, 0.01, "mean"),
     "deep_regression": ((2, 8, 8, 3), "tanh", "identity", "regression", 0.05, 0.01, "mean"),
+    # fewer than 8 samples (the Numba backend's sample-by-sample kernel, made per input and output width)
+    "few_classes": ((5, 6, 3), "tanh", "softmax", "few_classes", 0.1, 0.01, "sum"),
+    "few_regression": ((3, 4, 2), "relu", "identity", "few_regression", 0.05, 0.0, "mean"),
 }
 
 
@@ -44,6 +47,11 @@ def case_data(kind: str):
     if kind == "xor":
         return nnx.datasets.xor()
     rng = np.random.default_rng(3)
+    if kind == "few_classes":
+        return rng.normal(size=(6, 5)), np.array([0, 1, 2, 2, 1, 0])
+    if kind == "few_regression":
+        X = rng.normal(size=(5, 3))
+        return X, np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1)
     X = rng.normal(size=(150, 2))
     return X, np.stack([np.sin(X[:, 0]), X[:, 0] * X[:, 1], np.cos(X[:, 1])], axis=1)
 

@@ -644,7 +644,8 @@ class NumbaBackend(Backend):
         if plan.chunk_kernel:
             if not _chunk_kernel(plan, net.dtype, cached_only=True):
                 jobs.append((module, plan.chunk_kernel))
-        elif not _has_cache_index(getattr(kernels, plan.kernel)):
+        elif not _has_cache_index(cpu_mlp1.entry_point(plan.kernel, net.n_inputs, net.n_outputs) if plan.mlp1
+                                  else getattr(cpu_train, plan.kernel)):
             if plan.kernel == "train_passes_blas":
                 jobs.append(("cpu_train", "rows"))
             family = _update_family(optimizer)
@@ -709,7 +710,7 @@ class NumbaBackend(Backend):
         if plan.mlp1:
             interval += (record if record is not None else np.zeros((1, 2)), every)
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
-            kernel = getattr(cpu_mlp1, plan.kernel)
+            kernel = cpu_mlp1.entry_point(plan.kernel, n_in, n_out)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, chunk_address,
                     plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT,
                     plan.scratch, plan.pg, plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
