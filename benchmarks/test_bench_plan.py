@@ -4,7 +4,7 @@
   against the same network with those layers on BLAS, the paths they took before that rule
   (fused only with a side of at most 8): ``NumbaBackend(fused_max_dim=5)``, fused up to 5 on
   the smaller side or 10 on both, gives exactly those paths for these networks (checked here).
-* Few samples: one-hidden-layer fits with fewer than 8 samples run the sample-by-sample kernel,
+* Few samples: one-hidden-layer fits with at most 8 samples run the sample-by-sample kernel,
   more run the block kernel; each case is timed on both (the other one by setting
   ``TINY_MAX_SAMPLES`` for its run), so the figures show where one overtakes the other.
 
@@ -33,8 +33,8 @@ SMALL_LAYERS = [((2, 16, 16, 2), 200, "float64"), ((2, 16, 16, 2), 5000, "float6
                 ((10, 16, 3), 1000, "float64"), ((2, 12, 12, 12, 2), 500, "float32"),
                 ((784, 16, 10), 2000, "float32")]
 BLAS_FOR_SMALL = 5
-FEW_SAMPLES = [((2, 2, 1), 4, "float64"), ((2, 2, 1), 8, "float64"), ((2, 8, 1), 7, "float64"),
-               ((2, 8, 1), 16, "float64"), ((2, 8, 1), 32, "float64"), ((2, 3, 2), 20, "float32"),
+FEW_SAMPLES = [((2, 2, 1), 4, "float64"), ((2, 2, 1), 8, "float64"), ((2, 2, 1), 12, "float64"),
+               ((2, 8, 1), 8, "float64"), ((2, 8, 1), 16, "float64"), ((2, 8, 1), 32, "float64"), ((2, 3, 2), 20, "float32"),
                ((2, 16, 1), 16, "float32")]  # samples x hidden within TINY_MAX_WORK: both kernels apply
 
 

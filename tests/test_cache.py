@@ -288,7 +288,7 @@ print(json.dumps({"compiled": compiled, "losses": losses}))
 
 
 def test_each_input_and_output_width_of_the_tiny_kernel_is_cached_and_loaded(tmp_path, numba_required):
-    """Fits of fewer than 8 samples run an entry point made for their input and output widths
+    """Fits of at most 8 samples run an entry point made for their input and output widths
     (``cpu_mlp1.tiny_entry``): Numba's cache keeps one per width pair, and a second process loads
     both without compiling anything, to the same losses."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NNX_CACHE_DIR", "NUMBA_CACHE_DIR", "NNX_BACKEND"))}

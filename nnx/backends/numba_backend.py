@@ -57,10 +57,11 @@ MAX_BLOCK = 512
 # enter parallel regions at once; nnx runs its parallel kernels one at a time.
 _PARALLEL_LOCK = threading.Lock()
 # One-hidden-layer fits with at most TINY_MAX_SAMPLES samples (rows of a minibatch) and
-# TINY_MAX_WORK samples x hidden units run sample by sample (XOR's 4 x 2): with fewer samples
-# than a vector holds, blocks would be all loop set-up and remainder. From 8 samples on, the
-# blocks were faster (benchmarks/test_bench_plan.py: 2-2-1 to 2-16-1, float64 and float32).
-TINY_MAX_SAMPLES = 7
+# TINY_MAX_WORK samples x hidden units run sample by sample (XOR's 4 x 2): with so few samples,
+# blocks (padded to 16) would be all loop set-up and remainder. At 8 samples sample by sample was
+# still 1.2-1.3x faster, at 12 the blocks were as fast or faster, and from 16 on 1.3-2.3x faster
+# (benchmarks/test_bench_plan.py: 2-2-1 to 2-16-1, float64 and float32).
+TINY_MAX_SAMPLES = 8
 TINY_MAX_WORK = 256
 # Predictions with fewer N x widest-layer elements take NumPy's forward (no compile).
 COMPILED_PREDICT_MIN = 1 << 16
