@@ -645,8 +645,7 @@ class NumbaBackend(Backend):
         if plan.chunk_kernel:
             if not _chunk_kernel(plan, net.dtype, cached_only=True):
                 jobs.append((module, plan.chunk_kernel))
-        elif not _has_cache_index(cpu_mlp1.entry_point(plan.kernel, net.n_inputs, net.n_outputs) if plan.mlp1
-                                  else getattr(cpu_train, plan.kernel)):
+        elif not _has_cache_index(_entry_point(plan, net)):
             if plan.kernel == "train_passes_blas":
                 jobs.append(("cpu_train", "rows"))
             family = _update_family(optimizer)
@@ -688,7 +687,7 @@ class NumbaBackend(Backend):
         (the chunk kernel, the optimiser step, the gather) is compiled or loaded here; with
         ``typing_only``, nothing is: the arguments then have the call's types (all a compile of the
         entry point needs) and null addresses, and must never be run."""
-        from ..kernels import cpu_gather, cpu_mlp1, cpu_train
+        from ..kernels import cpu_gather
 
         if plan.parallel and not plan.ready:
             _start_threading_layer()  # before the entry point loads from the cache (or compiles)
@@ -708,16 +707,15 @@ class NumbaBackend(Backend):
             if plan.chunk_kernel and not plan.chunk_address:
                 plan.chunk_address = _chunk_kernel(plan, net.dtype).address
             chunk_address = plan.chunk_address
+        kernel = _entry_point(plan, net)
         if plan.mlp1:
             interval += (record if record is not None else np.zeros((1, 2)), every)
             n_in, hidden, n_out = (int(v) for v in plan.sizes)
-            kernel = cpu_mlp1.entry_point(plan.kernel, n_in, n_out)
             args = (lrs.size, want_loss, n, n_in, hidden, n_out, int(plan.codes[0]), plan.head, chunk_address,
                     plan.mlp1_chunks, plan.mlp1_chunk_len, plan.mlp1_bs, plan.theta, plan.grads, XT, TT,
                     plan.scratch, plan.pg, plan.w_off, plan.b_off, plan.n_bias, hyper, data.X, data.T,
                     (batch_rows, order, bounds, kit.gather, meta), interval)
         else:
-            kernel = getattr(cpu_train, plan.kernel)
             X, T = data.X, data.T
             if plan.batched:  # the kernel works in the batch buffers, cut to each step's rows
                 X, XT, T, TT = plan.batch_buffers(net)
@@ -817,6 +815,15 @@ def _typing_kit(net: Network) -> _CallKit:
     return _CallKit(key=(), hyper=np.zeros(4, net.np_dtype), update=0,
                     addresses=np.zeros(len(cpu_update.ADDRESSES), np.int64),
                     meta=np.zeros(cpu_gather.N_META, np.int64), gather=0, owned={})
+
+
+def _entry_point(plan: _Plan, net: Network):
+    """The compiled function a plan's training call enters (``plan.kernel``)."""
+    from ..kernels import cpu_mlp1, cpu_train
+
+    if plan.mlp1:
+        return cpu_mlp1.entry_point(plan.kernel, net.n_inputs, net.n_outputs)
+    return getattr(cpu_train, plan.kernel)
 
 
 def _has_cache_index(kernel) -> bool:
