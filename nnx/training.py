@@ -31,8 +31,10 @@ MAX_CHUNK_UPDATES = 4096
 MAX_CHUNK_SAMPLES = 1 << 22
 # Where a backend takes logging points' losses from the passes themselves (``Backend.records_losses``),
 # one call covers several points; calls grow while they last less than this, so Ctrl-C and the
-# progress display stay as responsive as with a call per logging point.
+# progress display stay as responsive as with a call per logging point. Such a call holds only
+# its learning rates and a loss per point, so it may run up to MAX_RECORDING_UPDATES updates.
 RECORDING_CALL_S = 0.05
+MAX_RECORDING_UPDATES = 1 << 16
 
 class _InterruptFlag:
     """Ctrl-C handling for one fit (main thread only; other threads keep Python's).
@@ -107,7 +109,7 @@ class FitRun:
                 on_progress(self.state.updates)
 
     def train_recording(self, count: int, every: int):
-        """``count`` updates (at most ``MAX_CHUNK_UPDATES``, full batch) in one backend call, and the
+        """``count`` updates (at most ``MAX_RECORDING_UPDATES``, full batch) in one backend call, and the
         loss after every ``every`` of them and after the last (float64 array)."""
         lrs, _ = self.next_interval(count)
         return self.backend.train_recording(self.net, self.state, self.data, self.objective, self.optimizer,
@@ -215,7 +217,7 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
     end = state.updates + passes
     recording = (not log_reads_state and run.stream is None and log_every < MAX_CHUNK_UPDATES
                  and run.backend.records_losses(run.net, run.optimizer))
-    span = log_every  # updates per recording call: whole logging intervals, doubled while calls are short
+    span = log_every  # updates per recording call: whole logging intervals, grown while calls are short
     with _InterruptFlag() as interrupt:
         try:
             if record_start:  # through the fit's own buffers (its batch size too): no second set for this loss
@@ -236,8 +238,10 @@ def run_fit(run: FitRun, passes: int, log_every: int, history: dict[int, float],
                 if on_progress is not None:
                     on_progress(state.updates)
                 if outcome is None:
-                    if time.perf_counter() - began < RECORDING_CALL_S:
-                        span = min(2 * span, MAX_CHUNK_UPDATES // log_every * log_every)
+                    # as many times longer as keeps the next call within RECORDING_CALL_S at this one's rate
+                    grow = int(RECORDING_CALL_S / max(time.perf_counter() - began, 1e-9))
+                    if grow >= 2:
+                        span = min(grow * span, MAX_RECORDING_UPDATES // log_every * log_every)
                     continue
                 if outcome is not _ONE_INTERVAL:
                     return outcome
