@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nnx
+from nnx.initializers import INITIALIZERS, initial_params
 from tolerances import params_error
 
 
@@ -30,6 +31,40 @@ def test_initial_params_shapes_and_dtype():
     m64 = nnx.MLP([2, 5, 4, 3], hidden="relu")
     for (W32, _), (W64, _) in zip(m.params, m64.params):
         assert np.array_equal(W32, W64.astype(np.float32))
+
+
+@pytest.mark.parametrize("init", INITIALIZERS)
+def test_initial_params_are_numpys_random_state_draws_whatever_was_drawn_before(init):
+    """Each layer's W, then b where b is random, drawn from ``numpy.random.RandomState(seed)``, the
+    tutorials' order; a model made after others (an odd count of normals drawn, another seed) or
+    in another thread starts from the same numbers."""
+    sizes = [3, 5, 2]
+
+    def expected(seed):
+        rs = np.random.RandomState(seed)
+        out = []
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
+            W = {"normal_fan_in": lambda: rs.randn(fan_in, fan_out) / np.sqrt(fan_in),
+                 "normal_001": lambda: rs.randn(fan_in, fan_out) * 0.01,
+                 "uniform": lambda: rs.rand(fan_in, fan_out),
+                 "glorot": lambda: rs.uniform(-np.sqrt(6 / (fan_in + fan_out)), np.sqrt(6 / (fan_in + fan_out)),
+                                              size=(fan_in, fan_out)),
+                 "he": lambda: rs.randn(fan_in, fan_out) * np.sqrt(2 / fan_in)}[init]()
+            out.append((W, rs.rand(fan_out) if init == "uniform" else np.zeros(fan_out)))
+        return out
+
+    def same(got, want):
+        return all(np.array_equal(gW, wW) and np.array_equal(gb, wb) for (gW, gb), (wW, wb) in zip(got, want))
+
+    assert same(initial_params(sizes, init, 7), expected(7))
+    initial_params([1, 3], "normal_fan_in", 5)  # three normals: the third's pair left cached
+    assert same(initial_params(sizes, init, 0), expected(0))
+    assert same(nnx.MLP(sizes, init=init, seed=2**32 - 1).params, expected(2**32 - 1))
+    found = []
+    worker = threading.Thread(target=lambda: found.append(initial_params(sizes, init, 7)))
+    worker.start()
+    worker.join()
+    assert same(found[0], expected(7))
 
 
 def test_params_are_copies():
