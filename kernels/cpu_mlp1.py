@@ -562,12 +562,6 @@ def tiny_entry(n_in: int, n_out: int):
     return njit(**_ENTRY)(train_tiny)
 
 
-def entry_point(name: str, n_in: int, n_out: int):
-    """The entry point a plan names (``train``, ``train_parallel`` or ``train_tiny``) for a network of
-    ``n_in`` inputs and ``n_out`` outputs."""
-    return tiny_entry(n_in, n_out) if name == "train_tiny" else {"train": train, "train_parallel": train_parallel}[name]
-
-
 # ------------------------------------------------------------ chunk kernels
 # One C-callable kernel per chunk kernel and dtype: the gradients (and loss) of samples
 # r0..r1 into ``grads`` (flat, theta's layout), from the flat ``theta`` and one thread's

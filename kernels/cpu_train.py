@@ -381,7 +381,7 @@ def _train(fused_unit, blas, n_updates, want_loss, sizes, codes, head, w_off, b_
         if unit_kind[n_units - 1] == UNIT_BLAS:
             if blas is not None:
                 part = blas(head, _stored(acts, act_off, sizes, last, n), Tc,
-                                 _stored(deltas, act_off, sizes, last, n), scale, final)
+                            _stored(deltas, act_off, sizes, last, n), scale, final)
                 if final:
                     loss += part
                     continue

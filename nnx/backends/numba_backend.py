@@ -818,12 +818,13 @@ def _typing_kit(net: Network) -> _CallKit:
 
 
 def _entry_point(plan: _Plan, net: Network):
-    """The compiled function a plan's training call enters (``plan.kernel``)."""
+    """The compiled function a plan's training call enters (``plan.kernel``); ``train_tiny`` is made
+    per input and output width (``cpu_mlp1.tiny_entry``)."""
     from ..kernels import cpu_mlp1, cpu_train
 
-    if plan.mlp1:
-        return cpu_mlp1.entry_point(plan.kernel, net.n_inputs, net.n_outputs)
-    return getattr(cpu_train, plan.kernel)
+    if plan.kernel == "train_tiny":
+        return cpu_mlp1.tiny_entry(net.n_inputs, net.n_outputs)
+    return getattr(cpu_mlp1 if plan.mlp1 else cpu_train, plan.kernel)
 
 
 def _has_cache_index(kernel) -> bool:
