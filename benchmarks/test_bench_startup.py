@@ -5,8 +5,9 @@ Every figure a ratio is quoted from is measured in the same test, side by side:
 the tutorial's own NumPy code (``nnx.bench.tutorial_code``) and the backend seam
 beside ``MLP.fit``, the NumPy backend beside the Numba one. Cold compiles run in
 a fresh process with an empty kernel cache (``NNX_CACHE_DIR``), timed from the
-``fit`` call to the end of its first pass; the same process again times the
-warm start (``import nnx`` plus loading the first fit's kernels from the cache).
+``fit`` call to the end of its first pass; fresh processes on the filled cache then
+time the warm start (``import nnx`` plus loading the first fit's kernels from the cache,
+that fit's time beyond a second, identical one).
 
 Sizes follow ``NNX_BENCH_SIZES``: ``tiny`` (CI) runs one cold compile and small
 fits once, untimed; ``quick``/``full`` run every case (the README's figures).
@@ -29,6 +30,7 @@ from nnx.bench import tutorial_code as tut
 from nnx.network import Objective, TrainState
 from nnx.optim import SGD
 
+import hand_written
 from conftest import size_set
 
 pytest.importorskip("pytest_benchmark")
@@ -61,8 +63,11 @@ backend_start = time.perf_counter()
 with nnx.use_backend("numba"):  # imports Numba
     fit_start = time.perf_counter()
     model.fit(X, y, passes=1, log_every=1)
-done = time.perf_counter()
-print(json.dumps({"import_s": imported - start, "backend_s": fit_start - backend_start, "fit_s": done - fit_start}))
+    done = time.perf_counter()
+    nnx.MLP(sizes, hidden=hidden, output=output, dtype=dtype).fit(X, y, passes=1, log_every=1)  # kernels loaded
+    again = time.perf_counter()
+print(json.dumps({"import_s": imported - start, "backend_s": fit_start - backend_start, "fit_s": done - fit_start,
+                  "second_fit_s": again - done}))
 """
 
 
@@ -71,7 +76,10 @@ def _cold_cases():
 
 
 def _run_cold(case, cache_dir) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND")}
+    # Bytecode is written and read as in a user's environment (pip compiles an installed nnx's
+    # modules; an editable one gets them on first import), whatever this shell says.
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NNX_BACKEND",
+                                                             "PYTHONDONTWRITEBYTECODE")}
     env["NNX_CACHE_DIR"] = str(cache_dir)
     done = subprocess.run([sys.executable, "-c", COLD_SCRIPT, json.dumps(case[1:])], capture_output=True,
                           text=True, env=env, timeout=900)
@@ -81,16 +89,22 @@ def _run_cold(case, cache_dir) -> dict:
 
 @pytest.mark.parametrize("case", _cold_cases(), ids=lambda c: c[0])
 def test_cold_compile_then_cached_start(benchmark, case, tmp_path):
-    """Seconds from ``fit`` to the end of its first pass with an empty cache, then with it full
-    (``warm_import_and_load_s``: ``import nnx``, choosing the Numba backend, which imports Numba,
-    and the first fit, whose kernels load from the cache)."""
+    """Seconds from ``fit`` to the end of its first pass with an empty cache, then the start from
+    it full (``warm_import_and_load_s``: ``import nnx``, choosing the Numba backend, which imports
+    Numba, and what the first fit takes beyond the same fit run again in that process: loading
+    its kernels from the cache, not its passes; ``warm_start_and_first_fit_s`` with them)."""
     cold = benchmark.pedantic(_run_cold, args=(case, tmp_path), rounds=1, iterations=1)
-    warm = min((_run_cold(case, tmp_path) for _ in range(max(1, _repeats() // 2))),
-               key=lambda r: r["import_s"] + r["backend_s"] + r["fit_s"])
+    warm = min((_run_cold(case, tmp_path) for _ in range(max(1, _repeats() // 2))), key=_warm_start)
     benchmark.extra_info.update(
         cold_fit_s=round(cold["fit_s"], 3), warm_import_s=round(warm["import_s"], 3),
         warm_backend_s=round(warm["backend_s"], 3), warm_fit_s=round(warm["fit_s"], 3),
-        warm_import_and_load_s=round(warm["import_s"] + warm["backend_s"] + warm["fit_s"], 3))
+        warm_second_fit_s=round(warm["second_fit_s"], 3), warm_import_and_load_s=round(_warm_start(warm), 3),
+        warm_start_and_first_fit_s=round(warm["import_s"] + warm["backend_s"] + warm["fit_s"], 3))
+
+
+def _warm_start(run: dict) -> float:
+    """``import nnx``, the backend, and the first fit's kernel loading (its time beyond the second fit's)."""
+    return run["import_s"] + run["backend_s"] + max(0.0, run["fit_s"] - run["second_fit_s"])
 
 
 def _wall(command: list[str], env: dict) -> float:
@@ -185,27 +199,41 @@ def test_tutorial_through_fit_against_the_seam(benchmark):
 
 
 def test_fit_overhead_xor(benchmark):
-    """Tutorial 001 (XOR 2-2-1, 10,000 epochs, default logging) through ``MLP.fit``."""
+    """Tutorial 001 (XOR 2-2-1, 10,000 epochs, default logging) through ``MLP.fit``, beside the
+    tutorial's own code and a hand-written Numba loop over the same math (``hand_written``,
+    the issue's reference for what a compiled loop reaches here), each round after one of each."""
     epochs = 10_000 if size_set() != "tiny" else 100
     X, y = nnx.datasets.xor()
+    T = y.reshape(-1, 1).astype(float)
 
     def fit():
         nnx.MLP([2, 2, 1], hidden="sigmoid", output="sigmoid", init="uniform").fit(
             X, y.astype(float), passes=epochs, lr=1.0, reduction="sum")
 
     def tutorial():
-        tut.xor_tutorial(X, y.reshape(-1, 1).astype(float), 2, epochs)
+        return tut.xor_tutorial(X, T, 2, epochs)
 
+    def loop():
+        return hand_written.xor_loop(X, T, 2, epochs)
+
+    reference, looped = tutorial(), loop()  # the loop's first call compiles it
+    for name in ("W1", "b1", "W2", "b2"):  # the same math, or its time means nothing
+        np.testing.assert_allclose(looped[name], reference[name], rtol=1e-9, atol=1e-12)
     tutorial_times: list[float] = []
+    loop_times: list[float] = []
 
-    def timed_tutorial() -> None:  # a round of the tutorial's code before each fit round: the same load
+    def beside() -> None:  # a round of each before each fit round: all three see the same load
         tutorial_times.append(_best(tutorial, 1))
+        loop_times.append(_best(loop, 1))
 
     with nnx.use_backend("numba"):
         fit()
-        fit_s = _timed(benchmark, fit, _repeats() * 3, beside=timed_tutorial)
+        fit_s = _timed(benchmark, fit, _repeats() * 3, beside=beside)
     tutorial_s = min(tutorial_times) if tutorial_times else _best(tutorial, 1)
-    benchmark.extra_info.update(epochs=epochs, numba_fit_over_tutorial_code=round(tutorial_s / fit_s, 1))
+    loop_s = min(loop_times) if loop_times else _best(loop, 1)
+    benchmark.extra_info.update(epochs=epochs, numba_fit_over_tutorial_code=round(tutorial_s / fit_s, 1),
+                                hand_written_numba_over_tutorial_code=round(tutorial_s / loop_s, 1),
+                                fit_over_hand_written=round(fit_s / loop_s, 2))
 
 
 def test_large_hidden_forward_and_short_fit(benchmark):
