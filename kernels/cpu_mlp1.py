@@ -22,7 +22,7 @@ network it trains, and no function holds a second copy of a kernel: Numba links 
 compiled callee's code into each caller, where LLVM optimises and emits it again, and
 a parallel function's compile grows with all it holds. Fits of a handful of samples
 (XOR-sized work) run ``tiny_entry``'s entry point instead, made per input and output
-width, which inlines its sample-by-sample kernel.
+width where both are small, which inlines its sample-by-sample kernel.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _forward_block(XT, n0, nb, W1, b1, W2, b2, code, hb, z):
 @njit(**_SHARED)
 def _zero(dW1, db1, dW2, db2, n_in, n_out):
     """Explicit loops: slice assignment costs more than a whole tiny pass. The widths come as
-    arguments: constants in ``tiny_entry``'s kernels."""
+    arguments: constants in most of ``tiny_entry``'s kernels."""
     for j in range(dW1.shape[1]):
         db1[j] = 0.0
         for k in range(n_in):
@@ -166,7 +166,7 @@ def _chunk_tiny(XT, TT, n_samples, r0, r1, bs, n_in, n_out, W1, b1, W2, b2, code
                 hb, z, g, d, m, s, dW1, db1, dW2, db2):
     """``_chunk_any`` one sample at a time, for a handful of samples and units (XOR: 4 x 2-2-1):
     there, loops over blocks of samples would be all set-up and remainder. ``n_in`` and ``n_out``
-    are constants of the entry point (``tiny_entry``)."""
+    are constants of the entry point where both are small (``tiny_entry``)."""
     n_hidden = W1.shape[1]
     h = hb[:, 0]
     zz = z[:, 0]
@@ -543,15 +543,36 @@ def train_parallel(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code,
                   batch, interval)
 
 
-@functools.lru_cache(maxsize=None)
-def tiny_entry(n_in: int, n_out: int):
-    """The entry point of fits too small for blocks (``train_tiny`` in a plan), made for ``n_in``
-    inputs and ``n_out`` outputs: constants of the function, so LLVM unrolls the loops over them
-    (XOR's 2-2-1: 220-270 ns a pass against 350-370 with the widths known only at run time, in
-    one process). The hidden width stays a run-time value, so a sweep over it compiles once.
-    Numba's disk cache keys each variant by those constants."""
-    n_in, n_out = int(n_in), int(n_out)
+# Input and output widths up to which fits of a few samples get an entry point made for their
+# widths (``tiny_entry``): the tutorials' two-input networks, where unrolled loops over them pay.
+TINY_CONSTANT_WIDTH = 2
 
+
+@njit(**_ENTRY)
+def train_tiny_any(n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel, n_chunks, chunk_len,
+                   bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch, interval):
+    return _train(_chunk_tiny, None, n_updates, want_loss, n_samples, n_in, n_hidden, n_out, code, head, kernel,
+                  n_chunks, chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T,
+                  batch, interval)
+
+
+def tiny_entry(n_in: int, n_out: int):
+    """The entry point of fits too small for blocks (``train_tiny`` in a plan). For at most
+    ``TINY_CONSTANT_WIDTH`` inputs and outputs it is made for those widths: constants of the
+    function, so LLVM unrolls the loops over them (XOR's 2-2-1: 220-270 ns a pass against 350-370
+    with the widths known only at run time, in one process). Wider fits share ``train_tiny_any``,
+    so each new shape of a few samples does not compile an entry point of its own (a hypothesis
+    test drawing 1 to 300 inputs and 1 to 3 outputs compiled 22 before). The hidden width always
+    stays a run-time value, so a sweep over it compiles once."""
+    if n_in > TINY_CONSTANT_WIDTH or n_out > TINY_CONSTANT_WIDTH:
+        return train_tiny_any
+    return _tiny_entry_for(int(n_in), int(n_out))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_entry_for(n_in: int, n_out: int):
+    """``tiny_entry`` made for ``n_in`` inputs and ``n_out`` outputs (Numba's disk cache keys each
+    variant by those constants)."""
     def train_tiny(n_updates, want_loss, n_samples, any_in, n_hidden, any_out, code, head, kernel, n_chunks,
                    chunk_len, bs, theta, grads, XT, TT, scratch, pg, w_off, b_off, n_bias, hyper, X, T, batch,
                    interval):

@@ -278,19 +278,21 @@ event.register("numba:compile", Compiles())
 rng = np.random.default_rng(0)
 losses = []
 with nnx.use_backend("numba"):
-    for sizes, head in (((2, 2, 1), "sigmoid"), ((4, 3, 3), "softmax")):
+    for sizes, head in (((2, 2, 1), "sigmoid"), ((1, 3, 2), "softmax"), ((4, 3, 3), "softmax"),
+                        ((300, 2, 1), "sigmoid")):
         X = rng.normal(size=(5, sizes[0]))
-        y = rng.integers(0, 2, 5) if head == "sigmoid" else np.array([0, 1, 2, 1, 0])
+        y = rng.integers(0, 2, 5) if head == "sigmoid" else np.array([0, 1, 2, 1, 0]) % sizes[2]
         model = nnx.MLP(list(sizes), output=head).fit(X, y.astype(float) if head == "sigmoid" else y, passes=20)
         losses.append(model.history[20])
 print(json.dumps({"compiled": compiled, "losses": losses}))
 """
 
 
-def test_each_input_and_output_width_of_the_tiny_kernel_is_cached_and_loaded(tmp_path, numba_required):
-    """Fits of at most 8 samples run an entry point made for their input and output widths
-    (``cpu_mlp1.tiny_entry``): Numba's cache keeps one per width pair, and a second process loads
-    both without compiling anything, to the same losses."""
+def test_each_small_input_and_output_width_of_the_tiny_kernel_is_cached_and_loaded(tmp_path, numba_required):
+    """Fits of at most 8 samples run an entry point made for their input and output widths where
+    both are at most 2 (``cpu_mlp1.tiny_entry``), and one shared entry point otherwise: Numba's
+    cache keeps one per small width pair, the wider shapes compile the shared one once, and a
+    second process loads them all without compiling anything, to the same losses."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NNX_CACHE_DIR", "NUMBA_CACHE_DIR", "NNX_BACKEND"))}
     env.update(NNX_CACHE_DIR=str(tmp_path))
     runs = []
@@ -300,4 +302,5 @@ def test_each_input_and_output_width_of_the_tiny_kernel_is_cached_and_loaded(tmp
         runs.append(json.loads(done.stdout.splitlines()[-1]))
     first, second = runs
     assert first["compiled"].count("train_tiny") == 2, first["compiled"]
+    assert first["compiled"].count("train_tiny_any") == 1, first["compiled"]
     assert second["compiled"] == [] and second["losses"] == first["losses"]

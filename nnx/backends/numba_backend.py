@@ -819,7 +819,7 @@ def _typing_kit(net: Network) -> _CallKit:
 
 def _entry_point(plan: _Plan, net: Network):
     """The compiled function a plan's training call enters (``plan.kernel``); ``train_tiny`` is made
-    per input and output width (``cpu_mlp1.tiny_entry``)."""
+    per input and output width where both are small (``cpu_mlp1.tiny_entry``)."""
     from ..kernels import cpu_mlp1, cpu_train
 
     if plan.kernel == "train_tiny":
