@@ -36,12 +36,20 @@ MAX_CHUNK_SAMPLES = 1 << 22
 RECORDING_CALL_S = 0.05
 MAX_RECORDING_UPDATES = 1 << 16
 
+def ignores_ctrl_c() -> bool:
+    """Whether this process ignores SIGINT, as one started with ``nohup`` or by ``cmd &`` in a
+    script does: nnx then leaves it so, where it would otherwise catch Ctrl-C to stop cleanly."""
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 class _InterruptFlag:
     """Ctrl-C handling for one fit (main thread only; other threads keep Python's).
 
     The first SIGINT sets ``raised``, checked at logging points; the second
     raises ``KeyboardInterrupt`` wherever the fit is, which the driver turns into
-    "stop now"; later ones are ignored while the fit winds down (moments).
+    "stop now"; later ones are ignored while the fit winds down (moments). A process
+    that ignores SIGINT (started with ``nohup``, or in the background by a script)
+    keeps ignoring it: the fit runs to its end.
     """
 
     def __init__(self) -> None:
@@ -50,7 +58,7 @@ class _InterruptFlag:
         self._previous = None
 
     def __enter__(self) -> "_InterruptFlag":
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not ignores_ctrl_c():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

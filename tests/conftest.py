@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -18,6 +19,12 @@ REQUIRED = tuple(name.strip() for name in os.environ.get("NNX_REQUIRE_BACKENDS",
 
 
 def pytest_configure(config):
+    # A suite started in the background (`pytest &` in a script, nohup) inherits Ctrl-C ignored,
+    # which nnx then leaves alone; the interrupt tests press Ctrl-C in this process and in the
+    # commands they start, so the suite runs with Python's own handler, as from a terminal
+    # (the processes it starts get the default disposition from it).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     unknown = set(REQUIRED) - set(ALL_BACKENDS)
     if unknown:
         raise pytest.UsageError(f"NNX_REQUIRE_BACKENDS names unknown backends {sorted(unknown)}; "

@@ -56,6 +56,25 @@ def test_one_ctrl_c_stops_at_the_next_logging_point_keeping_everything(backend, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_process_that_ignores_ctrl_c_fits_to_the_end(backend, moons):
+    """Started with nohup or in the background, a process ignores SIGINT: a fit keeps it ignored."""
+    X, y = moons
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        model = nnx.MLP([2, 5, 2], seed=1)
+
+        def press_ctrl_c_at_300(updates, loss):
+            if updates == 300:
+                signal.raise_signal(signal.SIGINT)
+
+        model.fit(X, y, passes=500, log_every=100, callback=press_ctrl_c_at_300, **SETTINGS)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not model.interrupted and model.updates == 500
+    assert_same(model, reference(X, y, 500))
+
+
 def _press_in_interval(backend, monkeypatch, *, interval: int, presses: int):
     """Make the backend's loop press Ctrl-C ``presses`` times halfway through interval ``interval``
     (the driver runs each interval through ``train_and_loss``)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import PerformanceWarning
+from ..training import ignores_ctrl_c
 from . import data, preflight
 from .axes import Axes
 from .config import JobConfig
@@ -39,8 +40,9 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _interrupt_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so a result is never stored without being counted."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold Ctrl-C until the block ends, so a result is never stored without being counted (where
+    Ctrl-C is not ignored altogether)."""
+    if threading.current_thread() is not threading.main_thread() or ignores_ctrl_c():
         yield
         return
     caught = []
