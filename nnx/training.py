@@ -37,8 +37,8 @@ RECORDING_CALL_S = 0.05
 MAX_RECORDING_UPDATES = 1 << 16
 
 def ignores_ctrl_c() -> bool:
-    """Whether this process ignores SIGINT, as one started with ``nohup`` or by ``cmd &`` in a
-    script does: nnx then leaves it so, where it would otherwise catch Ctrl-C to stop cleanly."""
+    """Whether this process ignores SIGINT, as one a script starts in the background (``cmd &``)
+    does: nnx then leaves it so, where it would otherwise catch Ctrl-C to stop cleanly."""
     return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
@@ -48,8 +48,8 @@ class _InterruptFlag:
     The first SIGINT sets ``raised``, checked at logging points; the second
     raises ``KeyboardInterrupt`` wherever the fit is, which the driver turns into
     "stop now"; later ones are ignored while the fit winds down (moments). A process
-    that ignores SIGINT (started with ``nohup``, or in the background by a script)
-    keeps ignoring it: the fit runs to its end.
+    that ignores SIGINT (one a script starts in the background) keeps ignoring it:
+    the fit runs to its end.
     """
 
     def __init__(self) -> None:

@@ -19,7 +19,7 @@ REQUIRED = tuple(name.strip() for name in os.environ.get("NNX_REQUIRE_BACKENDS",
 
 
 def pytest_configure(config):
-    # A suite started in the background (`pytest &` in a script, nohup) inherits Ctrl-C ignored,
+    # A suite a script starts in the background (`pytest &`) inherits Ctrl-C ignored,
     # which nnx then leaves alone; the interrupt tests press Ctrl-C in this process and in the
     # commands they start, so the suite runs with Python's own handler, as from a terminal
     # (the processes it starts get the default disposition from it).

@@ -57,7 +57,7 @@ def test_one_ctrl_c_stops_at_the_next_logging_point_keeping_everything(backend, 
 
 
 def test_a_process_that_ignores_ctrl_c_fits_to_the_end(backend, moons):
-    """Started with nohup or in the background, a process ignores SIGINT: a fit keeps it ignored."""
+    """Started in the background by a script, a process ignores SIGINT: a fit keeps it ignored."""
     X, y = moons
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
