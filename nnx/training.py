@@ -36,6 +36,7 @@ MAX_CHUNK_SAMPLES = 1 << 22
 RECORDING_CALL_S = 0.05
 MAX_RECORDING_UPDATES = 1 << 16
 
+
 def ignores_ctrl_c() -> bool:
     """Whether this process ignores SIGINT, as one a script starts in the background (``cmd &``)
     does: nnx then leaves it so, where it would otherwise catch Ctrl-C to stop cleanly."""
